@@ -1,0 +1,602 @@
+//! agent.toml: the agent's identity, its hub, its durable queue, its Modbus devices and cameras.
+//!
+//! Relative paths (data_dir, profiles, camera files) are relative to the config file, so a
+//! technician can move a provisioned directory as a whole.
+
+use std::path::{Path, PathBuf};
+
+use protocols::config::{ConfigError, HumanDuration, parse_toml};
+use protocols::id::validate_id;
+use protocols::profile::DeviceProfile;
+use serde::{Deserialize, Serialize};
+
+/// The whole agent.toml.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// Identity, hub and queue.
+    pub agent: AgentSection,
+    /// Modbus devices polled by this agent.
+    #[serde(default)]
+    pub modbus: Vec<ModbusDevice>,
+    /// Cameras watched by this agent.
+    #[serde(default)]
+    pub camera: Vec<CameraSource>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data/agent")
+}
+
+fn default_queue_bytes() -> u64 {
+    256 << 20
+}
+
+fn default_batch_readings() -> usize {
+    2000
+}
+
+fn default_batch_age() -> HumanDuration {
+    HumanDuration::millis(500)
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+fn default_keepalive() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+/// The `[agent]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// The agent's id at the hub.
+    pub id: String,
+    /// Its secret.
+    pub secret: String,
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub hub: String,
+    /// Where the durable queue lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Disk budget of the queue; when full the oldest batches are dropped and counted.
+    #[serde(default = "default_queue_bytes")]
+    pub queue_max_bytes: u64,
+    /// A batch is sealed at this many readings...
+    #[serde(default = "default_batch_readings")]
+    pub batch_max_readings: usize,
+    /// ...or when its oldest reading is this old.
+    #[serde(default = "default_batch_age")]
+    pub batch_max_age: HumanDuration,
+    /// How often health is published.
+    #[serde(default = "default_health_interval")]
+    pub health_interval: HumanDuration,
+    /// MQTT keepalive.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: HumanDuration,
+    /// For `mqtts://`: a PEM file of CA certificates to trust instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Local Prometheus metrics address, e.g. `127.0.0.1:9101`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// Where link quality comes from: a file the modem daemon writes with `rssi=`, `rsrp=`,
+    /// `sinr=` lines, or a command printing the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_source: Option<String>,
+    /// Public key (hex ed25519) that update bundles must be signed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_key: Option<String>,
+}
+
+fn default_unit() -> u8 {
+    1
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration::secs(1)
+}
+
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration::secs(60)
+}
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration::millis(1000)
+}
+
+/// A `[[modbus]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusDevice {
+    /// The device id registered at the hub.
+    pub device: String,
+    /// The device's profile file.
+    pub profile: PathBuf,
+    /// `tcp://host:port` or `rtu:///dev/ttyUSB0?baud=9600&parity=N`.
+    pub transport: String,
+    /// Modbus unit id (slave address).
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    /// Poll interval.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Send only changes larger than this (engineering units); 0 sends every poll.
+    #[serde(default)]
+    pub deadband: f64,
+    /// But send at least this often.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: HumanDuration,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+/// A `[[camera]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraSource {
+    /// The camera device id registered at the hub.
+    pub id: String,
+    /// `rtsp://...`, `http://.../snapshot.jpg`, or `file:clip.mp4`.
+    pub source: String,
+    /// Further camera settings (motion thresholds, masks) owned by the video module.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// The parsed transport of a Modbus device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Modbus TCP.
+    Tcp {
+        /// `host:port`.
+        addr: String,
+    },
+    /// Modbus RTU over a serial line.
+    Rtu {
+        /// Device path.
+        path: String,
+        /// Baud rate.
+        baud: u32,
+        /// `N`, `E` or `O`.
+        parity: char,
+        /// 1 or 2.
+        stop_bits: u8,
+    },
+}
+
+/// Why a transport string was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}`: {1}")]
+pub struct TransportError(String, &'static str);
+
+impl Transport {
+    /// Parses `tcp://host:port` or `rtu:///dev/tty...?baud=9600&parity=N&stop=1`.
+    pub fn parse(s: &str) -> Result<Transport, TransportError> {
+        let e = |why| TransportError(s.to_string(), why);
+        if let Some(addr) = s.strip_prefix("tcp://") {
+            let (host, port) = addr.rsplit_once(':').ok_or_else(|| e("needs host:port"))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(e("needs host:port"));
+            }
+            return Ok(Transport::Tcp {
+                addr: addr.to_string(),
+            });
+        }
+        if let Some(rest) = s.strip_prefix("rtu://") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if !path.starts_with('/') {
+                return Err(e("needs an absolute device path, e.g. rtu:///dev/ttyUSB0"));
+            }
+            let (mut baud, mut parity, mut stop_bits) = (9600u32, 'N', 1u8);
+            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("baud", v)) => {
+                        baud = v.parse().map_err(|_| e("baud must be a number"))?
+                    }
+                    Some(("parity", v)) => {
+                        parity = match v {
+                            "N" | "n" => 'N',
+                            "E" | "e" => 'E',
+                            "O" | "o" => 'O',
+                            _ => return Err(e("parity must be N, E or O")),
+                        }
+                    }
+                    Some(("stop", v)) => {
+                        stop_bits = match v {
+                            "1" => 1,
+                            "2" => 2,
+                            _ => return Err(e("stop must be 1 or 2")),
+                        }
+                    }
+                    _ => return Err(e("unknown option; use baud, parity, stop")),
+                }
+            }
+            if !(300..=921_600).contains(&baud) {
+                return Err(e("baud out of range 300..=921600"));
+            }
+            return Ok(Transport::Rtu {
+                path: path.to_string(),
+                baud,
+                parity,
+                stop_bits,
+            });
+        }
+        Err(e("must start with tcp:// or rtu://"))
+    }
+}
+
+/// What an agent.toml problem is, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is invalid.
+    #[error("{path}: {error}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The first problem.
+        error: ConfigError,
+    },
+}
+
+/// A loaded, validated agent configuration with its profiles.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The file as written, with paths resolved.
+    pub file: AgentFile,
+    /// The profile of each `[[modbus]]` entry, same order.
+    pub profiles: Vec<DeviceProfile>,
+    /// The transport of each `[[modbus]]` entry, same order.
+    pub transports: Vec<Transport>,
+    /// Where the file was loaded from, for `reload`.
+    pub path: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Reads, resolves and validates an agent.toml and the profiles it names.
+    pub fn load(path: &Path) -> Result<AgentConfig, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut cfg = AgentConfig::from_toml(&text, base).map_err(|error| LoadError::Invalid {
+            path: path.to_owned(),
+            error,
+        })?;
+        cfg.path = Some(path.to_owned());
+        Ok(cfg)
+    }
+
+    /// Parses and validates agent.toml text; relative paths are taken against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<AgentConfig, ConfigError> {
+        let mut file: AgentFile = parse_toml(text)?;
+        let a = &mut file.agent;
+        validate_id(&a.id).map_err(|e| ConfigError::new("agent.id", format!("`{}` {e}", a.id)))?;
+        if a.secret.is_empty() {
+            return Err(ConfigError::new("agent.secret", "must not be empty"));
+        }
+        check_hub_url(&a.hub)?;
+        if a.data_dir.is_relative() {
+            a.data_dir = base.join(&a.data_dir);
+        }
+        if let Some(ca) = &mut a.ca_file
+            && ca.is_relative()
+        {
+            *ca = base.join(&*ca);
+        }
+        if a.queue_max_bytes < 1 << 20 {
+            return Err(ConfigError::new(
+                "agent.queue_max_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if a.batch_max_readings == 0 {
+            return Err(ConfigError::new(
+                "agent.batch_max_readings",
+                "must be at least 1",
+            ));
+        }
+        if let Some(m) = &a.metrics_listen
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::new(
+                "agent.metrics_listen",
+                format!("`{m}` is not an address like 127.0.0.1:9101"),
+            ));
+        }
+        if let Some(k) = &a.update_key
+            && (k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ConfigError::new(
+                "agent.update_key",
+                "must be 64 hex digits (an ed25519 public key)",
+            ));
+        }
+        let mut profiles = Vec::with_capacity(file.modbus.len());
+        let mut transports = Vec::with_capacity(file.modbus.len());
+        let mut ids = std::collections::HashSet::new();
+        for (i, m) in file.modbus.iter_mut().enumerate() {
+            let key = format!("modbus[{i}]");
+            validate_id(&m.device).map_err(|e| {
+                ConfigError::new(format!("{key}.device"), format!("`{}` {e}", m.device))
+            })?;
+            if !ids.insert(m.device.clone()) {
+                return Err(ConfigError::new(
+                    format!("{key}.device"),
+                    format!("`{}` is listed twice", m.device),
+                ));
+            }
+            if m.profile.is_relative() {
+                m.profile = base.join(&m.profile);
+            }
+            let text = std::fs::read_to_string(&m.profile).map_err(|e| {
+                ConfigError::new(
+                    format!("{key}.profile"),
+                    format!("{}: {e}", m.profile.display()),
+                )
+            })?;
+            let profile = DeviceProfile::from_toml(&text).map_err(|e| {
+                ConfigError::new(
+                    format!("{key}.profile"),
+                    format!("{}: {e}", m.profile.display()),
+                )
+            })?;
+            profiles.push(profile);
+            transports.push(
+                Transport::parse(&m.transport)
+                    .map_err(|e| ConfigError::new(format!("{key}.transport"), e))?,
+            );
+            if m.unit == 0 || m.unit > 247 {
+                return Err(ConfigError::new(format!("{key}.unit"), "must be 1..=247"));
+            }
+            if m.interval.0.as_millis() < 10 {
+                return Err(ConfigError::new(
+                    format!("{key}.interval"),
+                    "must be at least 10ms",
+                ));
+            }
+            if !m.deadband.is_finite() || m.deadband < 0.0 {
+                return Err(ConfigError::new(
+                    format!("{key}.deadband"),
+                    "must be zero or positive",
+                ));
+            }
+            if m.heartbeat.0 < m.interval.0 {
+                return Err(ConfigError::new(
+                    format!("{key}.heartbeat"),
+                    "must not be shorter than interval",
+                ));
+            }
+            if m.timeout.0.is_zero() {
+                return Err(ConfigError::new(
+                    format!("{key}.timeout"),
+                    "must be longer than zero",
+                ));
+            }
+        }
+        for (i, c) in file.camera.iter_mut().enumerate() {
+            let key = format!("camera[{i}]");
+            validate_id(&c.id)
+                .map_err(|e| ConfigError::new(format!("{key}.id"), format!("`{}` {e}", c.id)))?;
+            if !ids.insert(c.id.clone()) {
+                return Err(ConfigError::new(
+                    format!("{key}.id"),
+                    format!("`{}` is listed twice", c.id),
+                ));
+            }
+            let ok = ["rtsp://", "http://", "https://", "file:"]
+                .iter()
+                .any(|p| c.source.starts_with(p));
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("{key}.source"),
+                    "must start with rtsp://, http://, https:// or file:",
+                ));
+            }
+            if let Some(rel) = c.source.strip_prefix("file:")
+                && !rel.starts_with('/')
+            {
+                c.source = format!("file:{}", base.join(rel).display());
+            }
+        }
+        Ok(AgentConfig {
+            file,
+            profiles,
+            transports,
+            path: None,
+        })
+    }
+}
+
+/// Checks `mqtt://host:port` / `mqtts://host:port`.
+pub fn check_hub_url(url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("mqtts://"))
+        .ok_or_else(|| {
+            ConfigError::new(
+                "agent.hub",
+                format!("`{url}` must start with mqtt:// or mqtts://"),
+            )
+        })?;
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(ConfigError::new(
+            "agent.hub",
+            format!("`{url}` needs host:port"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILE: &str = "model = \"radar\"\nkind = \"water_level\"\n[[points]]\nquantity = \"water_level\"\ntable = \"input\"\naddress = 0\ntype = \"u16\"\nunit = \"mm\"\n";
+
+    fn dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("profiles")).unwrap();
+        std::fs::write(d.path().join("profiles/radar.toml"), PROFILE).unwrap();
+        d
+    }
+
+    const GOOD: &str = r#"
+[agent]
+id = "AG-0001"
+secret = "agent-secret-1"
+hub = "mqtt://127.0.0.1:1883"
+data_dir = "data/agent"
+
+[[modbus]]
+device = "WL-0001"
+profile = "profiles/radar.toml"
+transport = "tcp://127.0.0.1:5020"
+unit = 1
+interval = "1s"
+deadband = 0.0
+heartbeat = "60s"
+
+[[camera]]
+id = "CAM-0001"
+source = "rtsp://127.0.0.1:8554/cam1"
+"#;
+
+    #[test]
+    fn contract_example_loads_with_relative_paths() {
+        let d = dir();
+        let path = d.path().join("agent.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let c = AgentConfig::load(&path).unwrap();
+        assert_eq!(c.file.agent.data_dir, d.path().join("data/agent"));
+        assert_eq!(c.profiles.len(), 1);
+        assert_eq!(
+            c.transports[0],
+            Transport::Tcp {
+                addr: "127.0.0.1:5020".into()
+            }
+        );
+        assert_eq!(c.file.camera[0].source, "rtsp://127.0.0.1:8554/cam1");
+    }
+
+    #[test]
+    fn transports() {
+        assert_eq!(
+            Transport::parse("rtu:///dev/ttyUSB0?baud=19200&parity=E").unwrap(),
+            Transport::Rtu {
+                path: "/dev/ttyUSB0".into(),
+                baud: 19200,
+                parity: 'E',
+                stop_bits: 1
+            }
+        );
+        assert_eq!(
+            Transport::parse("rtu:///dev/ttyS1").unwrap(),
+            Transport::Rtu {
+                path: "/dev/ttyS1".into(),
+                baud: 9600,
+                parity: 'N',
+                stop_bits: 1
+            }
+        );
+        for bad in [
+            "udp://x:1",
+            "tcp://nohost",
+            "tcp://:502",
+            "rtu://ttyUSB0",
+            "rtu:///dev/x?baud=fast",
+            "rtu:///dev/x?parity=Q",
+            "rtu:///dev/x?speed=1",
+        ] {
+            assert!(Transport::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let d = dir();
+        let cases = [
+            (GOOD.replace("AG-0001", "AG 1"), "agent.id: `AG 1`"),
+            (
+                GOOD.replace("mqtt://127.0.0.1:1883", "http://x:1"),
+                "agent.hub: `http://x:1` must start",
+            ),
+            (
+                GOOD.replace("mqtt://127.0.0.1:1883", "mqtt://x"),
+                "agent.hub: `mqtt://x` needs host:port",
+            ),
+            (
+                GOOD.replace("profiles/radar.toml", "profiles/none.toml"),
+                "modbus[0].profile:",
+            ),
+            (
+                GOOD.replace("tcp://127.0.0.1:5020", "tcp://x"),
+                "modbus[0].transport:",
+            ),
+            (
+                GOOD.replace("unit = 1", "unit = 0"),
+                "modbus[0].unit: must be 1..=247",
+            ),
+            (
+                GOOD.replace("interval = \"1s\"", "interval = \"1ms\""),
+                "modbus[0].interval:",
+            ),
+            (
+                GOOD.replace("deadband = 0.0", "deadband = -1.0"),
+                "modbus[0].deadband:",
+            ),
+            (
+                GOOD.replace("heartbeat = \"60s\"", "heartbeat = \"500ms\""),
+                "modbus[0].heartbeat:",
+            ),
+            (
+                GOOD.replace("heartbeat = \"60s\"", "heartbeat = \"often\""),
+                "modbus[0].heartbeat (line",
+            ),
+            (
+                GOOD.replace("rtsp://127.0.0.1:8554/cam1", "ftp://cam"),
+                "camera[0].source:",
+            ),
+            (
+                GOOD.replace("CAM-0001", "WL-0001"),
+                "camera[0].id: `WL-0001` is listed twice",
+            ),
+            (
+                GOOD.replace("deadband", "dead_band"),
+                "modbus[0].dead_band (line",
+            ),
+            (format!("{GOOD}\n[agent2]\n"), "agent2 (line"),
+        ];
+        for (text, want) in cases {
+            let got = AgentConfig::from_toml(&text, d.path())
+                .unwrap_err()
+                .to_string();
+            assert!(got.starts_with(want), "got: {got}\nwant: {want}");
+            assert!(!got.contains('\n'));
+        }
+        std::fs::write(
+            d.path().join("profiles/bad.toml"),
+            "model = \"m\"\nkind = \"x\"\npoints = []\n",
+        )
+        .unwrap();
+        let got = AgentConfig::from_toml(&GOOD.replace("radar.toml", "bad.toml"), d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            got.contains("bad.toml: points: a profile needs at least one point"),
+            "{got}"
+        );
+    }
+}

@@ -1,0 +1,2 @@
+//! Sensor-node firmware (placeholder until the firmware issue lands).
+#![no_std]

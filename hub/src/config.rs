@@ -1,0 +1,812 @@
+//! hub.toml: listeners, storage, identities (devices, agents, apps) and rules.
+//!
+//! Loading validates everything that can be checked without running: ids, kinds, secrets and
+//! their hashes, GB/T 28181 ids, grants, references between entries, rule shapes. Every problem
+//! is reported as one line naming the key, e.g. `devices[3].gb_id: must be 20 digits, got 19
+//! characters`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use protocols::Quantity;
+use protocols::access::grant_filter;
+use protocols::config::{ConfigError, HumanDuration, parse_toml};
+use protocols::gb28181::GbId;
+use protocols::id::{validate_id, validate_kind};
+use protocols::topic::AlertLevel;
+use serde::{Deserialize, Serialize};
+
+/// The whole hub.toml.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Listeners, storage and pipeline settings.
+    #[serde(default)]
+    pub hub: HubSettings,
+    /// Field devices.
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    /// Edge agents.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// Consumer apps.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+    /// Alert rules.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_mqtt_listen() -> Vec<String> {
+    vec!["0.0.0.0:1883".to_string(), "[::]:1883".to_string()]
+}
+
+fn default_http_listen() -> String {
+    "0.0.0.0:8080".to_string()
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+fn default_retention() -> HumanDuration {
+    HumanDuration::secs(90 * 86_400)
+}
+
+fn default_snapshot_retention() -> HumanDuration {
+    HumanDuration::secs(7 * 86_400)
+}
+
+fn default_max_skew() -> HumanDuration {
+    HumanDuration::secs(300)
+}
+
+fn default_group_commit() -> HumanDuration {
+    HumanDuration::millis(2)
+}
+
+fn default_max_packet() -> usize {
+    2 << 20
+}
+
+/// The `[hub]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSettings {
+    /// MQTT listen addresses (IPv4 and IPv6 by default).
+    #[serde(default = "default_mqtt_listen")]
+    pub mqtt_listen: Vec<String>,
+    /// HTTP listen address.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// Where the store, WAL, alerts and snapshots live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How long time series are kept.
+    #[serde(default = "default_retention")]
+    pub retention: HumanDuration,
+    /// How long camera snapshots are kept.
+    #[serde(default = "default_snapshot_retention")]
+    pub snapshot_retention: HumanDuration,
+    /// A device timestamp further than this from hub time is corrected and marked uncertain.
+    #[serde(default = "default_max_skew")]
+    pub max_clock_skew: HumanDuration,
+    /// Longest wait to gather writes into one fsync.
+    #[serde(default = "default_group_commit")]
+    pub group_commit: HumanDuration,
+    /// Largest MQTT packet accepted, bytes.
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: usize,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            mqtt_listen: default_mqtt_listen(),
+            http_listen: default_http_listen(),
+            data_dir: default_data_dir(),
+            retention: default_retention(),
+            snapshot_retention: default_snapshot_retention(),
+            max_clock_skew: default_max_skew(),
+            group_commit: default_group_commit(),
+            max_packet_bytes: default_max_packet(),
+        }
+    }
+}
+
+/// A `[[devices]]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// `[A-Za-z0-9_.-]{1,64}`.
+    pub id: String,
+    /// `streetlight`, `water_level`, ...
+    pub kind: String,
+    /// Plain secret, for devices that connect themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Argon2 PHC hash of the secret, instead of `secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hash: Option<String>,
+    /// The agent that speaks for the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Owning department.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dept: Option<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Latitude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    /// Longitude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+    /// Cameras: GB/T 28181 id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gb_id: Option<String>,
+    /// Cameras: the stream URL as the agent sees it (shown in the catalog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Modbus devices: the profile file, for range checks of desired values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<PathBuf>,
+}
+
+/// An `[[agents]]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `[A-Za-z0-9_.-]{1,64}`.
+    pub id: String,
+    /// Plain secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Argon2 PHC hash, instead of `secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hash: Option<String>,
+    /// Owning department.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dept: Option<String>,
+}
+
+/// An `[[apps]]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// `[A-Za-z0-9_.-]{1,64}`.
+    pub id: String,
+    /// Plain secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Argon2 PHC hash, instead of `secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hash: Option<String>,
+    /// MQTT filters under `v1/` the app may read; the HTTP API applies the same grants.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
+/// A `[[rules]]` entry. Exactly one condition: `above`/`below`, `rise_per_hour`, or `silent_for`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique rule id.
+    pub id: String,
+    /// Device kind the rule applies to; `*` or absent for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// One device only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// One department only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dept: Option<String>,
+    /// The quantity watched (threshold and rate rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<String>,
+    /// Fires when the value is above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    /// Fires when the value is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    /// With `above`: clears only below this (hysteresis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_below: Option<f64>,
+    /// With `below`: clears only above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_above: Option<f64>,
+    /// The condition must hold this long before the alert is raised.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HumanDuration>,
+    /// Fires when the value rises faster than this per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise_per_hour: Option<f64>,
+    /// The window the rise is measured over (default 15m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<HumanDuration>,
+    /// Fires when a device has sent nothing for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_for: Option<HumanDuration>,
+    /// Warning level.
+    pub level: AlertLevel,
+    /// Text for the alert; `{device}`, `{value}`, `{threshold}` are filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What a hub.toml problem is, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is invalid.
+    #[error("{path}: {error}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The first problem.
+        error: ConfigError,
+    },
+}
+
+impl HubConfig {
+    /// Reads and validates a hub.toml. Relative paths inside (data_dir, profiles) are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<HubConfig, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |error| LoadError::Invalid {
+            path: path.to_owned(),
+            error,
+        };
+        let mut cfg = HubConfig::from_toml(&text).map_err(invalid)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    /// Parses and validates hub.toml text (paths stay as written).
+    pub fn from_toml(text: &str) -> Result<HubConfig, ConfigError> {
+        let cfg: HubConfig = parse_toml(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if self.hub.data_dir.is_relative() {
+            self.hub.data_dir = base.join(&self.hub.data_dir);
+        }
+        for d in &mut self.devices {
+            if let Some(p) = &mut d.profile
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Checks everything that can be checked without running.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.hub;
+        if s.mqtt_listen.is_empty() {
+            return Err(ConfigError::new(
+                "hub.mqtt_listen",
+                "needs at least one address",
+            ));
+        }
+        for (i, a) in s.mqtt_listen.iter().enumerate() {
+            check_addr(&format!("hub.mqtt_listen[{i}]"), a)?;
+        }
+        check_addr("hub.http_listen", &s.http_listen)?;
+        if s.max_packet_bytes < 1024 {
+            return Err(ConfigError::new(
+                "hub.max_packet_bytes",
+                "must be at least 1024",
+            ));
+        }
+
+        // One namespace: an MQTT client id identifies exactly one principal.
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut claim = |id: &str, key: String| -> Result<(), ConfigError> {
+            validate_id(id)
+                .map_err(|e| ConfigError::new(format!("{key}.id"), format!("`{id}` {e}")))?;
+            if let Some(first) = seen.insert(id.to_string(), key.clone()) {
+                return Err(ConfigError::new(
+                    format!("{key}.id"),
+                    format!("`{id}` is already used by {first}"),
+                ));
+            }
+            Ok(())
+        };
+        for (i, a) in self.agents.iter().enumerate() {
+            claim(&a.id, format!("agents[{i}]"))?;
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            claim(&a.id, format!("apps[{i}]"))?;
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            claim(&d.id, format!("devices[{i}]"))?;
+        }
+
+        for (i, a) in self.agents.iter().enumerate() {
+            let key = format!("agents[{i}]");
+            check_secret(&key, a.secret.as_deref(), a.secret_hash.as_deref(), true)?;
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            let key = format!("apps[{i}]");
+            check_secret(&key, a.secret.as_deref(), a.secret_hash.as_deref(), true)?;
+            for (j, g) in a.grants.iter().enumerate() {
+                grant_filter(g).map_err(|e| {
+                    ConfigError::new(format!("{key}.grants[{j}]"), format!("`{g}`: {e}"))
+                })?;
+            }
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = format!("devices[{i}]");
+            validate_kind(&d.kind).map_err(|e| {
+                ConfigError::new(format!("{key}.kind"), format!("`{}` {e}", d.kind))
+            })?;
+            check_secret(&key, d.secret.as_deref(), d.secret_hash.as_deref(), false)?;
+            if let Some(agent) = &d.agent
+                && !self.agents.iter().any(|a| &a.id == agent)
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.agent"),
+                    format!("no agent `{agent}` in [[agents]]"),
+                ));
+            }
+            if let Some(lat) = d.lat
+                && !(-90.0..=90.0).contains(&lat)
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.lat"),
+                    format!("{lat} is not a latitude"),
+                ));
+            }
+            if let Some(lon) = d.lon
+                && !(-180.0..=180.0).contains(&lon)
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.lon"),
+                    format!("{lon} is not a longitude"),
+                ));
+            }
+            if d.lat.is_some() != d.lon.is_some() {
+                return Err(ConfigError::new(
+                    format!("{key}.lat"),
+                    "lat and lon go together",
+                ));
+            }
+            match &d.gb_id {
+                Some(g) => {
+                    GbId::parse(g).map_err(|e| ConfigError::new(format!("{key}.gb_id"), e))?;
+                }
+                None if d.kind == "camera" => {
+                    return Err(ConfigError::new(
+                        format!("{key}.gb_id"),
+                        "a camera needs its 20-digit GB/T 28181 id",
+                    ));
+                }
+                None => {}
+            }
+        }
+
+        let mut rule_ids: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let key = format!("rules[{i}]");
+            if let Some(first) = rule_ids.insert(&r.id, i) {
+                return Err(ConfigError::new(
+                    format!("{key}.id"),
+                    format!("`{}` is already used by rules[{first}]", r.id),
+                ));
+            }
+            r.validate(&key, self)?;
+        }
+        Ok(())
+    }
+
+    /// The device with this id.
+    pub fn device(&self, id: &str) -> Option<&DeviceConfig> {
+        self.devices.iter().find(|d| d.id == id)
+    }
+}
+
+impl RuleConfig {
+    /// Checks the rule's shape; `key` names it in messages (`rules[2]`).
+    pub fn validate(&self, key: &str, cfg: &HubConfig) -> Result<(), ConfigError> {
+        validate_id(&self.id)
+            .map_err(|e| ConfigError::new(format!("{key}.id"), format!("`{}` {e}", self.id)))?;
+        let key = format!("{key} ({})", self.id);
+        if let Some(k) = &self.kind
+            && k != "*"
+        {
+            validate_kind(k)
+                .map_err(|e| ConfigError::new(format!("{key}.kind"), format!("`{k}` {e}")))?;
+        }
+        if let Some(d) = &self.device
+            && cfg.device(d).is_none()
+        {
+            return Err(ConfigError::new(
+                format!("{key}.device"),
+                format!("no device `{d}` in [[devices]]"),
+            ));
+        }
+        let conditions = [
+            self.above.is_some() || self.below.is_some(),
+            self.rise_per_hour.is_some(),
+            self.silent_for.is_some(),
+        ];
+        match conditions.iter().filter(|c| **c).count() {
+            0 => {
+                return Err(ConfigError::new(
+                    &key,
+                    "needs a condition: above, below, rise_per_hour or silent_for",
+                ));
+            }
+            1 => {}
+            _ => {
+                return Err(ConfigError::new(
+                    &key,
+                    "has more than one condition; write one rule per condition",
+                ));
+            }
+        }
+        if self.above.is_some() && self.below.is_some() {
+            return Err(ConfigError::new(
+                &key,
+                "has both above and below; write two rules",
+            ));
+        }
+        let needs_quantity = self.silent_for.is_none();
+        match (&self.quantity, needs_quantity) {
+            (None, true) => {
+                return Err(ConfigError::new(
+                    format!("{key}.quantity"),
+                    "is required for this rule",
+                ));
+            }
+            (Some(q), _) => {
+                let quantity = Quantity::from_name(q).ok_or_else(|| {
+                    ConfigError::new(format!("{key}.quantity"), format!("unknown quantity `{q}`"))
+                })?;
+                if (self.above.is_some() || self.below.is_some() || self.rise_per_hour.is_some())
+                    && !matches!(
+                        quantity.kind(),
+                        protocols::ValueKind::Number | protocols::ValueKind::Bool
+                    )
+                {
+                    return Err(ConfigError::new(
+                        format!("{key}.quantity"),
+                        format!("`{q}` is not numeric"),
+                    ));
+                }
+            }
+            (None, false) => {}
+        }
+        for (name, v) in [
+            ("above", self.above),
+            ("below", self.below),
+            ("clear_below", self.clear_below),
+            ("clear_above", self.clear_above),
+            ("rise_per_hour", self.rise_per_hour),
+        ] {
+            if let Some(v) = v
+                && !v.is_finite()
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.{name}"),
+                    "must be a finite number",
+                ));
+            }
+        }
+        if let (Some(a), Some(c)) = (self.above, self.clear_below)
+            && c > a
+        {
+            return Err(ConfigError::new(
+                format!("{key}.clear_below"),
+                format!("{c} is above the threshold {a}"),
+            ));
+        }
+        if let (Some(b), Some(c)) = (self.below, self.clear_above)
+            && c < b
+        {
+            return Err(ConfigError::new(
+                format!("{key}.clear_above"),
+                format!("{c} is below the threshold {b}"),
+            ));
+        }
+        if self.clear_below.is_some() && self.above.is_none() {
+            return Err(ConfigError::new(
+                format!("{key}.clear_below"),
+                "goes with `above`",
+            ));
+        }
+        if self.clear_above.is_some() && self.below.is_none() {
+            return Err(ConfigError::new(
+                format!("{key}.clear_above"),
+                "goes with `below`",
+            ));
+        }
+        if let Some(r) = self.rise_per_hour
+            && r <= 0.0
+        {
+            return Err(ConfigError::new(
+                format!("{key}.rise_per_hour"),
+                "must be positive",
+            ));
+        }
+        if let Some(s) = self.silent_for
+            && s.0.is_zero()
+        {
+            return Err(ConfigError::new(
+                format!("{key}.silent_for"),
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| {
+            ConfigError::new(
+                key,
+                format!("`{addr}` is not an address like 0.0.0.0:1883 or [::]:1883"),
+            )
+        })
+}
+
+fn check_secret(
+    key: &str,
+    secret: Option<&str>,
+    hash: Option<&str>,
+    required: bool,
+) -> Result<(), ConfigError> {
+    match (secret, hash) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            format!("{key}.secret_hash"),
+            "give either secret or secret_hash, not both",
+        )),
+        (Some(s), None) if s.len() < 8 => Err(ConfigError::new(
+            format!("{key}.secret"),
+            "must be at least 8 characters",
+        )),
+        (None, Some(h)) => {
+            let parsed = argon2::PasswordHash::new(h).map_err(|e| {
+                ConfigError::new(
+                    format!("{key}.secret_hash"),
+                    format!("not a PHC hash string: {e}"),
+                )
+            })?;
+            if !parsed.algorithm.as_str().starts_with("argon2") {
+                return Err(ConfigError::new(
+                    format!("{key}.secret_hash"),
+                    format!("algorithm `{}` is not argon2", parsed.algorithm),
+                ));
+            }
+            Ok(())
+        }
+        (None, None) if required => Err(ConfigError::new(
+            format!("{key}.secret"),
+            "is required (or secret_hash)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[devices]]
+id = "WL-0001"
+kind = "water_level"
+secret = "device-secret-1"
+dept = "water"
+lat = 30.4212
+lon = 120.3010
+
+[[devices]]
+id = "CAM-0001"
+kind = "camera"
+agent = "AG-0001"
+gb_id = "33011000001320000001"
+
+[[agents]]
+id = "AG-0001"
+secret = "agent-secret-1"
+
+[[apps]]
+id = "command-center"
+secret = "cc-secret-123"
+grants = ["feeds/#", "twin/#", "alerts/#"]
+
+[[rules]]
+id = "water-level-high"
+kind = "water_level"
+quantity = "water_level"
+above = 3.0
+clear_below = 2.8
+for = "30s"
+level = "orange"
+
+[[rules]]
+id = "water-rising-fast"
+quantity = "water_level"
+rise_per_hour = 0.5
+level = "yellow"
+
+[[rules]]
+id = "device-silent"
+kind = "*"
+silent_for = "10m"
+level = "blue"
+"#;
+
+    #[test]
+    fn contract_example_loads() {
+        let c = HubConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.rules[0].hold, Some(HumanDuration::secs(30)));
+        assert_eq!(c.hub.mqtt_listen, vec!["0.0.0.0:1883", "[::]:1883"]);
+        assert_eq!(c.hub.http_listen, "0.0.0.0:8080");
+        // An empty file is a valid config: the built-in defaults.
+        assert_eq!(HubConfig::from_toml("").unwrap(), HubConfig::default());
+    }
+
+    fn err(extra: &str) -> String {
+        HubConfig::from_toml(&format!("{GOOD}\n{extra}"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let cases = [
+            (
+                "[[devices]]\nid = \"bad/id\"\nkind = \"manhole\"",
+                "devices[2].id: `bad/id` has '/'",
+            ),
+            (
+                "[[devices]]\nid = \"WL-0001\"\nkind = \"manhole\"",
+                "devices[2].id: `WL-0001` is already used by devices[0]",
+            ),
+            (
+                "[[devices]]\nid = \"AG-0001\"\nkind = \"manhole\"",
+                "devices[2].id: `AG-0001` is already used by agents[0]",
+            ),
+            (
+                "[[devices]]\nid = \"M-1\"\nkind = \"Manhole\"",
+                "devices[2].kind:",
+            ),
+            (
+                "[[devices]]\nid = \"M-1\"\nkind = \"manhole\"\nagent = \"AG-9\"",
+                "devices[2].agent: no agent `AG-9`",
+            ),
+            (
+                "[[devices]]\nid = \"M-1\"\nkind = \"manhole\"\nlat = 91.0\nlon = 0.0",
+                "devices[2].lat: 91 is not a latitude",
+            ),
+            (
+                "[[devices]]\nid = \"M-1\"\nkind = \"manhole\"\nlat = 1.0",
+                "devices[2].lat: lat and lon go together",
+            ),
+            (
+                "[[devices]]\nid = \"C-2\"\nkind = \"camera\"",
+                "devices[2].gb_id: a camera needs",
+            ),
+            (
+                "[[devices]]\nid = \"C-2\"\nkind = \"camera\"\ngb_id = \"123\"",
+                "devices[2].gb_id: must be 20 digits",
+            ),
+            (
+                "[[devices]]\nid = \"M-1\"\nkind = \"manhole\"\nsecret = \"short\"",
+                "devices[2].secret: must be at least 8",
+            ),
+            (
+                "[[devices]]\nid = \"M-1\"\nkind = \"manhole\"\nsecret_hash = \"nope\"",
+                "devices[2].secret_hash: not a PHC hash",
+            ),
+            (
+                "[[devices]]\nid = \"M-1\"\nkind = \"manhole\"\ncolour = \"red\"",
+                "devices[2].colour (line 49): unknown field `colour`",
+            ),
+            ("[[agents]]\nid = \"AG-2\"", "agents[1].secret: is required"),
+            (
+                "[[apps]]\nid = \"a2\"\nsecret = \"12345678\"\ngrants = [\"feeds/#/x\"]",
+                "apps[1].grants[0]: `feeds/#/x`",
+            ),
+            (
+                "[[rules]]\nid = \"r\"\nlevel = \"red\"",
+                "rules[3] (r): needs a condition",
+            ),
+            (
+                "[[rules]]\nid = \"r\"\nlevel = \"red\"\nabove = 1.0",
+                "rules[3] (r).quantity: is required",
+            ),
+            (
+                "[[rules]]\nid = \"r\"\nlevel = \"red\"\nabove = 1.0\nquantity = \"flux\"",
+                "rules[3] (r).quantity: unknown quantity `flux`",
+            ),
+            (
+                "[[rules]]\nid = \"r\"\nlevel = \"red\"\nabove = 1.0\nquantity = \"ph\"\nclear_below = 2.0",
+                "rules[3] (r).clear_below: 2 is above",
+            ),
+            (
+                "[[rules]]\nid = \"r\"\nlevel = \"red\"\nabove = 1.0\nsilent_for = \"1m\"\nquantity = \"ph\"",
+                "rules[3] (r): has more than one condition",
+            ),
+            (
+                "[[rules]]\nid = \"r\"\nlevel = \"purple\"\nabove = 1.0\nquantity = \"ph\"",
+                "rules[3].level (line",
+            ),
+            (
+                "[[rules]]\nid = \"r\"\nlevel = \"red\"\nsilent_for = \"soon\"",
+                "rules[3].silent_for (line",
+            ),
+            (
+                "[[rules]]\nid = \"water-level-high\"\nlevel = \"red\"\nsilent_for = \"1m\"",
+                "rules[3].id: `water-level-high` is already used",
+            ),
+            (
+                "[hub]\nhttp_listen = \"localhost\"",
+                "hub.http_listen: `localhost` is not an address",
+            ),
+            (
+                "[hub]\nmqtt_listen = []",
+                "hub.mqtt_listen: needs at least one",
+            ),
+        ];
+        for (extra, want) in cases {
+            let got = err(extra);
+            assert!(
+                got.starts_with(want),
+                "for {extra:?}\n got: {got}\nwant: {want}"
+            );
+            assert!(!got.contains('\n'), "{got}");
+        }
+    }
+
+    #[test]
+    fn argon2_hashes_are_accepted() {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let hash = argon2::Argon2::default()
+            .hash_password(b"agent-secret", &salt)
+            .unwrap()
+            .to_string();
+        let text = format!("[[agents]]\nid = \"AG-1\"\nsecret_hash = \"{hash}\"\n");
+        assert!(HubConfig::from_toml(&text).is_ok());
+    }
+
+    #[test]
+    fn load_resolves_paths_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "[hub]\ndata_dir = \"store\"\n").unwrap();
+        let c = HubConfig::load(&path).unwrap();
+        assert_eq!(c.hub.data_dir, dir.path().join("store"));
+        std::fs::write(&path, "[hub]\ndata_dir = 5\n").unwrap();
+        let e = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("hub.toml: hub.data_dir (line 2)"), "{e}");
+        let e = HubConfig::load(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+}

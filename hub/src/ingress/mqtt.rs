@@ -1,0 +1,1 @@
+//! Embedded MQTT broker (built by the hub-ingress issue).

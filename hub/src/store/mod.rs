@@ -1,0 +1,88 @@
+//! Durable time series: the seam between the pipeline and storage engines.
+//!
+//! The pipeline writes [`WriteBatch`]es and reads [`Query`] results through [`SeriesStore`];
+//! the embedded engine (redb + write-ahead log + compressed chunks) is one implementation, a
+//! PostgreSQL one for a multi-hub city deployment would be another.
+
+use std::sync::Arc;
+
+use protocols::{Quality, Quantity};
+
+/// One time series: a quantity of a device.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesId {
+    /// Device id.
+    pub device: Arc<str>,
+    /// Quantity.
+    pub quantity: Quantity,
+}
+
+/// One stored point, in the quantity's canonical unit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// Epoch milliseconds.
+    pub ts_ms: i64,
+    /// Canonical value (booleans 0/1, enum states by index).
+    pub value: f64,
+    /// Quality.
+    pub quality: Quality,
+}
+
+/// Where a write came from, for deduplication of redelivered agent messages.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The agent.
+    pub agent: Arc<str>,
+    /// Its queue incarnation.
+    pub stream: u64,
+    /// The message's sequence number in that stream.
+    pub seq: u64,
+}
+
+/// Points to append atomically, with their origin.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteBatch {
+    /// Set for agent messages: the write is skipped if this origin is already stored.
+    pub origin: Option<Origin>,
+    /// Points by series; within a series, in any order.
+    pub series: Vec<(SeriesId, Vec<Point>)>,
+}
+
+/// The result of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Durable (committed to the write-ahead log and synced).
+    Stored,
+    /// The origin was already stored; nothing was written.
+    Duplicate,
+}
+
+/// Aggregation of a bucketed query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agg {
+    /// Mean.
+    Avg,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+    /// Latest point in the bucket.
+    Last,
+    /// Number of points.
+    Count,
+}
+
+/// A series query: raw points, or `step` buckets aggregated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    /// The series.
+    pub series: SeriesId,
+    /// Inclusive start, epoch ms.
+    pub from_ms: i64,
+    /// Exclusive end, epoch ms.
+    pub to_ms: i64,
+    /// Bucket width; `None` for raw points.
+    pub step_ms: Option<i64>,
+    /// Aggregation for buckets.
+    pub agg: Agg,
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests talk to: a broker and clients nobody here wrote (mosquitto),
+# Modbus servers and tools (pymodbus, mbpoll), video tools (ffmpeg, GStreamer RTSP server),
+# and a CAP schema validator (xmllint). Idempotent: skips what is already there.
+set -euo pipefail
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+for p in mosquitto mosquitto-clients mbpoll libmodbus-dev ffmpeg libxml2-utils \
+         gstreamer1.0-tools gstreamer1.0-rtsp gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+         gstreamer1.0-plugins-ugly gstreamer1.0-libav gir1.2-gst-rtsp-server-1.0 python3-gi \
+         socat iproute2; do
+  pkg_installed "$p" || need_apt+=("$p")
+done
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup-peers: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# The system broker must not hold port 1883 while tests start their own brokers.
+if have systemctl; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+pkill -x mosquitto >/dev/null 2>&1 || true
+
+if ! python3 -c 'import pymodbus, serial' >/dev/null 2>&1; then
+  echo "setup-peers: installing pymodbus"
+  python3 -m pip install -q --disable-pip-version-check 'pymodbus>=3.6,<4' pyserial
+fi
+
+if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup-peers: installing cargo-nextest"
+  cargo install --locked cargo-nextest >/dev/null
+fi
+echo "setup-peers: ready"
