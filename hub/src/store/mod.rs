@@ -86,3 +86,42 @@ pub struct Query {
     /// Aggregation for buckets.
     pub agg: Agg,
 }
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("store I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The embedded database refused an operation.
+    #[error("store database: {0}")]
+    Db(String),
+    /// Stored data failed its checksum or could not be decoded.
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+    /// The query is malformed (e.g. `to` before `from`, a step of zero).
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    /// The store is shutting down.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// A time-series store as the pipeline and the API use it.
+///
+/// `append` is the only write: atomic per batch, deduplicated by origin, and resolved only when
+/// durable, so the caller may acknowledge upstream the moment it returns `Stored`.
+pub trait SeriesStore: Send + Sync + 'static {
+    /// Appends a batch; resolves once durable, or reports that its origin was already stored.
+    fn append(
+        &self,
+        batch: WriteBatch,
+    ) -> impl std::future::Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Raw points (`step_ms == None`) or aggregated buckets `[bucket_start_ms, value]`, oldest
+    /// first. Buckets without points are left out.
+    fn query(&self, q: &Query) -> Result<Vec<(i64, f64)>, StoreError>;
+
+    /// The newest point of each series of a device, for rebuilding twins at start.
+    fn latest(&self, device: &str) -> Result<Vec<(Quantity, Point)>, StoreError>;
+}
