@@ -23,6 +23,10 @@ pub const RAIN_MM_PER_TIP: f64 = 0.2794;
 /// Wind speed per anemometer closure per second, m/s (2.4 km/h).
 pub const WIND_MS_PER_HZ: f64 = 2.4 / 3.6;
 
+/// Shortest window a wind speed is computed over, ms: at a few pulses per second a shorter
+/// one would read mostly zeros.
+pub const WIND_WINDOW_MS: u64 = 1_000;
+
 /// The register map (profile `weather-station.toml`).
 pub const MAP: &[MapPoint] = &[
     MapPoint::new(Quantity::Rainfall, Table::Input, 0, DataType::U64)
@@ -97,7 +101,7 @@ impl<I2C: I2c, D: DelayNs> WeatherNode<I2C, D> {
     pub fn sample(&mut self, now_ms: u64) -> Result<(), Part> {
         let mut failed = FirstFailure::default();
         match self.window_start_ms {
-            Some(start) if now_ms > start => {
+            Some(start) if now_ms >= start + WIND_WINDOW_MS => {
                 let seconds = (now_ms - start) as f64 / 1000.0;
                 self.wind_speed = Some(self.wind_pulses as f64 / seconds * WIND_MS_PER_HZ);
                 self.wind_pulses = 0;
