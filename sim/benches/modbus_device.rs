@@ -19,7 +19,9 @@ use tokio_modbus::client::{Reader, tcp};
 use tokio_modbus::prelude::Slave;
 
 fn load(name: &str) -> DeviceProfile {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../profiles")
+        .join(name);
     DeviceProfile::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -49,7 +51,12 @@ fn firmware_path() {
     let mut slave = rtu::Slave::new(1);
     let start = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(slave.process(&frame, node.data_model()).map(|r| r.len()).ok());
+        std::hint::black_box(
+            slave
+                .process(&frame, node.data_model())
+                .map(|r| r.len())
+                .ok(),
+        );
     }
     let rtu_ns = start.elapsed().as_nanos() as f64 / n as f64;
     println!(
@@ -57,7 +64,12 @@ fn firmware_path() {
     );
 }
 
-async fn load_devices(name: &str, devices: &[RunningDevice], clients_per_device: usize, duration: Duration) {
+async fn load_devices(
+    name: &str,
+    devices: &[RunningDevice],
+    clients_per_device: usize,
+    duration: Duration,
+) {
     let mut tasks = Vec::new();
     let deadline = Instant::now() + duration;
     for d in devices {
@@ -98,7 +110,10 @@ async fn tcp_paths() {
     let before = rss_kib();
     let specs = (0..50).map(|i| {
         let id = format!("SL-{i:04}");
-        (DeviceSpec::new(id.clone(), profile.clone(), 1, world.site(&id)), any)
+        (
+            DeviceSpec::new(id.clone(), profile.clone(), 1, world.site(&id)),
+            any,
+        )
     });
     let devices = spawn_fleet(specs).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -107,14 +122,35 @@ async fn tcp_paths() {
         "{{\"bench\":\"memory\",\"devices\":50,\"rss_kib_before\":{before},\"rss_kib_after\":{after},\"kib_per_device\":{:.1}}}",
         (after.saturating_sub(before)) as f64 / 50.0
     );
-    load_devices("tcp_one_device_one_client", &devices[..1], 1, Duration::from_secs(3)).await;
-    load_devices("tcp_one_device_four_clients", &devices[..1], 4, Duration::from_secs(3)).await;
-    load_devices("tcp_fifty_devices_one_client_each", &devices, 1, Duration::from_secs(3)).await;
+    load_devices(
+        "tcp_one_device_one_client",
+        &devices[..1],
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
+    load_devices(
+        "tcp_one_device_four_clients",
+        &devices[..1],
+        4,
+        Duration::from_secs(3),
+    )
+    .await;
+    load_devices(
+        "tcp_fifty_devices_one_client_each",
+        &devices,
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to filter here.
     firmware_path();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(tcp_paths());
 }

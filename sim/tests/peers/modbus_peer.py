@@ -7,7 +7,7 @@ checks exception responses. Prints one JSON object on stdout; exits non-zero on 
 
   modbus_peer.py (--tcp HOST:PORT | --serial PATH) --unit N --profile FILE ACTION...
   ACTION: read | write QUANTITY VALUE | expect-exception FUNCTION ADDRESS COUNT CODE
-          | wait-for QUANTITY MIN MAX | garbage
+          | wait-for QUANTITY MIN MAX | garbage | broadcast-write QUANTITY VALUE
 """
 import argparse
 import json
@@ -118,6 +118,16 @@ class Peer:
         if abs(back - value) > 1e-9:
             sys.exit(f"{quantity}: wrote {value}, read back {back}")
 
+    def broadcast_write(self, quantity, value):
+        # Unit 0: every device carries the write out, none answers.
+        p = self.point(quantity)
+        self.client.write_registers(p["address"], encode(p, value), device_id=0, no_response_expected=True)
+        time.sleep(0.1)
+        back = self.read_point(p)[0]
+        self.log.setdefault("broadcasts", []).append({"quantity": quantity, "value": value, "read_back": back})
+        if abs(back - value) > 1e-9:
+            sys.exit(f"broadcast {quantity}={value}: read back {back}")
+
     def expect_exception(self, function, address, count, code):
         c, u = self.client, self.unit
         calls = {
@@ -178,6 +188,9 @@ def main():
             i += 1
         elif op == "write":
             peer.write(a[i + 1], float(a[i + 2]))
+            i += 3
+        elif op == "broadcast-write":
+            peer.broadcast_write(a[i + 1], float(a[i + 2]))
             i += 3
         elif op == "expect-exception":
             peer.expect_exception(*(int(x) for x in a[i + 1:i + 5]))
