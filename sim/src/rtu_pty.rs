@@ -85,6 +85,10 @@ pub async fn serve(pty: Pty, device: DeviceHandle) -> std::io::Result<()> {
             guard = fd.readable() => {
                 let mut guard = guard?;
                 match guard.try_io(|inner| Ok(rustix::io::read(inner.get_ref().as_fd(), &mut buf)?)) {
+                    Ok(Ok(0)) => {
+                        debug!(path = %path.display(), "pty closed");
+                        return Ok(());
+                    }
                     Ok(Ok(n)) => {
                         let now = micros(epoch);
                         if let Some(frame) = framer.poll(now) {
