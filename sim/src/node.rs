@@ -85,10 +85,11 @@ pub fn check_profile(profile: &DeviceProfile) -> Result<&'static [MapPoint], Bui
             && m.scale == p.scale
             && m.offset == p.offset
             && m.unit == p.unit
-            && m.writable == p.writable;
+            && m.writable == p.writable
+            && (m.min, m.max) == p.range;
         if !same {
             return Err(mismatch(format!(
-                "`{}`: firmware {:?} {} {} {} scale {} unit {}, profile {:?} {} {} {} scale {} unit {}",
+                "`{}`: firmware {:?} {} {} {} scale {} unit {} range {:?}, profile {:?} {} {} {} scale {} unit {} range {:?}",
                 p.quantity.name(),
                 m.table,
                 m.address,
@@ -96,12 +97,14 @@ pub fn check_profile(profile: &DeviceProfile) -> Result<&'static [MapPoint], Bui
                 m.word_order.name(),
                 m.scale,
                 m.unit,
+                (m.min, m.max),
                 p.table,
                 p.address,
                 p.data_type,
                 p.word_order.name(),
                 p.scale,
-                p.unit
+                p.unit,
+                p.range
             )));
         }
     }
