@@ -12,38 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Value;
 use crate::quantity::{Quantity, ValueKind};
+pub use crate::registers::Table;
 use crate::registers::{DataType, RegisterError, WordOrder, decode_raw, encode_raw};
-
-/// The four Modbus tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Table {
-    /// Read/write bits (function codes 1, 5, 15).
-    Coil,
-    /// Read-only bits (function code 2).
-    Discrete,
-    /// Read-only registers (function code 4).
-    Input,
-    /// Read/write registers (function codes 3, 6, 16).
-    Holding,
-}
-
-impl Table {
-    /// Whether the table holds bits rather than registers.
-    pub const fn is_bits(self) -> bool {
-        matches!(self, Table::Coil | Table::Discrete)
-    }
-
-    /// Whether the master may write the table.
-    pub const fn is_writable(self) -> bool {
-        matches!(self, Table::Coil | Table::Holding)
-    }
-
-    /// Largest count one read request may ask for (Modbus application protocol 1.1b3).
-    pub const fn max_read(self) -> u16 {
-        if self.is_bits() { 2000 } else { 125 }
-    }
-}
 
 fn one() -> f64 {
     1.0

@@ -125,6 +125,37 @@ impl WordOrder {
     }
 }
 
+/// The four Modbus tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Table {
+    /// Read/write bits (function codes 1, 5, 15).
+    Coil,
+    /// Read-only bits (function code 2).
+    Discrete,
+    /// Read-only registers (function code 4).
+    Input,
+    /// Read/write registers (function codes 3, 6, 16).
+    Holding,
+}
+
+impl Table {
+    /// Whether the table holds bits rather than registers.
+    pub const fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+
+    /// Whether the master may write the table.
+    pub const fn is_writable(self) -> bool {
+        matches!(self, Table::Coil | Table::Holding)
+    }
+
+    /// Largest count one read request may ask for (Modbus application protocol 1.1b3).
+    pub const fn max_read(self) -> u16 {
+        if self.is_bits() { 2000 } else { 125 }
+    }
+}
+
 /// Why registers could not be turned into a value or back.
 #[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
 pub enum RegisterError {

@@ -1,0 +1,35 @@
+//! The simulated district: the real firmware on simulated peripherals behind Modbus, the
+//! physical world those peripherals sense, and (in later issues) the demo, load and
+//! benchmarks.
+//!
+//! Running simulated devices from Rust:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use sim::device::{DeviceSpec, spawn_fleet};
+//! use sim::world::World;
+//! let world = World::default();
+//! let profile = protocols::profile::DeviceProfile::from_toml(&std::fs::read_to_string("profiles/streetlight-lc200.toml")?)?;
+//! let specs = (0..50).map(|i| {
+//!     let id = format!("SL-{i:04}");
+//!     let site = world.site(&id);
+//!     (DeviceSpec::new(id, profile.clone(), 1, site), "127.0.0.1:0".parse().unwrap())
+//! });
+//! let devices = spawn_fleet(specs).await?;
+//! devices[3].site.update(|c| c.lamp_broken = true); // the firmware reports lamp_failure
+//! world.update_weather(|w| w.rain_rate = 40.0);     // every weather station sees the storm
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod device;
+pub mod district;
+pub mod fleet;
+pub mod modbus_device;
+pub mod modbus_tcp;
+pub mod node;
+pub mod peripherals;
+pub mod rtu_pty;
+pub mod world;
