@@ -8,6 +8,14 @@ use std::sync::Arc;
 
 use protocols::{Quality, Quantity};
 
+mod bits;
+mod chunk;
+pub mod codec;
+mod dedup;
+mod head;
+mod query;
+mod wal;
+
 /// One time series: a quantity of a device.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesId {
