@@ -42,11 +42,6 @@ impl<'a> ByteReader<'a> {
         ByteReader { buf, pos: 0 }
     }
 
-    /// Bytes consumed so far.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
     /// The unread rest.
     pub fn rest(&self) -> &'a [u8] {
         &self.buf[self.pos..]
@@ -143,7 +138,11 @@ impl BitWriter {
             self.write(v & 0xffff_ffff, 32);
             return;
         }
-        let v = if bits == 64 { v } else { v & ((1u64 << bits) - 1) };
+        let v = if bits == 64 {
+            v
+        } else {
+            v & ((1u64 << bits) - 1)
+        };
         self.acc = (self.acc << bits) | v;
         self.n += bits;
         while self.n >= 8 {
@@ -152,12 +151,6 @@ impl BitWriter {
         }
         // Keep only the pending bits so the shift above cannot lose anything.
         self.acc &= (1u64 << self.n) - 1;
-    }
-
-    /// Writes one bit.
-    #[inline]
-    pub fn bit(&mut self, b: bool) {
-        self.write(u64::from(b), 1);
     }
 
     /// Pads the last byte with zeros and returns the bytes.
@@ -232,17 +225,6 @@ impl<'a> BitReader<'a> {
     #[inline]
     pub fn bit(&mut self) -> Result<bool, Truncated> {
         Ok(self.read(1)? == 1)
-    }
-
-    /// Counts leading one bits, at most `max`, consuming them and the terminating zero (if
-    /// fewer than `max`).
-    #[inline]
-    pub fn unary(&mut self, max: u32) -> Result<u32, Truncated> {
-        let mut k = 0;
-        while k < max && self.bit()? {
-            k += 1;
-        }
-        Ok(k)
     }
 }
 

@@ -107,7 +107,9 @@ pub fn decode_meta(start_ts: i64, rec: &[u8]) -> Result<(ChunkMeta, &[u8]), Chun
     let mut r = ByteReader::new(body);
     let bad = |_| ChunkError::Codec(CodecError::Truncated);
     if r.u8().map_err(bad)? != RECORD_VERSION {
-        return Err(ChunkError::Codec(CodecError::Invalid("chunk record version")));
+        return Err(ChunkError::Codec(CodecError::Invalid(
+            "chunk record version",
+        )));
     }
     let flags = r.u8().map_err(bad)?;
     let count = r.varint().map_err(bad)?;

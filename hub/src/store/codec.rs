@@ -155,7 +155,11 @@ fn get_code(r: &mut BitReader<'_>, width: u32) -> Result<u64, Truncated> {
     }
     let bl = r.read(6)? as u32 + 1;
     let low = r.read(bl - 1)?;
-    Ok(if bl == 64 { low | (1 << 63) } else { low | (1 << (bl - 1)) })
+    Ok(if bl == 64 {
+        low | (1 << 63)
+    } else {
+        low | (1 << (bl - 1))
+    })
 }
 
 /// The decimal form of a chunk's values, if every value has one.
@@ -577,7 +581,13 @@ mod tests {
         assert_eq!(out.len(), p.len());
         for (a, b) in p.iter().zip(&out) {
             assert_eq!(a.ts_ms, b.ts_ms);
-            assert_eq!(a.value.to_bits(), b.value.to_bits(), "{} vs {}", a.value, b.value);
+            assert_eq!(
+                a.value.to_bits(),
+                b.value.to_bits(),
+                "{} vs {}",
+                a.value,
+                b.value
+            );
             assert_eq!(a.quality, b.quality);
         }
         bytes.len()
@@ -586,7 +596,9 @@ mod tests {
     #[test]
     fn regular_decimal_series_is_small() {
         let ts: Vec<i64> = (0..1000).map(|i| 1_700_000_000_000 + i * 1000).collect();
-        let vals: Vec<f64> = (0..1000).map(|i| (2310 + (i % 7) - 3) as f64 / 1000.0).collect();
+        let vals: Vec<f64> = (0..1000)
+            .map(|i| (2310 + (i % 7) - 3) as f64 / 1000.0)
+            .collect();
         let len = round_trip(&pts(&ts, &vals));
         assert!(len < 700, "{len} bytes");
         let flat = vec![1.0; 1000];
@@ -635,7 +647,9 @@ mod tests {
         let mut seed = 1u64;
         for _ in 0..2000 {
             let mut b = bytes.clone();
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let i = (seed >> 33) as usize % b.len();
             b[i] ^= 1 << ((seed >> 20) % 8);
             let _ = decode(&b, &mut Vec::new());

@@ -150,7 +150,8 @@ impl OriginIndex {
     fn encode_agent(&self, agent: &str) -> Vec<u8> {
         let mut out = vec![1u8];
         let streams = self.agents.get(agent);
-        let mut list: Vec<(&u64, &StreamState)> = streams.map(|s| s.iter().collect()).unwrap_or_default();
+        let mut list: Vec<(&u64, &StreamState)> =
+            streams.map(|s| s.iter().collect()).unwrap_or_default();
         // Oldest first, so a reload restores the eviction order.
         list.sort_by_key(|(_, s)| s.last_used);
         put_varint(&mut out, list.len() as u64);

@@ -141,15 +141,6 @@ impl SeriesHead {
         }
     }
 
-    /// Seals both buffers regardless of size (used by a clean close, so that a reopen needs no
-    /// head snapshot... and by tests).
-    pub fn seal_all(&mut self, policy: &SealPolicy, sealed: &mut Vec<Sealed>) {
-        self.seal_inorder(sealed);
-        if !self.ooo.is_empty() {
-            self.seal_ooo(policy, sealed);
-        }
-    }
-
     /// The out-of-order points as a sorted vector.
     pub fn ooo_points(&self) -> Vec<Point> {
         self.ooo

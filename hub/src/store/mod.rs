@@ -12,9 +12,12 @@ mod bits;
 mod chunk;
 pub mod codec;
 mod dedup;
+mod engine;
 mod head;
 mod query;
 mod wal;
+
+pub use engine::{RetentionReport, StoreOptions, StoreStats, TsStore};
 
 /// One time series: a quantity of a device.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -14,8 +14,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use protocols::Quality;
-
 use super::bits::{ByteReader, Truncated, put_varint, unzigzag, zigzag};
 use super::codec::{quality_code, quality_from_code};
 use super::{Origin, Point};
@@ -311,6 +309,7 @@ pub fn truncate_segment(path: &Path, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocols::Quality;
 
     fn pts(n: usize) -> Vec<Point> {
         (0..n)
