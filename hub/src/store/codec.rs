@@ -1,7 +1,8 @@
 //! Chunk payload codec: compressed timestamps, values and qualities of one chunk.
 //!
 //! - Timestamps: the first as a varint, the first delta as a varint, then delta-of-deltas in an
-//!   adaptive prefix code (below). Regular sampling costs one bit a point.
+//!   adaptive prefix code (below), or each delta's distance from the chunk's median delta when
+//!   that is smaller (polling with a few ms of jitter). Regular sampling costs one bit a point.
 //! - Values: sensor values are almost always short decimals (a level in mm, a pH to 0.01) or
 //!   integers (booleans, enum states, counters). When every value of the chunk is within a few
 //!   ulps of `int / 10^k`, the chunk stores those integers as first- or second-order differences
@@ -24,6 +25,8 @@ use super::Point;
 use super::bits::{BitReader, BitWriter, ByteReader, Truncated, put_varint, unzigzag, zigzag};
 
 const VERSION: u8 = 1;
+const TS_DOD: u8 = 0;
+const TS_BASE: u8 = 1;
 const VALUES_XOR: u8 = 0;
 const VALUES_DECIMAL: u8 = 1;
 /// Largest decimal scale tried (10^9 covers nano-units).
@@ -227,23 +230,52 @@ pub fn encode(points: &[Point]) -> Vec<u8> {
     if n == 0 {
         return head;
     }
-    // Timestamps.
+    // Timestamps: delta-of-delta, or (better for jittered polling) each delta's distance from
+    // the chunk's median delta, whichever codes smaller.
     put_varint(&mut head, zigzag(points[0].ts_ms));
-    let mut ts_hist = Hist::new();
     let mut ts_codes = Vec::with_capacity(n.saturating_sub(2));
+    let mut ts_width = 0;
     if n > 1 {
         let d1 = points[1].ts_ms.wrapping_sub(points[0].ts_ms);
         put_varint(&mut head, zigzag(d1));
+        let deltas: Vec<i64> = points[1..]
+            .windows(2)
+            .map(|w| w[1].ts_ms.wrapping_sub(w[0].ts_ms))
+            .collect();
+        let mut dod_hist = Hist::new();
         let mut prev = d1;
-        for w in points[1..].windows(2) {
-            let d = w[1].ts_ms.wrapping_sub(w[0].ts_ms);
-            let z = zigzag(d.wrapping_sub(prev));
-            ts_hist.add(z);
-            ts_codes.push(z);
+        for &d in &deltas {
+            dod_hist.add(zigzag(d.wrapping_sub(prev)));
             prev = d;
         }
+        let (dod_w, dod_cost) = dod_hist.best();
+        let base = if deltas.is_empty() {
+            d1
+        } else {
+            let mut sorted = deltas.clone();
+            let mid = sorted.len() / 2;
+            *sorted.select_nth_unstable(mid).1
+        };
+        let mut base_hist = Hist::new();
+        deltas
+            .iter()
+            .for_each(|&d| base_hist.add(zigzag(d.wrapping_sub(base))));
+        let (base_w, base_cost) = base_hist.best();
+        if base_cost + 64 < dod_cost {
+            head.push(TS_BASE);
+            put_varint(&mut head, zigzag(base));
+            ts_width = base_w;
+            ts_codes.extend(deltas.iter().map(|&d| zigzag(d.wrapping_sub(base))));
+        } else {
+            head.push(TS_DOD);
+            ts_width = dod_w;
+            let mut prev = d1;
+            for &d in &deltas {
+                ts_codes.push(zigzag(d.wrapping_sub(prev)));
+                prev = d;
+            }
+        }
     }
-    let (ts_width, _) = ts_hist.best();
     head.push(ts_width as u8);
 
     // Qualities.
@@ -393,6 +425,11 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Point>) -> Result<(), CodecError> {
     let n = n as usize;
     let ts0 = r.svarint()?;
     let d1 = if n > 1 { r.svarint()? } else { 0 };
+    let ts_base = match if n > 1 { r.u8()? } else { TS_DOD } {
+        TS_DOD => None,
+        TS_BASE => Some(r.svarint()?),
+        _ => return Err(CodecError::Invalid("timestamp mode")),
+    };
     let ts_width = u32::from(r.u8()?);
     if ts_width > 64 {
         return Err(CodecError::Invalid("timestamp code width"));
@@ -475,7 +512,11 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Point>) -> Result<(), CodecError> {
             quality: Quality::Good,
         });
         for _ in 2..n {
-            delta = delta.wrapping_add(unzigzag(get_code(&mut bits, ts_width)?));
+            let r = unzigzag(get_code(&mut bits, ts_width)?);
+            delta = match ts_base {
+                None => delta.wrapping_add(r),
+                Some(base) => base.wrapping_add(r),
+            };
             ts = ts.wrapping_add(delta);
             out.push(Point {
                 ts_ms: ts,

@@ -472,6 +472,9 @@ impl TsStore {
             points_appended: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
         });
+        if let Some(r) = shared.retention_ms {
+            drop_before(&shared, now_ms().saturating_sub(r))?;
+        }
         let syncer = Arc::new(Syncer {
             q: Mutex::new(SyncQueue {
                 waiters: Vec::new(),
@@ -1102,7 +1105,8 @@ fn checkpoint_loop(
     ticks: amsc::WeakSender<Request>,
     retention_every: Duration,
 ) {
-    let mut last_retention: Option<Instant> = None;
+    // `open` ran retention once already.
+    let mut last_retention = Instant::now();
     loop {
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(Job::Checkpoint(job)) => {
@@ -1125,9 +1129,9 @@ fn checkpoint_loop(
             }
         }
         if let Some(r) = shared.retention_ms
-            && last_retention.is_none_or(|t| t.elapsed() >= retention_every)
+            && last_retention.elapsed() >= retention_every
         {
-            last_retention = Some(Instant::now());
+            last_retention = Instant::now();
             if let Err(e) = drop_before(shared, now_ms().saturating_sub(r)) {
                 tracing::warn!(error = %e, "retention run failed");
             }

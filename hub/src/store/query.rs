@@ -84,6 +84,17 @@ impl Acc {
         }
     }
 
+    fn merge(&mut self, o: &Acc) {
+        self.count += o.count;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if o.last_ts >= self.last_ts {
+            self.last_ts = o.last_ts;
+            self.last = o.last;
+        }
+    }
+
     fn value(&self, agg: Agg) -> f64 {
         match agg {
             Agg::Avg => self.sum / self.count as f64,
@@ -189,13 +200,32 @@ pub fn run(mut sources: Vec<Source>, b: Bounds) -> Result<Vec<(i64, f64)>, Strin
     match b.step {
         None => Ok(points),
         Some(step) => {
+            // Points are sorted: aggregate runs of one bucket, then fold in the metadata buckets.
+            let mut out: Vec<(i64, Acc)> = Vec::new();
             for (ts, v) in points {
-                buckets
-                    .entry(bucket(ts, b.align, step))
-                    .or_insert_with(Acc::new)
-                    .point(ts, v);
+                let k = bucket(ts, b.align, step);
+                match out.last_mut() {
+                    Some((last, acc)) if *last == k => acc.point(ts, v),
+                    _ => {
+                        let mut acc = Acc::new();
+                        acc.point(ts, v);
+                        out.push((k, acc));
+                    }
+                }
             }
-            Ok(buckets
+            if !buckets.is_empty() {
+                for (k, acc) in out {
+                    buckets
+                        .entry(k)
+                        .and_modify(|a| a.merge(&acc))
+                        .or_insert(acc);
+                }
+                return Ok(buckets
+                    .into_iter()
+                    .map(|(start, acc)| (start, acc.value(b.agg)))
+                    .collect());
+            }
+            Ok(out
                 .into_iter()
                 .map(|(start, acc)| (start, acc.value(b.agg)))
                 .collect())
