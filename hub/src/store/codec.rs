@@ -111,20 +111,19 @@ impl Hist {
     /// The width minimising total bits, and that total.
     fn best(&self) -> (u32, u64) {
         let zeros = self.0[65];
+        // Bits of everything wider than `w` coded long: start with all of them.
+        let mut long: u64 = self.0[..65]
+            .iter()
+            .enumerate()
+            .map(|(b, &n)| n * (8 + b as u64))
+            .sum();
+        let mut short_count = 0u64;
         let mut best = (0u32, u64::MAX);
         for w in 0..=64u32 {
-            let mut bits = zeros;
-            for (b, &n) in self.0[..65].iter().enumerate() {
-                if n == 0 {
-                    continue;
-                }
-                let per = if b as u32 <= w {
-                    2 + u64::from(w)
-                } else {
-                    8 + b as u64
-                };
-                bits += n * per;
-            }
+            let n = self.0[w as usize];
+            long -= n * (8 + u64::from(w));
+            short_count += n;
+            let bits = zeros + short_count * (2 + u64::from(w)) + long;
             if bits < best.1 {
                 best = (w, bits);
             }
