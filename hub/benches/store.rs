@@ -255,6 +255,24 @@ fn disk_per_point(
     (apparent as f64 / points, blocks as f64 / points)
 }
 
+/// The same points as InfluxDB line protocol (ms precision), for measuring a peer on them.
+fn write_line_protocol(data: &[(&'static str, Quantity, Vec<Point>)], path: &str) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    for (_, q, pts) in data {
+        for p in pts {
+            writeln!(
+                f,
+                "{},device=station-1 value={:?} {}",
+                q.name(),
+                p.value,
+                p.ts_ms
+            )
+            .expect("write");
+        }
+    }
+}
+
 fn bench_bytes_per_point(c: &mut Criterion) {
     let sizes: Vec<usize> = std::env::var("STORE_BENCH_CHUNKS")
         .ok()
@@ -266,6 +284,9 @@ fn bench_bytes_per_point(c: &mut Criterion) {
         .unwrap_or(7);
     for jitter in [0, 5] {
         let data = realistic(days * DAY, jitter);
+        if let Ok(path) = std::env::var("STORE_BENCH_LINE_PROTOCOL") {
+            write_line_protocol(&data, &format!("{path}.j{jitter}.lp"));
+        }
         for &n in &sizes {
             println!("chunk {n} points, timestamps on 1 s ticks ±{jitter} ms:");
             for (name, b) in payload_per_point(&data, n) {
