@@ -117,6 +117,9 @@ async fn data_and_dedup_survive_restarts() {
         store.checkpoint().await.unwrap();
         let st = store.stats().unwrap();
         assert!(st.chunks >= 7, "{st:?}");
+        // The checkpoint covered the whole WAL: only the new segment's header is left.
+        assert_eq!(st.wal_bytes, 16, "{st:?}");
+        assert_eq!(st.pending_chunks, 0, "{st:?}");
         for seq in 26..=30u64 {
             let p = pt(T0 + (seq * 3) as i64 * 1000, 9.5);
             expect.push((p.ts_ms, p.value));
