@@ -3,10 +3,37 @@
 //! The pipeline writes [`WriteBatch`]es and reads [`Query`] results through [`SeriesStore`];
 //! the embedded engine (redb + write-ahead log + compressed chunks) is one implementation, a
 //! PostgreSQL one for a multi-hub city deployment would be another.
+//!
+//! The embedded engine is [`TsStore`] (design: docs/decisions/0004-time-series-store.md):
+//!
+//! ```no_run
+//! # async fn demo(settings: &hub::config::HubSettings) -> Result<(), hub::store::StoreError> {
+//! use hub::store::{SeriesStore, StoreOptions, TsStore};
+//! let dir = settings.data_dir.join("tsdb");
+//! let opts = StoreOptions::from_settings(settings);
+//! let store = tokio::task::spawn_blocking(move || TsStore::open(dir, opts))
+//!     .await
+//!     .expect("open task")?;
+//! // store.append(batch).await? -> Stored | Duplicate, only once fsynced
+//! // store.query(&query)?, store.latest("device")?
+//! store.close().await?;
+//! # Ok(()) }
+//! ```
 
 use std::sync::Arc;
 
 use protocols::{Quality, Quantity};
+
+mod bits;
+mod chunk;
+pub mod codec;
+mod dedup;
+mod engine;
+mod head;
+mod query;
+mod wal;
+
+pub use engine::{RetentionReport, StoreOptions, StoreStats, TsStore};
 
 /// One time series: a quantity of a device.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,458 @@
+//! Store benchmarks: append throughput (group commit, batches of 1000 points), on-disk bytes per
+//! point for realistic sensor series (printed as a table), chunk codec speed, and query latency
+//! (raw day, one-minute averages over a day).
+//!
+//! `cargo bench -p hub --bench store`; `STORE_BENCH_CHUNKS=120,240,480,1000` also prints bytes
+//! per point for those chunk sizes.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hub::store::{
+    Agg, Point, Query, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch, codec,
+};
+use protocols::{Quality, Quantity};
+use tokio::task::JoinSet;
+
+const T0: i64 = 1_700_000_000_000;
+const DAY: i64 = 86_400;
+
+/// A small deterministic generator (xorshift) so every run measures the same data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Roughly normal (sum of uniforms), mean 0, sd 1.
+    fn gauss(&mut self) -> f64 {
+        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
+    }
+}
+
+fn round_to(v: f64, decimals: i32) -> f64 {
+    let s = 10f64.powi(decimals);
+    (v * s).round() / s
+}
+
+/// One day at 1 s of each realistic series: (name, quantity, points).
+fn realistic(seconds: i64, jitter_ms: i64) -> Vec<(&'static str, Quantity, Vec<Point>)> {
+    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+    let ts = |i: i64, r: &mut Rng| {
+        let j = if jitter_ms > 0 {
+            (r.next() % (2 * jitter_ms as u64 + 1)) as i64 - jitter_ms
+        } else {
+            0
+        };
+        T0 + i * 1000 + j
+    };
+    let p = |ts_ms, value| Point {
+        ts_ms,
+        value,
+        quality: Quality::Good,
+    };
+    let mut out = Vec::new();
+    // Water level: tide (12.42 h period, 0.5 m amplitude) + 2 mm sensor noise, in mm.
+    out.push((
+        "water_level (tide + noise, mm)",
+        Quantity::WaterLevel,
+        (0..seconds)
+            .map(|i| {
+                let tide = 2.0 + 0.5 * (i as f64 * std::f64::consts::TAU / 44_712.0).sin();
+                p(ts(i, &mut r), round_to(tide + 0.002 * r.gauss(), 3))
+            })
+            .collect(),
+    ));
+    // Lamp power: off by day, 150 W at night, dimmed to 75 W after midnight; 0.1 W meter jitter.
+    out.push((
+        "lamp_power (steps, 0.1 W)",
+        Quantity::LampPower,
+        (0..seconds)
+            .map(|i| {
+                let h = (i % DAY) / 3600;
+                let base = match h {
+                    0..=4 => 75.0,
+                    5..=17 => 0.0,
+                    _ => 150.0,
+                };
+                let jit = if base > 0.0 && r.unit() < 0.2 {
+                    if r.unit() < 0.5 { 0.1 } else { -0.1 }
+                } else {
+                    0.0
+                };
+                p(ts(i, &mut r), round_to(base + jit, 1))
+            })
+            .collect(),
+    ));
+    // pH: slow daily drift + 0.01 noise, 2 decimals.
+    out.push((
+        "ph (drift + noise, 0.01)",
+        Quantity::Ph,
+        (0..seconds)
+            .map(|i| {
+                let drift = 7.2 + 0.15 * (i as f64 * std::f64::consts::TAU / DAY as f64).sin();
+                p(ts(i, &mut r), round_to(drift + 0.01 * r.gauss(), 2))
+            })
+            .collect(),
+    ));
+    // Turbidity: 3.5 NTU + 0.05 noise, 2 decimals, a rain spike in the afternoon.
+    out.push((
+        "turbidity (noise + spike, 0.01)",
+        Quantity::Turbidity,
+        (0..seconds)
+            .map(|i| {
+                let spike = if (50_000..54_000).contains(&(i % DAY)) {
+                    40.0 * (((i % DAY) - 50_000) as f64 / 4000.0 * std::f64::consts::PI).sin()
+                } else {
+                    0.0
+                };
+                p(ts(i, &mut r), round_to(3.5 + spike + 0.05 * r.gauss(), 2))
+            })
+            .collect(),
+    ));
+    // Cover switch: closed, opened twice a day for 10 minutes.
+    out.push((
+        "cover_open (bool)",
+        Quantity::CoverOpen,
+        (0..seconds)
+            .map(|i| {
+                let open =
+                    (30_000..30_600).contains(&(i % DAY)) || (70_000..70_600).contains(&(i % DAY));
+                p(ts(i, &mut r), if open { 1.0 } else { 0.0 })
+            })
+            .collect(),
+    ));
+    // Lamp status: ok, a lamp failure for an hour.
+    out.push((
+        "lamp_status (enum)",
+        Quantity::LampStatus,
+        (0..seconds)
+            .map(|i| {
+                let s = if (75_000..78_600).contains(&(i % DAY)) {
+                    1.0
+                } else {
+                    0.0
+                };
+                p(ts(i, &mut r), s)
+            })
+            .collect(),
+    ));
+    // Energy counter, kWh with 3 decimals, 150 W at night.
+    let mut wh = 1_234_567.0f64;
+    out.push((
+        "lamp_energy (counter, Wh)",
+        Quantity::LampEnergy,
+        (0..seconds)
+            .map(|i| {
+                let h = (i % DAY) / 3600;
+                wh += match h {
+                    0..=4 => 75.0,
+                    5..=17 => 0.0,
+                    _ => 150.0,
+                } / 3600.0;
+                p(ts(i, &mut r), wh.floor() / 1000.0)
+            })
+            .collect(),
+    ));
+    out
+}
+
+fn opts(chunk_points: usize) -> StoreOptions {
+    StoreOptions {
+        chunk_points,
+        retention: None,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// (apparent file sizes, allocated disk blocks) of everything under `dir`. redb grows its file
+/// by doubling (sparse on ext4), so the blocks are what the disk really holds.
+fn dir_bytes(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut n = (0, 0);
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let m = e.metadata().expect("metadata");
+        let (a, b) = if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            (m.len(), m.blocks() * 512)
+        };
+        n.0 += a;
+        n.1 += b;
+    }
+    n
+}
+
+/// Chunk payload bytes per point of each series alone (the codec, no store).
+fn payload_per_point(
+    data: &[(&'static str, Quantity, Vec<Point>)],
+    chunk_points: usize,
+) -> Vec<(&'static str, f64)> {
+    data.iter()
+        .map(|(name, _, pts)| {
+            let bytes: usize = pts
+                .chunks(chunk_points)
+                .map(|c| codec::encode(c).len())
+                .sum();
+            (*name, bytes as f64 / pts.len() as f64)
+        })
+        .collect()
+}
+
+/// Writes all series into one store in 1000-point batches (as the hub does), checkpoints,
+/// closes, and returns bytes per point of (apparent size, allocated blocks) of redb + WAL.
+fn disk_per_point(
+    data: &[(&'static str, Quantity, Vec<Point>)],
+    chunk_points: usize,
+) -> (f64, f64) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = TsStore::open(dir.path(), opts(chunk_points)).expect("open");
+    let n = data[0].2.len();
+    rt.block_on(async {
+        for start in (0..n).step_by(1000) {
+            let series = data
+                .iter()
+                .map(|(_, q, pts)| {
+                    (
+                        SeriesId {
+                            device: Arc::from("station-1"),
+                            quantity: *q,
+                        },
+                        pts[start..(start + 1000).min(n)].to_vec(),
+                    )
+                })
+                .collect();
+            store
+                .append(WriteBatch {
+                    origin: None,
+                    series,
+                })
+                .await
+                .expect("append");
+        }
+        store.checkpoint().await.expect("checkpoint");
+        store.close().await.expect("close");
+    });
+    let (apparent, blocks) = dir_bytes(dir.path());
+    let points = (n * data.len()) as f64;
+    (apparent as f64 / points, blocks as f64 / points)
+}
+
+/// The same points as InfluxDB line protocol (ms precision), for measuring a peer on them.
+fn write_line_protocol(data: &[(&'static str, Quantity, Vec<Point>)], path: &str) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    for (_, q, pts) in data {
+        for p in pts {
+            writeln!(
+                f,
+                "{},device=station-1 value={:?} {}",
+                q.name(),
+                p.value,
+                p.ts_ms
+            )
+            .expect("write");
+        }
+    }
+}
+
+fn bench_bytes_per_point(c: &mut Criterion) {
+    let sizes: Vec<usize> = std::env::var("STORE_BENCH_CHUNKS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![StoreOptions::default().chunk_points]);
+    let days: i64 = std::env::var("STORE_BENCH_DAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    for jitter in [0, 5] {
+        let data = realistic(days * DAY, jitter);
+        if let Ok(path) = std::env::var("STORE_BENCH_LINE_PROTOCOL") {
+            write_line_protocol(&data, &format!("{path}.j{jitter}.lp"));
+        }
+        for &n in &sizes {
+            println!("chunk {n} points, timestamps on 1 s ticks ±{jitter} ms:");
+            for (name, b) in payload_per_point(&data, n) {
+                println!("  {name:34} {b:6.3} bytes/point (chunk payload)");
+            }
+            let (apparent, blocks) = disk_per_point(&data, n);
+            println!(
+                "  {:34} {blocks:6.3} bytes/point on disk (redb + WAL blocks, {days} days x 7 series; file sizes {apparent:.3})",
+                "all"
+            );
+        }
+    }
+    // Codec speed on the water level series.
+    let data = realistic(DAY, 0);
+    let level: Vec<Point> = data[0].2.clone();
+    let chunk = StoreOptions::default().chunk_points;
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Elements(level.len() as u64));
+    g.bench_function("encode_water_level_day", |b| {
+        b.iter(|| {
+            for ch in level.chunks(chunk) {
+                black_box(codec::encode(ch));
+            }
+        })
+    });
+    let encoded: Vec<Vec<u8>> = level.chunks(chunk).map(codec::encode).collect();
+    g.bench_function("decode_water_level_day", |b| {
+        let mut out = Vec::with_capacity(level.len());
+        b.iter(|| {
+            out.clear();
+            for e in &encoded {
+                codec::decode(e, &mut out).expect("decode");
+            }
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+fn bench_append(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(TsStore::open(dir.path(), opts(1000)).expect("open"));
+    // 100 series (20 stations x 5 quantities); a batch is 10 series x 100 points = 1000 points.
+    let series: Vec<SeriesId> = (0..20)
+        .flat_map(|d| {
+            [
+                Quantity::WaterLevel,
+                Quantity::Ph,
+                Quantity::Turbidity,
+                Quantity::LampPower,
+                Quantity::CoverOpen,
+            ]
+            .map(|quantity| SeriesId {
+                device: Arc::from(format!("station-{d}")),
+                quantity,
+            })
+        })
+        .collect();
+    let mut clock = 0i64;
+    let mut rng = Rng(7);
+    let mut make_batch = |k: usize| {
+        let mut b = Vec::with_capacity(10);
+        for s in series.iter().skip((k * 10) % series.len()).take(10) {
+            let pts: Vec<Point> = (0..100)
+                .map(|i| Point {
+                    ts_ms: T0 + (clock + i) * 1000,
+                    value: round_to(2.0 + 0.01 * rng.gauss(), 3),
+                    quality: Quality::Good,
+                })
+                .collect();
+            b.push((s.clone(), pts));
+        }
+        if k % 10 == 9 {
+            clock += 100;
+        }
+        WriteBatch {
+            origin: None,
+            series: b,
+        }
+    };
+    const IN_FLIGHT: usize = 32;
+    let mut g = c.benchmark_group("append");
+    g.throughput(Throughput::Elements((IN_FLIGHT * 1000) as u64));
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(10));
+    let mut k = 0usize;
+    g.bench_function("32x1000_points_concurrent", |b| {
+        b.iter(|| {
+            let batches: Vec<WriteBatch> = (0..IN_FLIGHT)
+                .map(|_| {
+                    k += 1;
+                    make_batch(k)
+                })
+                .collect();
+            rt.block_on(async {
+                let mut set = JoinSet::new();
+                for batch in batches {
+                    let store = store.clone();
+                    set.spawn(async move { store.append(batch).await });
+                }
+                while let Some(r) = set.join_next().await {
+                    r.expect("join").expect("append");
+                }
+            })
+        })
+    });
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("1x1000_points_latency", |b| {
+        b.iter(|| {
+            k += 1;
+            let batch = make_batch(k);
+            rt.block_on(store.append(batch)).expect("append")
+        })
+    });
+    g.finish();
+    rt.block_on(store.close()).expect("close");
+}
+
+fn bench_query(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        TsStore::open(dir.path(), opts(StoreOptions::default().chunk_points)).expect("open");
+    let data = realistic(DAY, 0);
+    let s = SeriesId {
+        device: Arc::from("station-1"),
+        quantity: Quantity::WaterLevel,
+    };
+    rt.block_on(async {
+        for b in data[0].2.chunks(1000) {
+            store
+                .append(WriteBatch {
+                    origin: None,
+                    series: vec![(s.clone(), b.to_vec())],
+                })
+                .await
+                .expect("append");
+        }
+        store.checkpoint().await.expect("checkpoint");
+    });
+    let q = |step, agg| Query {
+        series: s.clone(),
+        from_ms: T0,
+        to_ms: T0 + DAY * 1000,
+        step_ms: step,
+        agg,
+    };
+    let raw = q(None, Agg::Avg);
+    assert_eq!(store.query(&raw).expect("query").len(), DAY as usize);
+    let mut g = c.benchmark_group("query");
+    g.bench_function("raw_1_day_86400_points", |b| {
+        b.iter(|| black_box(store.query(&raw).expect("query").len()))
+    });
+    let avg = q(Some(60_000), Agg::Avg);
+    assert_eq!(store.query(&avg).expect("query").len(), 1440);
+    g.bench_function("avg_1_day_1_min_step", |b| {
+        b.iter(|| black_box(store.query(&avg).expect("query").len()))
+    });
+    let hourly = q(Some(3_600_000), Agg::Max);
+    g.bench_function("max_1_day_1_hour_step", |b| {
+        b.iter(|| black_box(store.query(&hourly).expect("query").len()))
+    });
+    g.finish();
+    rt.block_on(store.close()).expect("close");
+}
+
+criterion_group!(benches, bench_bytes_per_point, bench_append, bench_query);
+criterion_main!(benches);
