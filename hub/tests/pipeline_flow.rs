@@ -345,8 +345,7 @@ async fn half_valid_json_telemetry() {
     let ph = h.store.points("WL-0001", Quantity::Ph);
     assert_eq!((ph[0].ts_ms, ph[0].quality), (now, Quality::Bad));
 
-    let dls = h
-        .published
+    h.published
         .wait_for("4 dead letters", |msgs| {
             let n = msgs
                 .iter()
@@ -355,7 +354,6 @@ async fn half_valid_json_telemetry() {
             (n >= 4).then_some(())
         })
         .await;
-    let _ = dls;
     let dls = deadletters(&h, "WL-0001");
     assert_eq!(
         reasons(&dls),
