@@ -562,3 +562,52 @@ async fn stream_sends_feeds_inside_grants() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn stream_over_websocket() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let (_dir, h) = hub().await;
+    let url = format!("ws://{}/api/v1/stream", h.hub.as_ref().unwrap().http_addr());
+    // Without credentials the upgrade is refused with 401.
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401)
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", WATER.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    store_series(&h).await;
+    let frame = loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("frame in time")
+            .expect("socket open")
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let v: Json = serde_json::from_str(t.as_str()).unwrap();
+            if v["event"] == "feed" {
+                break v;
+            }
+        }
+    };
+    assert_eq!(frame["data"]["device"], "WL-0001", "{frame}");
+    // The hub stopping closes the socket.
+    let stop = tokio::spawn(async move { h.shutdown().await });
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("close in time")
+        {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    stop.await.unwrap();
+}

@@ -56,7 +56,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/devices/{id}", get(devices::one::<S>))
         .route("/api/v1/devices/{id}/desired", patch(devices::desired::<S>))
         .route("/api/v1/series", get(series::query::<S>))
-        .route("/api/v1/stream", get(stream::sse::<S>))
+        .route("/api/v1/stream", get(stream::handler::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

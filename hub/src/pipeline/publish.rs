@@ -6,8 +6,9 @@
 //! acknowledged again (the agent missed the first ack) but not republished. A failed append is
 //! neither acknowledged nor published: the sender will deliver it again.
 //!
-//! While items are waiting, the stage drains them before flushing acks and twins, so under
-//! load one ack and one twin document cover many messages.
+//! While items are waiting, the stage drains them before flushing acks, so under load one ack
+//! covers many messages. Twin documents (retained state, heavier to serialize) are published
+//! at most every [`TWIN_FLUSH`] per device: live values travel in the feeds.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,15 +22,29 @@ use crate::ingress::Disposition;
 use crate::registry::DeviceIdx;
 use crate::store::Appended;
 
-/// Most items handled before acks and twins are flushed.
+/// Most items handled before acks are flushed.
 const DRAIN_MAX: usize = 512;
+/// How often changed twins are published.
+pub const TWIN_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Runs the stage until its input closes.
 pub async fn run<S>(ctx: Arc<Context<S>>, mut input: mpsc::Receiver<Stored>) {
     let mut acks = AckCoalescer::default();
     let mut dirty: Vec<DeviceIdx> = Vec::new();
     let mut is_dirty = vec![false; ctx.registry.devices().len()];
-    while let Some(first) = input.recv().await {
+    let mut tick = tokio::time::interval(TWIN_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            next = input.recv() => match next {
+                Some(item) => item,
+                None => break,
+            },
+            _ = tick.tick(), if !dirty.is_empty() => {
+                flush_twins(&ctx, &mut dirty, &mut is_dirty);
+                continue;
+            }
+        };
         handle(&ctx, first, &mut acks, &mut dirty, &mut is_dirty);
         for _ in 1..DRAIN_MAX {
             match input.try_recv() {
@@ -47,10 +62,14 @@ pub async fn run<S>(ctx: Arc<Context<S>>, mut input: mpsc::Receiver<Stored>) {
                 Err(e) => tracing::error!("ack not serializable: {e}"),
             }
         });
-        for d in dirty.drain(..) {
-            is_dirty[d as usize] = false;
-            ctx.twins.publish(d);
-        }
+    }
+    flush_twins(&ctx, &mut dirty, &mut is_dirty);
+}
+
+fn flush_twins<S>(ctx: &Context<S>, dirty: &mut Vec<DeviceIdx>, is_dirty: &mut [bool]) {
+    for d in dirty.drain(..) {
+        is_dirty[d as usize] = false;
+        ctx.twins.publish(d);
     }
 }
 
