@@ -103,12 +103,9 @@ fn reasons(dls: &[DeadLetter]) -> Vec<String> {
     r
 }
 
-async fn agent_batch_is_stored_acked_and_fanned_out<S: SeriesStore>(
-    store: Arc<S>,
-    points: impl Fn(&S, &str, Quantity) -> Vec<(i64, f64, Quality)>,
-) {
+async fn agent_batch_is_stored_acked_and_fanned_out<S: SeriesStore>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(dir.path(), store).await;
+    let h = TestHub::start_in(dir.path(), &open).await;
     let rx = h
         .send(
             agent("AG-0001"),
@@ -118,23 +115,19 @@ async fn agent_batch_is_stored_acked_and_fanned_out<S: SeriesStore>(
         .await;
     assert_eq!(disposition(rx).await, Disposition::Accepted);
 
-    // Stored, normalized.
-    let dimming = points(&h.store, "SL-0001", Quantity::DimmingLevel);
+    // Stored (qualities are checked on the feeds below).
+    let dimming = series(&*h.store, "SL-0001", Quantity::DimmingLevel);
+    assert_eq!(dimming, vec![(T0, 40.0), (T0 + 1000, 50.0)]);
     assert_eq!(
-        dimming,
-        vec![(T0, 40.0, Quality::Good), (T0 + 1000, 50.0, Quality::Good)]
+        series(&*h.store, "SL-0001", Quantity::LampStatus),
+        vec![(T0 + 1000, 1.0)]
     );
     assert_eq!(
-        points(&h.store, "SL-0001", Quantity::LampStatus),
-        vec![(T0 + 1000, 1.0, Quality::Uncertain)],
-        "the agent's worse quality is kept"
+        series(&*h.store, "SL-0002", Quantity::LampPower),
+        vec![(T0, 1.0e9)],
+        "impossible values are kept (marked bad)"
     );
-    assert_eq!(
-        points(&h.store, "SL-0002", Quantity::LampPower),
-        vec![(T0, 1.0e9, Quality::Bad)],
-        "impossible values are kept, marked bad"
-    );
-    assert!(points(&h.store, "MH-0001", Quantity::CoverOpen).is_empty());
+    assert!(series(&*h.store, "MH-0001", Quantity::CoverOpen).is_empty());
 
     // Acknowledged.
     let acks = h.published.wait_count("v1/agents/AG-0001/ack", 1).await;
@@ -156,7 +149,11 @@ async fn agent_batch_is_stored_acked_and_fanned_out<S: SeriesStore>(
         second.values["lamp_status"].value,
         Scalar::Text("lamp_failure".into())
     );
-    assert_eq!(second.values["lamp_status"].quality, Quality::Uncertain);
+    assert_eq!(
+        second.values["lamp_status"].quality,
+        Quality::Uncertain,
+        "the agent's worse quality is kept"
+    );
     let sl2: Feed = serde_json::from_slice(
         &h.published
             .wait_count("v1/feeds/streetlight/SL-0002", 1)
@@ -212,35 +209,41 @@ async fn agent_batch_is_stored_acked_and_fanned_out<S: SeriesStore>(
     h.shutdown().await;
 }
 
-fn mem_points(s: &InMemorySeriesStore, d: &str, q: Quantity) -> Vec<(i64, f64, Quality)> {
-    s.points(d, q)
-        .iter()
-        .map(|p| (p.ts_ms, p.value, p.quality))
-        .collect()
+/// Runs a scenario on each store implementation available (the real engine joins here when
+/// the `store` branch is merged).
+macro_rules! on_stores {
+    ($($scenario:ident => $name:ident;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            $scenario(mem_stores()).await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn agent_batch_is_stored_acked_and_fanned_out_mem() {
-    agent_batch_is_stored_acked_and_fanned_out(
-        Arc::new(InMemorySeriesStore::default()),
-        mem_points,
-    )
-    .await;
+on_stores! {
+    agent_batch_is_stored_acked_and_fanned_out => agent_batch_is_stored_acked_and_fanned_out_mem;
+    redelivered_batch_is_reacked_not_stored_twice => redelivered_batch_is_reacked_not_stored_twice_mem;
+    burst_of_batches_all_acknowledged => burst_of_batches_all_acknowledged_mem;
+    half_valid_json_telemetry => half_valid_json_telemetry_mem;
+    garbage_never_stops_the_pipeline => garbage_never_stops_the_pipeline_mem;
+    status_follows_connections_and_health => status_follows_connections_and_health_mem;
+    desired_state_over_mqtt => desired_state_over_mqtt_mem;
+    twins_survive_restart => twins_survive_restart_mem;
 }
 
 /// A redelivered batch (the agent missed the ack) is acknowledged again, not stored again and
 /// not republished.
-#[tokio::test]
-async fn redelivered_batch_is_reacked_not_stored_twice() {
+async fn redelivered_batch_is_reacked_not_stored_twice<S: SeriesStore>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(dir.path(), Arc::new(InMemorySeriesStore::default())).await;
+    let h = TestHub::start_in(dir.path(), &open).await;
     let bytes = encode(&streetlight_batch(5));
     let first = h
         .send(agent("AG-0001"), "v1/agents/AG-0001/batch", bytes.clone())
         .await;
     assert_eq!(disposition(first).await, Disposition::Accepted);
     h.published.wait_count("v1/agents/AG-0001/ack", 1).await;
-    let stored = h.store.total_points();
+    let stored = series(&*h.store, "SL-0001", Quantity::DimmingLevel);
+    assert_eq!(stored.len(), 2);
     let feeds = h.published.on("v1/feeds/streetlight/SL-0001").len();
 
     let again = h
@@ -250,18 +253,16 @@ async fn redelivered_batch_is_reacked_not_stored_twice() {
     let acks = h.published.wait_count("v1/agents/AG-0001/ack", 2).await;
     let ack: Ack = serde_json::from_slice(&acks[1].payload).unwrap();
     assert!(ack.covers(5));
-    assert_eq!(h.store.total_points(), stored);
+    assert_eq!(series(&*h.store, "SL-0001", Quantity::DimmingLevel), stored);
     assert_eq!(h.published.on("v1/feeds/streetlight/SL-0001").len(), feeds);
-    let store = h.shutdown().await;
-    assert_eq!(store.appends.load(Ordering::SeqCst), 2);
+    h.shutdown().await;
 }
 
 /// Many batches in a burst: every sequence number is acknowledged, in fewer ack messages when
 /// they arrive together.
-#[tokio::test]
-async fn burst_of_batches_all_acknowledged() {
+async fn burst_of_batches_all_acknowledged<S: SeriesStore>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(dir.path(), Arc::new(InMemorySeriesStore::default())).await;
+    let h = TestHub::start_in(dir.path(), &open).await;
     let mut rxs = Vec::new();
     for seq in 1..=200 {
         let b = AgentBatch {
@@ -298,7 +299,7 @@ async fn burst_of_batches_all_acknowledged() {
         })
         .await;
     assert!(acks.iter().all(|a| a.stream == 9));
-    assert_eq!(h.store.points("SL-0001", Quantity::LampPower).len(), 200);
+    assert_eq!(series(&*h.store, "SL-0001", Quantity::LampPower).len(), 200);
     // The twin holds the newest value whatever order the writes completed in.
     let doc = h.hub.as_ref().unwrap().twins().document(1);
     assert_eq!(doc.device, "SL-0001");
@@ -308,10 +309,9 @@ async fn burst_of_batches_all_acknowledged() {
 
 /// Half-valid JSON telemetry: good values stored, bad ones dead-lettered with reasons; time
 /// and quality normalized.
-#[tokio::test]
-async fn half_valid_json_telemetry() {
+async fn half_valid_json_telemetry<S: SeriesStore>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(dir.path(), Arc::new(InMemorySeriesStore::default())).await;
+    let h = TestHub::start_in(dir.path(), &open).await;
     let now = T0 + 3_600_000;
     let msg = format!(
         r#"[{{"ts": {T0}, "seq": 42,
@@ -327,23 +327,20 @@ async fn half_valid_json_telemetry() {
         .send_at(device("WL-0001"), "v1/devices/WL-0001/telemetry", msg, now)
         .await;
     assert_eq!(disposition(rx).await, Disposition::Accepted);
-    let wl = h.store.points("WL-0001", Quantity::WaterLevel);
+    let wl = series(&*h.store, "WL-0001", Quantity::WaterLevel);
     assert_eq!(wl.len(), 2);
+    assert_eq!(wl[0], (T0, 2.31));
+    // A timestamp an hour ahead is corrected to hub time; the unit is converted.
+    assert_eq!(wl[1].0, now);
+    assert!((wl[1].1 - 2.4).abs() < 1e-9);
     assert_eq!(
-        (wl[0].ts_ms, wl[0].value, wl[0].quality),
-        (T0, 2.31, Quality::Good)
+        series(&*h.store, "WL-0001", Quantity::Turbidity),
+        vec![(T0, 12.5)]
     );
-    // A timestamp an hour ahead: corrected to hub time, uncertain; unit converted.
-    assert_eq!(wl[1].ts_ms, now);
-    assert!((wl[1].value - 2.4).abs() < 1e-9);
-    assert_eq!(wl[1].quality, Quality::Uncertain);
     assert_eq!(
-        h.store.points("WL-0001", Quantity::Turbidity)[0].value,
-        12.5
+        series(&*h.store, "WL-0001", Quantity::Ph),
+        vec![(now, 15.0)]
     );
-    // No timestamp: hub time, uncertain; impossible: bad.
-    let ph = h.store.points("WL-0001", Quantity::Ph);
-    assert_eq!((ph[0].ts_ms, ph[0].quality), (now, Quality::Bad));
 
     h.published
         .wait_for("4 dead letters", |msgs| {
@@ -381,22 +378,31 @@ async fn half_valid_json_telemetry() {
     );
     assert_eq!(raw.client, "WL-0001");
 
-    let feeds = h
+    let feeds: Vec<Feed> = h
         .published
         .wait_count("v1/feeds/water_level/WL-0001", 3)
-        .await;
-    let f: Feed = serde_json::from_slice(&feeds[0].payload).unwrap();
-    assert_eq!(f.seq, Some(42));
-    assert_eq!(f.dept.as_deref(), Some("water"));
-    assert_eq!(f.location.unwrap().lat, 30.4212);
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert_eq!(feeds[0].seq, Some(42));
+    assert_eq!(feeds[0].dept.as_deref(), Some("water"));
+    assert_eq!(feeds[0].location.unwrap().lat, 30.4212);
+    assert_eq!(feeds[0].values["water_level"].quality, Quality::Good);
+    // Corrected time: uncertain.
+    let hub_time = protocols::time::Rfc3339::from_ms(now).to_string();
+    assert_eq!(feeds[1].ts, hub_time);
+    assert_eq!(feeds[1].values["water_level"].quality, Quality::Uncertain);
+    // No time (uncertain) and physically impossible (bad): bad.
+    assert_eq!(feeds[2].ts, hub_time);
+    assert_eq!(feeds[2].values["ph"].quality, Quality::Bad);
     h.shutdown().await;
 }
 
 /// Garbage of every kind is dead-lettered and refused, and the pipeline keeps going.
-#[tokio::test]
-async fn garbage_never_stops_the_pipeline() {
+async fn garbage_never_stops_the_pipeline<S: SeriesStore>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(dir.path(), Arc::new(InMemorySeriesStore::default())).await;
+    let h = TestHub::start_in(dir.path(), &open).await;
     let spoof = AgentBatch {
         agent: "AG-0002".into(),
         ..streetlight_batch(3)
@@ -518,7 +524,7 @@ async fn garbage_never_stops_the_pipeline() {
 }
 
 /// A failed append leaves the message unacknowledged (no PUBACK, no agent ack); the
-/// redelivery is stored.
+/// redelivery is stored. (Failure injection: in-memory store only.)
 #[tokio::test]
 async fn store_failure_leaves_the_message_unacknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -550,10 +556,9 @@ async fn store_failure_leaves_the_message_unacknowledged() {
 }
 
 /// Status follows connections; devices behind an agent follow the agent and its health.
-#[tokio::test]
-async fn status_follows_connections_and_health() {
+async fn status_follows_connections_and_health<S: SeriesStore>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(dir.path(), Arc::new(InMemorySeriesStore::default())).await;
+    let h = TestHub::start_in(dir.path(), &open).await;
     let conn = |p| IngressEvent::Connected {
         principal: Arc::new(p),
         client_id: "x".into(),
@@ -632,10 +637,9 @@ async fn status_follows_connections_and_health() {
 
 /// Desired state from an app over MQTT: stored in the twin, delta, a `set` command to the
 /// device's agent; bad updates dead-lettered.
-#[tokio::test]
-async fn desired_state_over_mqtt() {
+async fn desired_state_over_mqtt<S: SeriesStore>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(dir.path(), Arc::new(InMemorySeriesStore::default())).await;
+    let h = TestHub::start_in(dir.path(), &open).await;
     let cc = app("command-center", &["feeds/#", "twin/#"]);
     let rx = h
         .send(
@@ -699,10 +703,10 @@ async fn desired_state_over_mqtt() {
 }
 
 /// Twins survive a restart: reported from the store, desired and version from the twin file.
-async fn twins_survive_restart<S: SeriesStore>(open_store: impl Fn() -> Arc<S>) {
+async fn twins_survive_restart<S: SeriesStore>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
     let before = {
-        let h = TestHub::start(dir.path(), open_store()).await;
+        let h = TestHub::start_in(dir.path(), &open).await;
         let rx = h
             .send(
                 agent("AG-0001"),
@@ -720,7 +724,7 @@ async fn twins_survive_restart<S: SeriesStore>(open_store: impl Fn() -> Arc<S>) 
         h.shutdown().await;
         doc
     };
-    let h = TestHub::start(dir.path(), open_store()).await;
+    let h = TestHub::start_in(dir.path(), &open).await;
     let after = h.hub.as_ref().unwrap().twins().document(1);
     assert_eq!(after.reported, before.reported);
     assert_eq!(after.desired, before.desired);
@@ -736,11 +740,4 @@ async fn twins_survive_restart<S: SeriesStore>(open_store: impl Fn() -> Arc<S>) 
         before.desired
     );
     h.shutdown().await;
-}
-
-#[tokio::test]
-async fn twins_survive_restart_mem() {
-    // The in-memory store outlives the hub here, as the real store's files would.
-    let store = Arc::new(InMemorySeriesStore::default());
-    twins_survive_restart(move || store.clone()).await;
 }

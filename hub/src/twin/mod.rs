@@ -209,6 +209,10 @@ impl Twins {
                 });
                 s.updated_ms = s.updated_ms.max(p.ts_ms);
             }
+            if s.updated_ms == 0 {
+                // A twin without history is created now.
+                s.updated_ms = crate::pipeline::now_ms();
+            }
             states.push(Mutex::new(s));
         }
         Ok(Twins {

@@ -18,8 +18,6 @@ pub struct InMemorySeriesStore {
     inner: Mutex<Inner>,
     /// Appends to fail before succeeding again.
     pub fail_appends: AtomicUsize,
-    /// Appends called (including duplicates and failures).
-    pub appends: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -28,33 +26,8 @@ struct Inner {
     origins: HashSet<Origin>,
 }
 
-impl InMemorySeriesStore {
-    /// Every point of a series, in time order.
-    pub fn points(&self, device: &str, quantity: Quantity) -> Vec<Point> {
-        let id = SeriesId {
-            device: device.into(),
-            quantity,
-        };
-        let mut v = self
-            .inner
-            .lock()
-            .series
-            .get(&id)
-            .cloned()
-            .unwrap_or_default();
-        v.sort_by_key(|p| p.ts_ms);
-        v
-    }
-
-    /// Points stored in all series.
-    pub fn total_points(&self) -> usize {
-        self.inner.lock().series.values().map(Vec::len).sum()
-    }
-}
-
 impl SeriesStore for InMemorySeriesStore {
     async fn append(&self, batch: WriteBatch) -> Result<Appended, StoreError> {
-        self.appends.fetch_add(1, Ordering::SeqCst);
         if self
             .fail_appends
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

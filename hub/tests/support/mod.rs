@@ -268,3 +268,44 @@ pub fn app(id: &str, grants: &[&str]) -> Principal {
             .collect(),
     }
 }
+
+/// Opens (or reopens) a store in a directory; the scenarios are generic over it.
+pub trait OpenStore<S: SeriesStore>: Fn(&Path) -> Arc<S> {}
+impl<S: SeriesStore, F: Fn(&Path) -> Arc<S>> OpenStore<S> for F {}
+
+/// Opens test-only in-memory stores: the same directory gives the same store, as files would.
+pub fn mem_stores() -> impl OpenStore<InMemorySeriesStore> {
+    let stores = Mutex::new(std::collections::HashMap::<
+        std::path::PathBuf,
+        Arc<InMemorySeriesStore>,
+    >::new());
+    move |dir: &Path| stores.lock().entry(dir.to_path_buf()).or_default().clone()
+}
+
+/// Raw points of a series, through the seam's `query`.
+pub fn series<S: SeriesStore>(
+    store: &S,
+    device: &str,
+    quantity: protocols::Quantity,
+) -> Vec<(i64, f64)> {
+    store
+        .query(&hub::store::Query {
+            series: hub::store::SeriesId {
+                device: device.into(),
+                quantity,
+            },
+            // 2000-01-01 .. 2100-01-01
+            from_ms: 946_684_800_000,
+            to_ms: 4_102_444_800_000,
+            step_ms: None,
+            agg: hub::store::Agg::Avg,
+        })
+        .unwrap()
+}
+
+impl<S: SeriesStore> TestHub<S> {
+    /// Starts a hub in `dir` with a store opened in `dir/series`.
+    pub async fn start_in(dir: &Path, open: &impl OpenStore<S>) -> TestHub<S> {
+        TestHub::start(dir, open(&dir.join("series"))).await
+    }
+}
