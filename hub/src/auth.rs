@@ -33,8 +33,14 @@ struct Verified {
     at: Instant,
 }
 
-/// Checks MQTT and HTTP credentials against the registry.
+/// Checks MQTT and HTTP credentials against the registry. Cheap to clone (shared state), so
+/// the ingress and the API use one cache.
+#[derive(Clone)]
 pub struct RegistryAuthenticator {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
     registry: Arc<Registry>,
     /// Per-process random key for the cache digests.
     cache_key: [u8; 32],
@@ -47,21 +53,23 @@ impl RegistryAuthenticator {
     /// An authenticator over a registry.
     pub fn new(registry: Arc<Registry>) -> RegistryAuthenticator {
         RegistryAuthenticator {
-            registry,
-            cache_key: rand::random(),
-            cache: Mutex::new(HashMap::new()),
-            argon2_slots: Semaphore::new(ARGON2_PARALLEL),
+            inner: Arc::new(Shared {
+                registry,
+                cache_key: rand::random(),
+                cache: Mutex::new(HashMap::new()),
+                argon2_slots: Semaphore::new(ARGON2_PARALLEL),
+            }),
         }
     }
 
     /// The registry it checks against.
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+        &self.inner.registry
     }
 
     fn keyed_digest(&self, id: &str, password: &[u8]) -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update(self.cache_key);
+        h.update(self.inner.cache_key);
         h.update((id.len() as u64).to_le_bytes());
         h.update(id.as_bytes());
         h.update(password);
@@ -74,21 +82,22 @@ impl RegistryAuthenticator {
         id: &str,
         password: &[u8],
     ) -> Result<Arc<Principal>, AuthError> {
-        let identity = self
+        let shared = &self.inner;
+        let identity = shared
             .registry
             .identity(id)
             .ok_or(AuthError::BadCredentials)?;
         let (secret, principal) = match identity {
             Identity::Device(i) => {
-                let d = self.registry.device(i);
+                let d = shared.registry.device(i);
                 (&d.secret, &d.principal)
             }
             Identity::Agent(i) => {
-                let a = self.registry.agent(i);
+                let a = shared.registry.agent(i);
                 (&a.secret, &a.principal)
             }
             Identity::App(i) => {
-                let a = &self.registry.apps()[i as usize];
+                let a = &shared.registry.apps()[i as usize];
                 (&a.secret, &a.principal)
             }
         };
@@ -105,14 +114,14 @@ impl RegistryAuthenticator {
             }
             Secret::Hash(phc) => {
                 let digest = self.keyed_digest(id, password);
-                if let Some(v) = self.cache.lock().get(id).copied()
+                if let Some(v) = shared.cache.lock().get(id).copied()
                     && v.at.elapsed() < CACHE_TTL
                     && bool::from(v.digest.ct_eq(&digest))
                 {
                     return Ok(principal.clone());
                 }
                 let ok = {
-                    let _slot = self
+                    let _slot = shared
                         .argon2_slots
                         .acquire()
                         .await
@@ -126,7 +135,7 @@ impl RegistryAuthenticator {
                 if !ok {
                     return Err(AuthError::BadCredentials);
                 }
-                let mut cache = self.cache.lock();
+                let mut cache = shared.cache.lock();
                 if cache.len() >= CACHE_MAX {
                     cache.clear();
                 }
@@ -295,13 +304,13 @@ grants = ["feeds/#"]
             a.authenticate("AG-1", Some("AG-1"), Some(b"wrong")).await,
             Err(AuthError::BadCredentials)
         );
-        assert!(a.cache.lock().is_empty());
+        assert!(a.inner.cache.lock().is_empty());
         let p = a
             .authenticate("AG-1", Some("AG-1"), Some(b"agent-secret"))
             .await
             .unwrap();
         assert_eq!(*p, Principal::Agent("AG-1".into()));
-        assert_eq!(a.cache.lock().len(), 1);
+        assert_eq!(a.inner.cache.lock().len(), 1);
         // Cached now; the wrong password still fails, the right one still passes.
         assert_eq!(
             a.authenticate("AG-1", Some("AG-1"), Some(b"wrong")).await,

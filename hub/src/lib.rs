@@ -77,7 +77,7 @@ pub enum StartError {
 pub struct Hub<S> {
     config: HubConfig,
     registry: Arc<Registry>,
-    auth: Arc<RegistryAuthenticator>,
+    auth: RegistryAuthenticator,
     metrics: Arc<Metrics>,
     store: Arc<S>,
     events_tx: mpsc::Sender<IngressEvent>,
@@ -92,7 +92,7 @@ impl<S: SeriesStore> Hub<S> {
         let registry = Arc::new(Registry::from_config(&config));
         let (events_tx, events_rx) = mpsc::channel(INGRESS_QUEUE);
         Ok(Hub {
-            auth: Arc::new(RegistryAuthenticator::new(registry.clone())),
+            auth: RegistryAuthenticator::new(registry.clone()),
             registry,
             config,
             metrics: Arc::new(Metrics::default()),
@@ -109,8 +109,8 @@ impl<S: SeriesStore> Hub<S> {
         self
     }
 
-    /// The authenticator for the ingress (and the API).
-    pub fn authenticator(&self) -> Arc<RegistryAuthenticator> {
+    /// The authenticator for the ingress (shares its cache with the API).
+    pub fn authenticator(&self) -> RegistryAuthenticator {
         self.auth.clone()
     }
 
@@ -124,8 +124,8 @@ impl<S: SeriesStore> Hub<S> {
         self.metrics.clone()
     }
 
-    /// A sender for ingress events. The pipeline drains and stops once every sender handed
-    /// out is dropped.
+    /// A sender for ingress events (give it to the ingress). The pipeline also drains and stops
+    /// by itself once every sender handed out is dropped.
     pub fn ingress_sender(&self) -> mpsc::Sender<IngressEvent> {
         self.events_tx.clone()
     }
@@ -257,9 +257,10 @@ impl<S: SeriesStore> RunningHub<S> {
         &self.twins
     }
 
-    /// Stops the hub. Stop the ingress first (dropping every ingress sender): this then waits
-    /// until the pipeline has stored and acknowledged everything it took, stops the API and
-    /// checkpoints the twins as a clean shutdown. The caller closes the store afterwards.
+    /// Stops the hub. Stop the ingress first; this then closes the ingress queue, waits until
+    /// the pipeline has stored and acknowledged everything queued, stops the API (open streams
+    /// end) and checkpoints the twins as a clean shutdown. The caller closes the store
+    /// afterwards.
     pub async fn shutdown(self) {
         self.pipeline.join().await;
         let _ = self.shutdown.send(true);

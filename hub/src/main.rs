@@ -96,14 +96,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Opens the store, starts the ingress and the hub, serves until SIGINT/SIGTERM.
 async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
-    // Wiring once the `store` and `broker` branches are merged (see docs/decisions/0007):
+    // Wiring once the `store` and `broker` branches are merged (names as on those branches):
     //
-    //   let store = Arc::new(hub::store::<Engine>::open(&cfg.hub)?);
+    //   let store = Arc::new(TsStore::open(cfg.hub.data_dir.join("series"),
+    //                                      StoreOptions::from_settings(&cfg.hub))?);
     //   let hub = Hub::new(cfg.clone(), store.clone())?;
-    //   let broker = hub::ingress::mqtt::<Broker>::start(&cfg.hub, hub.authenticator(),
-    //                                                     hub.ingress_sender(), hub.metrics()).await?;
-    //   run_until_signal(hub, broker.publisher(), || broker.stop()).await?;
-    //   store.close()?;
+    //   let mqtt = BrokerConfig { max_packet_bytes: cfg.hub.max_packet_bytes,
+    //                             ..BrokerConfig::new(parsed cfg.hub.mqtt_listen) };
+    //   let broker = Broker::start(mqtt, hub.authenticator(), hub.ingress_sender()).await?;
+    //   let m = broker.metrics().clone();
+    //   hub.metrics().add_source(Arc::new(move |out: &mut String| m.write_prometheus(out)));
+    //   let stopper = broker.clone();
+    //   run_until_signal(hub, Arc::new(broker), || async move { stopper.shutdown().await }).await?;
+    //   store.close().await?;
     let _ = cfg;
     anyhow::bail!(
         "serving needs the embedded MQTT broker and time-series store, which are not merged yet"

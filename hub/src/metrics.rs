@@ -16,6 +16,14 @@ pub trait MetricsSource: Send + Sync + 'static {
     fn render(&self, out: &mut String);
 }
 
+/// Any `Fn(&mut String)` is a source, e.g.
+/// `move |out: &mut String| broker_metrics.write_prometheus(out)`.
+impl<F: Fn(&mut String) + Send + Sync + 'static> MetricsSource for F {
+    fn render(&self, out: &mut String) {
+        self(out)
+    }
+}
+
 /// Kinds of inbound topics, for `hub_messages_in_total{kind}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
@@ -269,13 +277,6 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    struct Broker;
-    impl MetricsSource for Broker {
-        fn render(&self, out: &mut String) {
-            out.push_str("hub_mqtt_connections 3\n");
-        }
-    }
-
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
@@ -286,7 +287,9 @@ mod tests {
         m.decode_queue.taken.fetch_add(2, Relaxed);
         m.append_latency
             .observe(std::time::Duration::from_micros(1500));
-        m.add_source(Arc::new(Broker));
+        m.add_source(Arc::new(|out: &mut String| {
+            out.push_str("hub_mqtt_connections 3\n")
+        }));
         let text = m.render();
         assert!(
             text.contains("hub_messages_in_total{kind=\"batch\"} 1\n"),

@@ -741,3 +741,34 @@ async fn twins_survive_restart<S: SeriesStore>(open: impl OpenStore<S>) {
     );
     h.shutdown().await;
 }
+
+/// The ingress may live on after `shutdown` starts (the broker is also the hub's publisher,
+/// which the pipeline holds): shutdown still drains what was queued and then refuses more.
+#[tokio::test]
+async fn shutdown_drains_while_the_ingress_still_holds_a_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = mem_stores();
+    let h = TestHub::start_in(dir.path(), &open).await;
+    let kept = h.events.clone().unwrap();
+    let mut pending = Vec::new();
+    for i in 0..50 {
+        let body = format!(r#"{{"ts":{},"values":{{"water_level":{i}}}}}"#, T0 + i);
+        pending.push(
+            h.send(device("WL-0001"), "v1/devices/WL-0001/telemetry", body)
+                .await,
+        );
+    }
+    let store = h.shutdown().await;
+    for rx in pending {
+        assert_eq!(disposition(rx).await, Disposition::Accepted);
+    }
+    assert_eq!(series(&*store, "WL-0001", Quantity::WaterLevel).len(), 50);
+    let late = IngressEvent::Connected {
+        principal: Arc::new(device("WL-0001")),
+        client_id: "WL-0001".into(),
+    };
+    assert!(
+        kept.send(late).await.is_err(),
+        "the ingress queue is closed"
+    );
+}

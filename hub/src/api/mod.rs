@@ -34,7 +34,7 @@ pub struct ApiState<S> {
     /// The catalog.
     pub registry: Arc<Registry>,
     /// Credentials.
-    pub auth: Arc<RegistryAuthenticator>,
+    pub auth: RegistryAuthenticator,
     /// Twins.
     pub twins: Arc<Twins>,
     /// Time series.

@@ -9,8 +9,11 @@
 //! desired state and command results by the decode workers. Every stage counts what it takes,
 //! and the queue depths are on `/metrics`.
 //!
-//! Shutdown is by closing: when the ingress drops its sender, each stage drains and closes the
-//! next, so [`Pipeline::join`] returns after everything accepted was stored and acknowledged.
+//! Shutdown is by closing: [`Pipeline::join`] closes the ingress queue (the ingress holds a
+//! sender for as long as it lives, and the ingress may itself be held by the pipeline as its
+//! publisher, so waiting for every sender to drop could wait forever); what is queued is still
+//! processed, each stage drains and closes the next, and `join` returns after everything taken
+//! was stored and acknowledged.
 
 pub mod ack;
 pub mod deadletter;
@@ -112,6 +115,7 @@ impl Default for PipelineOptions {
 /// The running pipeline.
 pub struct Pipeline {
     tasks: Vec<JoinHandle<()>>,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl Pipeline {
@@ -141,12 +145,20 @@ impl Pipeline {
             )));
         }
         drop(store_tx);
-        tasks.push(tokio::spawn(route(ctx, events, workers)));
-        Pipeline { tasks }
+        let (stop, stop_rx) = oneshot::channel();
+        tasks.push(tokio::spawn(route(ctx, events, workers, stop_rx)));
+        Pipeline {
+            tasks,
+            stop: Some(stop),
+        }
     }
 
-    /// Waits until every stage has drained and stopped (after the ingress closed its sender).
-    pub async fn join(self) {
+    /// Closes the ingress queue and waits until every stage has drained and stopped. Stop the
+    /// ingress first: whatever it still sends after this is refused.
+    pub async fn join(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         for t in self.tasks {
             if let Err(e) = t.await {
                 tracing::error!("pipeline stage failed: {e}");
@@ -178,9 +190,22 @@ async fn route<S: SeriesStore>(
     ctx: Arc<Context<S>>,
     mut events: mpsc::Receiver<IngressEvent>,
     workers: Vec<mpsc::Sender<Inbound>>,
+    stop: oneshot::Receiver<()>,
 ) {
     let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    while let Some(ev) = events.recv().await {
+    let mut stop = Some(stop);
+    loop {
+        let next = tokio::select! {
+            biased;
+            ev = events.recv() => ev,
+            _ = async { if let Some(s) = stop.as_mut() { let _ = s.await; } }, if stop.is_some() => {
+                // Refuse new events; the ones queued are still taken below.
+                events.close();
+                stop = None;
+                continue;
+            }
+        };
+        let Some(ev) = next else { break };
         match ev {
             IngressEvent::Message(m) => {
                 let w = (hasher.hash_one(&*m.client_id) % workers.len() as u64) as usize;
