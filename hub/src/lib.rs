@@ -148,6 +148,17 @@ impl<S: SeriesStore> Hub<S> {
             options,
         } = self;
         drop(events_tx);
+        // Bind first: a taken port must fail the start before anything runs.
+        let listener = tokio::net::TcpListener::bind(&config.hub.http_listen)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: config.hub.http_listen.clone(),
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+            addr: config.hub.http_listen.clone(),
+            source,
+        })?;
         let outlet = Outlet::new(publisher);
         let latest = |id: &str| match store.latest(id) {
             Ok(points) => points,
@@ -179,16 +190,7 @@ impl<S: SeriesStore> Hub<S> {
         let pipeline = Pipeline::start(ctx, events_rx, options);
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let listener = tokio::net::TcpListener::bind(&config.hub.http_listen)
-            .await
-            .map_err(|source| StartError::Http {
-                addr: config.hub.http_listen.clone(),
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
-            addr: config.hub.http_listen.clone(),
-            source,
-        })?;
+
         let router = api::router(Arc::new(ApiState {
             registry,
             auth,

@@ -453,6 +453,12 @@ async fn garbage_never_stops_the_pipeline<S: SeriesStore>(open: impl OpenStore<S
         (
             device("WL-0001"),
             "v1/devices/WL-0001/telemetry",
+            br#"{"values":{}}"#.to_vec(),
+            "no_values",
+        ),
+        (
+            device("WL-0001"),
+            "v1/devices/WL-0001/telemetry",
             vec![b' '; 70_000],
             "too_large",
         ),

@@ -453,6 +453,16 @@ fn device_telemetry<S>(
     }
     rejects.finish(&msg, topic);
     if parsed.samples.is_empty() {
+        if parsed.rejected.is_empty() {
+            // Nothing wrong in particular, and nothing to store (e.g. empty `values`).
+            return reject_whole(
+                ctx,
+                &mut msg,
+                topic,
+                "no_values",
+                "the message has no values",
+            );
+        }
         msg.finish(Disposition::Rejected("no acceptable value".to_string()));
         return Decoded::Handled;
     }
