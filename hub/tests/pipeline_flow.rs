@@ -709,7 +709,7 @@ async fn desired_state_over_mqtt<S: SeriesStore>(open: impl OpenStore<S>) {
 }
 
 /// Twins survive a restart: reported from the store, desired and version from the twin file.
-async fn twins_survive_restart<S: SeriesStore>(open: impl OpenStore<S>) {
+async fn twins_survive_restart<S: Closable>(open: impl OpenStore<S>) {
     let dir = tempfile::tempdir().unwrap();
     let before = {
         let h = TestHub::start_in(dir.path(), &open).await;
@@ -727,7 +727,7 @@ async fn twins_survive_restart<S: SeriesStore>(open: impl OpenStore<S>) {
             .await;
         assert_eq!(disposition(rx).await, Disposition::Accepted);
         let doc = h.hub.as_ref().unwrap().twins().document(1);
-        h.shutdown().await;
+        h.shutdown().await.close_store().await;
         doc
     };
     let h = TestHub::start_in(dir.path(), &open).await;

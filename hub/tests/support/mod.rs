@@ -309,3 +309,14 @@ impl<S: SeriesStore> TestHub<S> {
         TestHub::start(dir, open(&dir.join("series"))).await
     }
 }
+
+/// What the scenarios need beyond the seam: closing a store before its directory is opened
+/// again (a real engine holds a file lock until closed).
+pub trait Closable: SeriesStore {
+    /// Flushes and releases the store.
+    fn close_store(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Closable for InMemorySeriesStore {
+    async fn close_store(&self) {}
+}
