@@ -141,6 +141,11 @@ impl DesiredError {
     }
 }
 
+/// Pending commands kept before old ones are pruned.
+const MAX_PENDING: usize = 1024;
+/// How long an unanswered command is kept once pruning starts.
+const PENDING_FOR_MS: i64 = 3_600_000;
+
 /// A command waiting for its result.
 #[derive(Clone, Debug)]
 pub struct PendingCommand {
@@ -470,7 +475,12 @@ impl Twins {
             Ok(bytes) => {
                 self.outlet.publish(&d.cmd_topic, Bytes::from(bytes), false);
                 self.metrics.commands_sent.fetch_add(1, Relaxed);
-                self.pending.lock().insert(
+                let mut pending = self.pending.lock();
+                if pending.len() >= MAX_PENDING {
+                    // Devices that never answer must not grow this forever.
+                    pending.retain(|_, p| now_ms - p.sent_ms < PENDING_FOR_MS);
+                }
+                pending.insert(
                     command.id.clone(),
                     PendingCommand {
                         device,
