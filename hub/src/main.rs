@@ -6,7 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use hub::Hub;
 use hub::config::HubConfig;
+use hub::ingress::Publisher;
+use hub::store::SeriesStore;
 
 /// The central hub of the district sensing gateway.
 #[derive(Debug, Parser)]
@@ -82,5 +87,80 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.hub.data_dir = d;
     }
     cfg.validate().context("configuration")?;
-    anyhow::bail!("serving is not built yet (issue: hub core)")
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(cfg))
+}
+
+/// Opens the store, starts the ingress and the hub, serves until SIGINT/SIGTERM.
+async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
+    // Wiring once the `store` and `broker` branches are merged (names as on those branches):
+    //
+    //   let store = Arc::new(TsStore::open(cfg.hub.data_dir.join("series"),
+    //                                      StoreOptions::from_settings(&cfg.hub))?);
+    //   let hub = Hub::new(cfg.clone(), store.clone())?;
+    //   let mqtt = BrokerConfig { max_packet_bytes: cfg.hub.max_packet_bytes,
+    //                             ..BrokerConfig::new(parsed cfg.hub.mqtt_listen) };
+    //   let broker = Broker::start(mqtt, hub.authenticator(), hub.ingress_sender()).await?;
+    //   let m = broker.metrics().clone();
+    //   hub.metrics().add_source(Arc::new(move |out: &mut String| m.write_prometheus(out)));
+    //   let stopper = broker.clone();
+    //   run_until_signal(hub, Arc::new(broker), || async move { stopper.shutdown().await }).await?;
+    //   store.close().await?;
+    let _ = cfg;
+    anyhow::bail!(
+        "serving needs the embedded MQTT broker and time-series store, which are not merged yet"
+    )
+}
+
+/// Runs a started hub until SIGINT or SIGTERM, then stops the ingress, drains the pipeline
+/// and checkpoints the twins.
+#[allow(dead_code)] // called by `serve` once the broker and store are merged
+async fn run_until_signal<S, F>(
+    hub: Hub<S>,
+    publisher: Arc<dyn Publisher>,
+    stop_ingress: impl FnOnce() -> F,
+) -> anyhow::Result<()>
+where
+    S: SeriesStore,
+    F: std::future::Future<Output = ()>,
+{
+    let running = hub.start(publisher).await.context("starting the hub")?;
+    tracing::info!(http = %running.http_addr(), "hub serving");
+    shutdown_signal().await;
+    tracing::info!("stopping: closing the ingress, draining the pipeline");
+    stop_ingress().await;
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[allow(dead_code)] // see `run_until_signal`
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }

@@ -1,0 +1,148 @@
+//! `GET /api/v1/devices`, `GET /api/v1/devices/{id}`, `PATCH /api/v1/devices/{id}/desired`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use protocols::messages::{DesiredUpdate, Twin};
+use protocols::topic::Topic;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiState, Caller, Failure};
+use crate::registry::Device;
+use crate::store::SeriesStore;
+use crate::twin::DesiredError;
+
+/// Filters of the device list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    kind: Option<String>,
+    dept: Option<String>,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    id: String,
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dept: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lat: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lon: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gb_id: Option<String>,
+    online: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    twin: Option<Twin>,
+}
+
+fn view<S>(state: &ApiState<S>, d: &Device, with_twin: bool) -> DeviceView {
+    DeviceView {
+        id: d.id.to_string(),
+        kind: d.kind.to_string(),
+        dept: d.config.dept.clone(),
+        name: d.config.name.clone(),
+        lat: d.config.lat,
+        lon: d.config.lon,
+        agent: d.config.agent.clone(),
+        gb_id: d.config.gb_id.clone(),
+        online: state.twins.online(d.idx),
+        twin: with_twin.then(|| state.twins.document(d.idx)),
+    }
+}
+
+/// The device with this id, if the caller may see it: 404 unknown, 403 outside grants.
+pub(super) fn visible<'a, S>(
+    state: &'a ApiState<S>,
+    caller: &Caller,
+    id: &str,
+) -> Result<&'a Device, Failure> {
+    let d = state.registry.device_by_id(id).ok_or_else(|| {
+        Failure::not_found(format!(
+            "no device `{}`",
+            id.chars().take(64).collect::<String>()
+        ))
+    })?;
+    if !state.registry.visible_to(&caller.0, d) {
+        return Err(Failure::forbidden(format!(
+            "no grant covers {} or {}",
+            d.feed_topic, d.twin_topic
+        )));
+    }
+    Ok(d)
+}
+
+/// `GET /api/v1/devices[?kind=&dept=]`.
+pub async fn list<S: SeriesStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<DeviceView>>, Failure> {
+    let Query(q) = query.map_err(|e| Failure::bad_request(e.body_text()))?;
+    let out = state
+        .registry
+        .devices()
+        .iter()
+        .filter(|d| q.kind.as_deref().is_none_or(|k| *d.kind == *k))
+        .filter(|d| {
+            q.dept
+                .as_deref()
+                .is_none_or(|k| d.config.dept.as_deref() == Some(k))
+        })
+        .filter(|d| state.registry.visible_to(&caller.0, d))
+        .map(|d| view(&state, d, false))
+        .collect();
+    Ok(Json(out))
+}
+
+/// `GET /api/v1/devices/{id}`.
+pub async fn one<S: SeriesStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, Failure> {
+    let d = visible(&state, &caller, &id)?;
+    Ok(Json(view(&state, d, true)))
+}
+
+/// `PATCH /api/v1/devices/{id}/desired`: the same as a message on `v1/twin/{id}/desired`.
+pub async fn desired<S: SeriesStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Twin>, Failure> {
+    let d = state.registry.device_by_id(&id).ok_or_else(|| {
+        Failure::not_found(format!(
+            "no device `{}`",
+            id.chars().take(64).collect::<String>()
+        ))
+    })?;
+    let topic = Topic::TwinDesired(&d.id).to_string();
+    caller
+        .0
+        .may_publish(&topic)
+        .map_err(|e| Failure::forbidden(format!("{topic}: {e}")))?;
+    let update: DesiredUpdate = serde_json::from_slice(&body)
+        .map_err(|e| Failure::bad_request(format!("body is not a desired-state object: {e}")))?;
+    match state
+        .twins
+        .set_desired(&d.id, update, crate::pipeline::now_ms())
+        .await
+    {
+        Ok(twin) => Ok(Json(twin)),
+        Err(e @ DesiredError::Conflict { .. }) => Err(Failure::conflict(e.to_string())),
+        Err(e @ DesiredError::UnknownDevice(_)) => Err(Failure::not_found(e.to_string())),
+        Err(e @ DesiredError::Persist(_)) => Err(Failure::internal(e.to_string())),
+        Err(e) => Err(Failure::bad_request(e.to_string())),
+    }
+}

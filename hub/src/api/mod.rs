@@ -1,0 +1,197 @@
+//! The HTTP API (axum): health, metrics, devices with their twins, desired state, time series
+//! and a live stream, for apps authenticated with `Authorization: Bearer {app}:{secret}`.
+//!
+//! Apps see exactly what their MQTT grants let them see, decided by the same
+//! `protocols::access` rules: a device is visible with a grant matching its feed or twin
+//! topic, desired state may be written with a grant matching `v1/twin/{id}/desired`, and the
+//! stream carries only topics inside the grants. Every error is JSON `{"error","detail"}`.
+
+mod devices;
+mod series;
+mod stream;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch};
+use axum::{Json, Router};
+use protocols::access::Principal;
+use protocols::messages::ApiError;
+use tokio::sync::watch;
+
+use crate::auth::RegistryAuthenticator;
+use crate::metrics::Metrics;
+use crate::outbound::Outlet;
+use crate::registry::Registry;
+use crate::store::SeriesStore;
+use crate::twin::Twins;
+
+/// What the handlers share.
+pub struct ApiState<S> {
+    /// The catalog.
+    pub registry: Arc<Registry>,
+    /// Credentials.
+    pub auth: RegistryAuthenticator,
+    /// Twins.
+    pub twins: Arc<Twins>,
+    /// Time series.
+    pub store: Arc<S>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Live updates for the stream.
+    pub outlet: Outlet,
+    /// Turns `true` when the hub stops; open streams end then.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The router with every route of the contract this issue covers.
+pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::<S>))
+        .route("/api/v1/devices", get(devices::list::<S>))
+        .route("/api/v1/devices/{id}", get(devices::one::<S>))
+        .route("/api/v1/devices/{id}/desired", patch(devices::desired::<S>))
+        .route("/api/v1/series", get(series::query::<S>))
+        .route("/api/v1/stream", get(stream::handler::<S>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// An error answer: status and the contract's JSON body.
+#[derive(Debug)]
+pub struct Failure {
+    status: StatusCode,
+    error: &'static str,
+    detail: String,
+}
+
+impl Failure {
+    fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            error,
+            detail: detail.into(),
+        }
+    }
+
+    /// 401.
+    pub fn unauthorized(detail: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    /// 403.
+    pub fn forbidden(detail: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    /// 404.
+    pub fn not_found(detail: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// 400.
+    pub fn bad_request(detail: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+
+    /// 409.
+    pub fn conflict(detail: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::CONFLICT, "conflict", detail)
+    }
+
+    /// 500.
+    pub fn internal(detail: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = Json(ApiError {
+            error: self.error.to_string(),
+            detail: self.detail,
+        });
+        let mut resp = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hub\""),
+            );
+        }
+        resp
+    }
+}
+
+/// The authenticated app making the request.
+pub struct Caller(pub Arc<Principal>);
+
+impl<S: SeriesStore> FromRequestParts<Arc<ApiState<S>>> for Caller {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState<S>>,
+    ) -> Result<Caller, Failure> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| Failure::unauthorized("missing Authorization: Bearer {app}:{secret}"))?;
+        let text = value
+            .to_str()
+            .map_err(|_| Failure::unauthorized("Authorization header is not text"))?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .ok_or_else(|| Failure::unauthorized("expected a Bearer token {app}:{secret}"))?;
+        let (id, secret) = token
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| Failure::unauthorized("expected a Bearer token {app}:{secret}"))?;
+        let principal = state
+            .auth
+            .verify_secret(id, secret.as_bytes())
+            .await
+            .map_err(|e| Failure::unauthorized(e.to_string()))?;
+        if !matches!(*principal, Principal::App { .. }) {
+            return Err(Failure::forbidden(format!(
+                "a {} may not use the API; apps only",
+                principal.role()
+            )));
+        }
+        Ok(Caller(principal))
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics<S: SeriesStore>(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState<S>>>,
+) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Failure {
+    Failure::not_found("no such route")
+}
+
+async fn method_not_allowed() -> Failure {
+    Failure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}

@@ -1,0 +1,113 @@
+//! Everything the hub sends: through the ingress [`Publisher`] to MQTT clients, and, for the
+//! documents apps stream over HTTP (feeds, twins, alerts), onto the live bus that
+//! `GET /api/v1/stream` subscribers read.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use crate::ingress::{Outbound, Publisher};
+
+/// Capacity of the live bus; a stream subscriber further behind than this skips ahead.
+const LIVE_CAPACITY: usize = 4096;
+
+/// What a live update is, as the stream names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveKind {
+    /// A feed message.
+    Feed,
+    /// A twin document.
+    Twin,
+    /// An alert change.
+    Alert,
+}
+
+impl LiveKind {
+    /// The SSE event name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LiveKind::Feed => "feed",
+            LiveKind::Twin => "twin",
+            LiveKind::Alert => "alert",
+        }
+    }
+
+    fn of(topic: &str) -> Option<LiveKind> {
+        let rest = topic.strip_prefix("v1/")?;
+        if rest.starts_with("feeds/") {
+            Some(LiveKind::Feed)
+        } else if rest.starts_with("twin/") && !rest.ends_with("/desired") {
+            Some(LiveKind::Twin)
+        } else if rest.starts_with("alerts/") {
+            Some(LiveKind::Alert)
+        } else {
+            None
+        }
+    }
+}
+
+/// One live update.
+#[derive(Clone, Debug)]
+pub struct LiveUpdate {
+    /// Its kind.
+    pub kind: LiveKind,
+    /// The MQTT topic it was published on (grants are checked against it).
+    pub topic: Arc<str>,
+    /// The JSON document.
+    pub payload: Bytes,
+}
+
+/// The hub's outbound side.
+#[derive(Clone)]
+pub struct Outlet {
+    publisher: Arc<dyn Publisher>,
+    live: broadcast::Sender<LiveUpdate>,
+}
+
+impl Outlet {
+    /// Sends through `publisher` and a new live bus.
+    pub fn new(publisher: Arc<dyn Publisher>) -> Outlet {
+        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        Outlet { publisher, live }
+    }
+
+    /// Publishes a message to MQTT subscribers and, if it is a feed, twin or alert, to the live
+    /// bus.
+    pub fn publish(&self, topic: &str, payload: Bytes, retain: bool) {
+        if self.live.receiver_count() > 0
+            && let Some(kind) = LiveKind::of(topic)
+        {
+            let _ = self.live.send(LiveUpdate {
+                kind,
+                topic: topic.into(),
+                payload: payload.clone(),
+            });
+        }
+        self.publisher.publish(Outbound {
+            topic: topic.to_string(),
+            payload,
+            retain,
+        });
+    }
+
+    /// A new subscription to live updates.
+    pub fn subscribe_live(&self) -> broadcast::Receiver<LiveUpdate> {
+        self.live.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_kinds() {
+        assert_eq!(LiveKind::of("v1/feeds/a/b"), Some(LiveKind::Feed));
+        assert_eq!(LiveKind::of("v1/twin/b"), Some(LiveKind::Twin));
+        assert_eq!(LiveKind::of("v1/twin/b/desired"), None);
+        assert_eq!(LiveKind::of("v1/alerts/red/b"), Some(LiveKind::Alert));
+        assert_eq!(LiveKind::of("v1/agents/a/ack"), None);
+        assert_eq!(LiveKind::of("v1/deadletter/a"), None);
+    }
+}

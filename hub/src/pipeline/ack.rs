@@ -1,0 +1,65 @@
+//! Coalesced acknowledgements to agents (`v1/agents/{id}/ack`).
+//!
+//! The publish stage collects the sequence numbers that became durable (or turned out to be
+//! redeliveries of durable ones: the agent missed that ack and must get it again) while it
+//! drains its queue, then sends one [`Ack`] per agent and queue incarnation.
+
+use protocols::batch::Ack;
+
+use crate::registry::AgentIdx;
+
+/// Sequence numbers waiting to be acknowledged.
+#[derive(Debug, Default)]
+pub struct AckCoalescer {
+    pending: Vec<(AgentIdx, u64, Vec<u64>)>,
+}
+
+impl AckCoalescer {
+    /// Notes a durable sequence number of an agent's stream.
+    pub fn add(&mut self, agent: AgentIdx, stream: u64, seq: u64) {
+        match self
+            .pending
+            .iter_mut()
+            .find(|(a, s, _)| *a == agent && *s == stream)
+        {
+            Some((_, _, seqs)) => seqs.push(seq),
+            None => self.pending.push((agent, stream, vec![seq])),
+        }
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Hands out one ack per agent and stream, and forgets them.
+    pub fn flush(&mut self, mut send: impl FnMut(AgentIdx, Ack)) {
+        for (agent, stream, seqs) in self.pending.drain(..) {
+            send(agent, Ack::from_seqs(stream, seqs));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ack_per_agent_and_stream_with_ranges() {
+        let mut c = AckCoalescer::default();
+        for s in [3, 1, 2, 7, 2] {
+            c.add(0, 10, s);
+        }
+        c.add(1, 5, 9);
+        c.add(0, 11, 1);
+        let mut out = Vec::new();
+        c.flush(|a, ack| out.push((a, ack)));
+        assert!(c.is_empty());
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].0, 0);
+        assert_eq!(out[0].1.stream, 10);
+        assert_eq!(out[0].1.seqs, vec![(1, 3), (7, 7)]);
+        assert_eq!(out[1].1.seqs, vec![(9, 9)]);
+        assert_eq!((out[2].1.stream, out[2].1.seqs.clone()), (11, vec![(1, 1)]));
+    }
+}

@@ -1,0 +1,129 @@
+//! After durable: acknowledge, update twins, publish feeds.
+//!
+//! For each durable write: the ingress is told (QoS 1 PUBACK goes out), the agent's sequence
+//! number joins the next coalesced ack, twins take the new reported values, and the feed
+//! documents prepared by the decode workers are published. A redelivered agent message is
+//! acknowledged again (the agent missed the first ack) but not republished. A failed append is
+//! neither acknowledged nor published: the sender will deliver it again.
+//!
+//! While items are waiting, the stage drains them before flushing acks, so under load one ack
+//! covers many messages. Twin documents (retained state, heavier to serialize) are published
+//! at most every [`TWIN_FLUSH`] per device: live values travel in the feeds.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::ack::AckCoalescer;
+use super::{Context, Stored};
+use crate::ingress::Disposition;
+use crate::registry::DeviceIdx;
+use crate::store::Appended;
+
+/// Most items handled before acks are flushed.
+const DRAIN_MAX: usize = 512;
+/// How often changed twins are published.
+pub const TWIN_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs the stage until its input closes.
+pub async fn run<S>(ctx: Arc<Context<S>>, mut input: mpsc::Receiver<Stored>) {
+    let mut acks = AckCoalescer::default();
+    let mut dirty: Vec<DeviceIdx> = Vec::new();
+    let mut is_dirty = vec![false; ctx.registry.devices().len()];
+    let mut tick = tokio::time::interval(TWIN_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            next = input.recv() => match next {
+                Some(item) => item,
+                None => break,
+            },
+            _ = tick.tick(), if !dirty.is_empty() => {
+                flush_twins(&ctx, &mut dirty, &mut is_dirty);
+                continue;
+            }
+        };
+        handle(&ctx, first, &mut acks, &mut dirty, &mut is_dirty);
+        for _ in 1..DRAIN_MAX {
+            match input.try_recv() {
+                Ok(next) => handle(&ctx, next, &mut acks, &mut dirty, &mut is_dirty),
+                Err(_) => break,
+            }
+        }
+        acks.flush(|agent, ack| {
+            let a = ctx.registry.agent(agent);
+            match serde_json::to_vec(&ack) {
+                Ok(bytes) => {
+                    ctx.outlet.publish(&a.ack_topic, Bytes::from(bytes), false);
+                    ctx.metrics.acks_published.fetch_add(1, Relaxed);
+                }
+                Err(e) => tracing::error!("ack not serializable: {e}"),
+            }
+        });
+    }
+    flush_twins(&ctx, &mut dirty, &mut is_dirty);
+}
+
+fn flush_twins<S>(ctx: &Context<S>, dirty: &mut Vec<DeviceIdx>, is_dirty: &mut [bool]) {
+    for d in dirty.drain(..) {
+        is_dirty[d as usize] = false;
+        ctx.twins.publish(d);
+    }
+}
+
+fn handle<S>(
+    ctx: &Context<S>,
+    stored: Stored,
+    acks: &mut AckCoalescer,
+    dirty: &mut Vec<DeviceIdx>,
+    is_dirty: &mut [bool],
+) {
+    ctx.metrics.publish_queue.taken.fetch_add(1, Relaxed);
+    let Stored {
+        mut prepared,
+        result,
+    } = stored;
+    let appended = match result {
+        Ok(a) => a,
+        Err(e) => {
+            ctx.metrics.store_errors.fetch_add(1, Relaxed);
+            tracing::error!("store append failed, message left unacknowledged: {e}");
+            // Dropping `done` without a disposition tells the ingress not to acknowledge.
+            drop(prepared.done.take());
+            return;
+        }
+    };
+    if let Some(tx) = prepared.done.take() {
+        let _ = tx.send(Disposition::Accepted);
+    }
+    if let Some((agent, stream, seq)) = prepared.ack {
+        acks.add(agent, stream, seq);
+    }
+    if appended == Appended::Duplicate {
+        ctx.metrics.duplicates.fetch_add(1, Relaxed);
+        return;
+    }
+    ctx.metrics
+        .readings_stored
+        .fetch_add(prepared.readings as u64, Relaxed);
+    let now = super::now_ms();
+    for g in &prepared.groups {
+        if ctx
+            .twins
+            .apply_reported(g.device, g.ts_ms, &prepared.values[g.values.clone()], now)
+            && !is_dirty[g.device as usize]
+        {
+            is_dirty[g.device as usize] = true;
+            dirty.push(g.device);
+        }
+        let device = ctx.registry.device(g.device);
+        ctx.outlet.publish(
+            &device.feed_topic,
+            prepared.feeds.slice(g.feed.clone()),
+            false,
+        );
+        ctx.metrics.feeds_published.fetch_add(1, Relaxed);
+    }
+}
