@@ -174,7 +174,7 @@ async fn decodes_every_type_and_word_order_of_the_shipped_profiles() {
                     assert_eq!(s as u64, eng.as_u64().unwrap(), "{id} {}", point.quantity)
                 }
             }
-            let want_quality = match (id.as_ref(), point.quantity) {
+            let want_quality = match (*id, point.quantity) {
                 // 16 m is inside what water can do but outside the gauge's rated 0..15000 mm.
                 ("WL-0001", Quantity::WaterLevel) => Quality::Uncertain,
                 // Physically impossible values are flagged bad.
