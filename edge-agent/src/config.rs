@@ -358,10 +358,10 @@ impl AgentConfig {
                 "must be longer than zero",
             ));
         }
-        if a.queue_max_bytes < 1 << 20 {
+        if a.queue_max_bytes < 64 << 10 {
             return Err(ConfigError::new(
                 "agent.queue_max_bytes",
-                "must be at least 1 MiB",
+                "must be at least 64 KiB",
             ));
         }
         if a.batch_max_readings == 0 {

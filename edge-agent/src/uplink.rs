@@ -9,8 +9,9 @@
 //! own QoS 1 retransmission state lives only in memory; the queue on disk is the truth, so a
 //! new session starts over from the oldest unacked entry.
 //!
-//! Live data is not starved by a backlog: entries committed while connected go out first,
-//! then resends, then the backlog from oldest to newest, all within the same window.
+//! Live data is not starved by a backlog, nor the backlog by live data: when both wait, entries
+//! committed during this session and old work (resends first, then the backlog from oldest to
+//! newest) take turns for the free slots of the same window.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -249,6 +250,7 @@ impl Uplink {
             live_from: 0,
             last_committed: 0,
             max_sent: 0,
+            live_turn: true,
         };
         let forwarder = tokio::spawn(forwarder.run(link_rx, committed));
         Ok((
@@ -448,6 +450,8 @@ struct Forwarder {
     last_committed: u64,
     /// Highest seq ever sent, to count re-sends.
     max_sent: u64,
+    /// Whose turn it is when live and old work both wait.
+    live_turn: bool,
 }
 
 impl Forwarder {
@@ -608,7 +612,15 @@ impl Forwarder {
     async fn pump(&mut self) {
         while self.connected && self.inflight.len() < self.window {
             let room = self.window - self.inflight.len();
-            let entries = if let Some(s) = self.live.pop_front() {
+            // Live and old work alternate when both wait: live data is never stuck behind a
+            // backlog, and a backlog (or resends to a slow hub) is never starved by live data.
+            let old_waiting = !self.resend.is_empty() || self.backlog_next < self.live_from;
+            let take_live = !self.live.is_empty() && (self.live_turn || !old_waiting);
+            if !self.live.is_empty() && old_waiting {
+                self.live_turn = !self.live_turn;
+            }
+            let entries = if take_live {
+                let s = self.live.pop_front().unwrap_or_default();
                 self.read(s, s + 1, 1).await
             } else if let Some(s) = self.resend.pop_first() {
                 self.read(s, s + 1, 1).await

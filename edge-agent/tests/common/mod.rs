@@ -272,3 +272,248 @@ pub fn start_agent(config: &Path) -> Proc {
     }
     Proc::spawn("edge-agent", cmd)
 }
+
+/// What the hub test peer saw.
+#[derive(Default)]
+pub struct HubState {
+    /// Every batch delivery, in arrival order (duplicates included).
+    pub batches: Vec<protocols::batch::AgentBatch>,
+    /// When each delivery arrived.
+    pub arrived: Vec<Instant>,
+    pub health: Vec<protocols::messages::Health>,
+    pub results: Vec<protocols::messages::CommandResult>,
+    pub status: Vec<(String, String)>,
+}
+
+impl HubState {
+    /// Distinct seqs received for `stream`.
+    pub fn seqs(&self, stream: u64) -> std::collections::BTreeSet<u64> {
+        self.batches
+            .iter()
+            .filter(|b| b.stream == stream)
+            .map(|b| b.seq)
+            .collect()
+    }
+
+    pub fn deliveries_of(&self, seq: u64) -> usize {
+        self.batches.iter().filter(|b| b.seq == seq).count()
+    }
+
+    pub fn max_seq(&self) -> u64 {
+        self.batches.iter().map(|b| b.seq).max().unwrap_or(0)
+    }
+
+    pub fn stream(&self) -> Option<u64> {
+        self.batches.first().map(|b| b.stream)
+    }
+}
+
+/// Plays the hub's side of the agent protocol over a real broker: decodes batches, acks them
+/// (when `acking`), collects health, command results and status.
+pub struct HubPeer {
+    pub state: Arc<Mutex<HubState>>,
+    pub acking: Arc<std::sync::atomic::AtomicBool>,
+    client: rumqttc::AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HubPeer {
+    pub async fn start(port: u16, acking: bool) -> HubPeer {
+        use rumqttc::{Event, MqttOptions, Packet, QoS};
+        let mut o = MqttOptions::new(format!("hub-peer-{}", free_port()), "127.0.0.1", port);
+        o.set_max_packet_size(4 << 20, 4 << 20);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut el) = rumqttc::AsyncClient::new(o, 1000);
+        let state = Arc::new(Mutex::new(HubState::default()));
+        let ack_flag = Arc::new(std::sync::atomic::AtomicBool::new(acking));
+        let (s, a, c) = (state.clone(), ack_flag.clone(), client.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for t in [
+                            "v1/agents/+/batch",
+                            "v1/agents/+/health",
+                            "v1/agents/+/cmd/result",
+                            "v1/status/+",
+                        ] {
+                            el.pending.push_back(rumqttc::Request::Subscribe(
+                                rumqttc::Subscribe::new(t, QoS::AtLeastOnce),
+                            ));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let parts: Vec<&str> = p.topic.split('/').collect();
+                        if p.topic.ends_with("/batch") {
+                            let b = protocols::batch::decode(&p.payload)
+                                .expect("agent sent an undecodable batch");
+                            let ack_topic = format!("v1/agents/{}/ack", parts[2]);
+                            let ack = protocols::batch::Ack::from_seqs(b.stream, vec![b.seq]);
+                            {
+                                let mut st = s.lock().unwrap();
+                                st.batches.push(b);
+                                st.arrived.push(Instant::now());
+                            }
+                            if a.load(std::sync::atomic::Ordering::SeqCst) {
+                                let _ = c.try_publish(
+                                    ack_topic,
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    serde_json::to_vec(&ack).unwrap(),
+                                );
+                            }
+                        } else if p.topic.ends_with("/health") {
+                            s.lock()
+                                .unwrap()
+                                .health
+                                .push(serde_json::from_slice(&p.payload).expect("health JSON"));
+                        } else if p.topic.ends_with("/cmd/result") {
+                            s.lock()
+                                .unwrap()
+                                .results
+                                .push(serde_json::from_slice(&p.payload).expect("result JSON"));
+                        } else if parts[1] == "status" {
+                            s.lock().unwrap().status.push((
+                                parts[2].to_string(),
+                                String::from_utf8_lossy(&p.payload).into_owned(),
+                            ));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        HubPeer {
+            state,
+            acking: ack_flag,
+            client,
+            task,
+        }
+    }
+
+    pub fn set_acking(&self, on: bool) {
+        self.acking.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Acks every seq received so far (for `stream`).
+    pub async fn ack_all(&self, agent: &str) {
+        let (stream, seqs) = {
+            let s = self.state.lock().unwrap();
+            let Some(stream) = s.stream() else { return };
+            (stream, s.seqs(stream).into_iter().collect::<Vec<_>>())
+        };
+        self.publish_ack(agent, &protocols::batch::Ack::from_seqs(stream, seqs))
+            .await;
+    }
+
+    pub async fn publish_ack(&self, agent: &str, ack: &protocols::batch::Ack) {
+        self.client
+            .publish(
+                format!("v1/agents/{agent}/ack"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(ack).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn command(&self, agent: &str, json: serde_json::Value) {
+        self.client
+            .publish(
+                format!("v1/agents/{agent}/cmd"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                json.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&HubState) -> R) -> R {
+        f(&self.state.lock().unwrap())
+    }
+}
+
+impl Drop for HubPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A minimal spec: a streetlight (unit 1) and a radar gauge (unit 2).
+pub fn two_devices_spec() -> serde_json::Value {
+    serde_json::json!({"devices": [
+        {"unit": 1, "profile": profile("streetlight-lc200.toml"), "values": {"lamp_voltage": 230.0, "dimming_level": 70}},
+        {"unit": 2, "profile": profile("water-level-radar.toml"), "values": {"water_level": 2310}}
+    ]})
+}
+
+/// An agent.toml polling both devices of [`two_devices_spec`] every 50 ms.
+pub fn fast_agent_toml(dir: &Path, hub: &str, modbus_port: u16, extra: &str) -> String {
+    format!(
+        r#"[agent]
+id = "AG-0001"
+secret = "agent-secret"
+hub = "{hub}"
+data_dir = "{data}"
+batch_max_age = "100ms"
+health_interval = "300ms"
+ack_timeout = "1s"
+max_inflight = 8
+{extra}
+
+[[modbus]]
+device = "SL-0001"
+profile = "{sl}"
+transport = "tcp://127.0.0.1:{modbus_port}"
+unit = 1
+interval = "50ms"
+
+[[modbus]]
+device = "WL-0001"
+profile = "{wl}"
+transport = "tcp://127.0.0.1:{modbus_port}"
+unit = 2
+interval = "50ms"
+"#,
+        data = dir.join("data").display(),
+        sl = profile("streetlight-lc200.toml").display(),
+        wl = profile("water-level-radar.toml").display(),
+    )
+}
+
+/// Opens the agent's queue (the agent must not be running) and returns (stream, seqs, next_seq).
+pub fn queue_contents(dir: &Path) -> (u64, Vec<u64>, u64) {
+    let q = edge_agent::queue::Queue::open(&dir.join("data"), 1 << 30, 1 << 16).unwrap();
+    let s = q.stats().unwrap();
+    (s.stream, q.seqs().unwrap(), s.next_seq)
+}
+
+/// GETs the agent's metrics page.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of an un-labelled metric on a scraped page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
