@@ -104,6 +104,23 @@ struct Shared {
 /// Runs the agent until a signal or a reboot request.
 pub async fn run(config: AgentConfig) -> Result<Exit, AgentError> {
     let a = config.file.agent.clone();
+    // A freshly installed version is on trial until it reaches the hub (see update::boot_check).
+    let installed_at = update::install_dir_of_running_binary();
+    let mut on_trial = false;
+    if let Some(dir) = &installed_at {
+        match update::boot_check(dir) {
+            Ok(update::BootCheck::RolledBack { from, to }) => {
+                tracing::error!(%from, %to, "version on trial never reached the hub; rolled back");
+                return Ok(Exit::Reboot);
+            }
+            Ok(update::BootCheck::Trial { version, start }) => {
+                tracing::warn!(%version, start, max = update::MAX_PENDING_STARTS, "running a new version on trial");
+                on_trial = true;
+            }
+            Ok(update::BootCheck::Confirmed) => {}
+            Err(e) => tracing::error!("update trial check: {e}"),
+        }
+    }
     let metrics = Metrics::new();
     let queue = {
         let (dir, max) = (a.data_dir.clone(), a.queue_max_bytes);
@@ -179,6 +196,18 @@ pub async fn run(config: AgentConfig) -> Result<Exit, AgentError> {
         updating: Default::default(),
     });
     let health_task = tokio::spawn(health_loop(shared.clone(), health_rx));
+    if let (true, Some(dir)) = (on_trial, installed_at) {
+        let uplink = uplink.clone();
+        tokio::spawn(async move {
+            if uplink.until_connected().await {
+                match tokio::task::spawn_blocking(move || update::confirm(&dir)).await {
+                    Ok(Ok(())) => tracing::info!("new version reached the hub; update confirmed"),
+                    Ok(Err(e)) => tracing::error!("confirming the update: {e}"),
+                    Err(_) => {}
+                }
+            }
+        });
+    }
 
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

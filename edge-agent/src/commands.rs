@@ -309,6 +309,31 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_offer_type_parses() {
+        let offer = protocols::messages::UpdateOffer {
+            url: "https://hub.example/b/edge-agent-0.3.1.bundle".into(),
+            version: "0.3.1".into(),
+            sha256: "0f".repeat(32),
+        };
+        let cmd = Command {
+            id: "u9".into(),
+            name: "update".into(),
+            device: None,
+            args: match serde_json::to_value(&offer).unwrap() {
+                serde_json::Value::Object(m) => m,
+                _ => unreachable!(),
+            },
+        };
+        let AgentCommand::Update(o) = parse(&cmd).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (o.url.as_str(), o.version.as_str(), o.sha256),
+            (offer.url.as_str(), "0.3.1", [0x0f; 32])
+        );
+    }
+
+    #[test]
     fn results_serialize_as_the_contract_says() {
         let r = success(
             "c1",

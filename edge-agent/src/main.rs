@@ -105,15 +105,33 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+/// Logs to stderr, filtered by `RUST_LOG` (`info` by default; `edge_agent=debug,info` style).
+fn init_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let filter: Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("edge-agent: RUST_LOG `{spec}`: {e}; logging at info");
+        Targets::new().with_default(tracing::Level::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
+}
+
+fn main() -> ExitCode {
+    // One malloc arena: glibc otherwise gives each thread that allocates (workers, the blocking
+    // pool doing fsyncs) its own arena, and freed memory stays resident in each. Measured in
+    // docs/PERFORMANCE.md: about 1.5 MB less resident memory, no throughput loss.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it runs before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+    let cli = Cli::parse();
+    init_logging();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -128,7 +146,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // small pool.
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(8)
+        .max_blocking_threads(4)
         .thread_stack_size(512 * 1024)
         .enable_all()
         .build()

@@ -285,6 +285,12 @@ impl Uplink {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Waits until the session is up; false if the uplink stopped first.
+    pub async fn until_connected(&self) -> bool {
+        let mut rx = self.connected.clone();
+        rx.wait_for(|c| *c).await.is_ok()
+    }
+
     /// Publishes a command result (QoS 1).
     pub async fn publish_result(&self, result: &CommandResult) {
         let body = serde_json::to_vec(result).unwrap_or_default();

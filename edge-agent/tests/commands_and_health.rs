@@ -167,7 +167,13 @@ async fn commands_over_mqtt_and_health() {
     hub.command(AGENT, json!({"id":"b1","name":"reboot"})).await;
     let status = agent.wait_exit(T).expect("agent did not exit on reboot");
     assert_eq!(status.code(), Some(edge_agent::REBOOT_EXIT_CODE as i32));
-    hub.with(|h| assert!(h.results.iter().any(|r| r.id == "b1" && r.ok)));
+    // The broker relays the answer to the hub peer on its own time: wait for it.
+    assert!(
+        wait_for(T, || hub
+            .with(|h| h.results.iter().any(|r| r.id == "b1" && r.ok)))
+        .await,
+        "reboot was not answered"
+    );
     assert!(
         wait_for(T, || hub.with(|h| h
             .status

@@ -15,6 +15,10 @@
 //! `versions/` -> point `previous` at the old version and `current` at the new one -> run
 //! `current/edge-agent self-test --config agent.toml` -> on failure point `current` back and
 //! delete the new version. Older versions than `previous` are pruned.
+//!
+//! A version that passes its self-test is still on trial (`pending` file) until it has
+//! connected to the hub once: each start of a pending version counts, and the start after
+//! [`MAX_PENDING_STARTS`] failed ones switches back to `previous` (see [`boot_check`]).
 
 pub mod bundle;
 pub mod download;
@@ -27,6 +31,10 @@ use bundle::{BundleError, Manifest};
 
 /// Name of the executable inside a version directory.
 pub const BINARY: &str = "edge-agent";
+/// File in the install directory: `VERSION STARTS` of a version on trial.
+pub const PENDING: &str = "pending";
+/// Starts a version on trial gets before it is rolled back.
+pub const MAX_PENDING_STARTS: u32 = 3;
 
 /// Why an update was not installed (or was rolled back).
 #[derive(Debug, thiserror::Error)]
@@ -268,12 +276,91 @@ pub fn install(
             output,
         });
     }
+    let pending = dir.join(PENDING);
+    write_synced(&pending, format!("{} 0\n", manifest.version).as_bytes())?;
+    sync_dir(dir)?;
     prune(dir, &manifest.version, current.as_deref());
     tracing::info!(version = %manifest.version, previous = ?current, "update installed");
     Ok(Installed {
         version: manifest.version,
         previous: current,
     })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// What [`boot_check`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootCheck {
+    /// No version on trial.
+    Confirmed,
+    /// This start of the version on trial is number `start`.
+    Trial {
+        /// The version.
+        version: String,
+        /// 1 for the first start.
+        start: u32,
+    },
+    /// The version on trial failed too often; `current` points at `to` again.
+    RolledBack {
+        /// The failed version.
+        from: String,
+        /// What is current now.
+        to: String,
+    },
+}
+
+/// Run at every start of an installed agent: counts starts of a version on trial and rolls back
+/// to `previous` when it has started [`MAX_PENDING_STARTS`] times without [`confirm`].
+pub fn boot_check(install_dir: &Path) -> Result<BootCheck, UpdateError> {
+    let pending = install_dir.join(PENDING);
+    let Ok(text) = std::fs::read_to_string(&pending) else {
+        return Ok(BootCheck::Confirmed);
+    };
+    let mut parts = text.split_whitespace();
+    let version = parts.next().unwrap_or("").to_string();
+    let starts: u32 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    if current_version(install_dir).as_deref() != Some(version.as_str()) {
+        // Someone switched by hand: nothing of ours is on trial.
+        let _ = std::fs::remove_file(&pending);
+        return Ok(BootCheck::Confirmed);
+    }
+    if starts >= MAX_PENDING_STARTS {
+        let Some(prev) = link_version(&install_dir.join("previous")) else {
+            let _ = std::fs::remove_file(&pending);
+            return Ok(BootCheck::Confirmed);
+        };
+        point(install_dir, "current", &prev)?;
+        std::fs::remove_file(&pending).map_err(io(&pending))?;
+        sync_dir(install_dir)?;
+        return Ok(BootCheck::RolledBack {
+            from: version,
+            to: prev,
+        });
+    }
+    write_synced(&pending, format!("{version} {}\n", starts + 1).as_bytes())?;
+    Ok(BootCheck::Trial {
+        version,
+        start: starts + 1,
+    })
+}
+
+/// The version on trial has proven itself (connected to the hub): keep it.
+pub fn confirm(install_dir: &Path) -> Result<(), UpdateError> {
+    let pending = install_dir.join(PENDING);
+    match std::fs::remove_file(&pending) {
+        Ok(()) => sync_dir(install_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(UpdateError::Io {
+            path: pending,
+            source: e,
+        }),
+    }
 }
 
 /// Removes every version that is neither current nor previous.
@@ -337,6 +424,44 @@ fn health_check(binary: &Path, opts: &InstallOptions) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_on_trial_that_never_connects_is_rolled_back() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        for v in ["0.1.0", "0.2.0"] {
+            std::fs::create_dir_all(dir.join("versions").join(v)).unwrap();
+        }
+        point(dir, "previous", "0.1.0").unwrap();
+        point(dir, "current", "0.2.0").unwrap();
+        assert_eq!(boot_check(dir).unwrap(), BootCheck::Confirmed);
+        std::fs::write(dir.join(PENDING), "0.2.0 0\n").unwrap();
+        for start in 1..=MAX_PENDING_STARTS {
+            assert_eq!(
+                boot_check(dir).unwrap(),
+                BootCheck::Trial {
+                    version: "0.2.0".into(),
+                    start
+                }
+            );
+        }
+        assert_eq!(
+            boot_check(dir).unwrap(),
+            BootCheck::RolledBack {
+                from: "0.2.0".into(),
+                to: "0.1.0".into()
+            }
+        );
+        assert_eq!(current_version(dir).as_deref(), Some("0.1.0"));
+        assert_eq!(boot_check(dir).unwrap(), BootCheck::Confirmed);
+        // A confirmed trial stays.
+        point(dir, "current", "0.2.0").unwrap();
+        std::fs::write(dir.join(PENDING), "0.2.0 0\n").unwrap();
+        assert!(matches!(boot_check(dir).unwrap(), BootCheck::Trial { .. }));
+        confirm(dir).unwrap();
+        assert_eq!(boot_check(dir).unwrap(), BootCheck::Confirmed);
+        assert_eq!(current_version(dir).as_deref(), Some("0.2.0"));
+    }
 
     #[test]
     fn versions() {
