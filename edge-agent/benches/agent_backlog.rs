@@ -7,7 +7,7 @@
 //!
 //!   cargo bench -p edge-agent --bench agent_backlog
 //!
-//! Env: BENCH_BACKLOG (readings, default 100000), BENCH_INFLIGHT (window, default 32),
+//! Env: BENCH_BACKLOG (readings, default 100000), BENCH_INFLIGHT (window, default 64),
 //! BENCH_STEADY_S (seconds of steady state after the drain, default 20).
 
 use std::collections::BTreeSet;
@@ -77,7 +77,7 @@ struct Seen {
 
 fn main() {
     let backlog_readings = env_u64("BENCH_BACKLOG", 100_000);
-    let inflight = env_u64("BENCH_INFLIGHT", 32);
+    let inflight = env_u64("BENCH_INFLIGHT", 64);
     let steady_s = env_u64("BENCH_STEADY_S", 20);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -179,6 +179,9 @@ fn main() {
         o.set_max_packet_size(4 << 20, 4 << 20);
         o.set_inflight(1000);
         let (client, mut el) = AsyncClient::new(o, 10_000);
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        el.set_network_options(net);
         loop {
             match el.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {

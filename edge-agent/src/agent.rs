@@ -144,10 +144,7 @@ pub async fn run(config: AgentConfig) -> Result<Exit, AgentError> {
     let batcher = Batcher {
         agent: a.id.clone(),
         queue: queue.clone(),
-        limits: BatchLimits {
-            max_readings: a.batch_max_readings,
-            max_age: a.batch_max_age.0,
-        },
+        limits: BatchLimits::new(a.batch_max_readings, a.batch_max_age.0, a.queue_max_bytes),
         metrics: metrics.clone(),
         committed: committed_tx,
     };
@@ -370,10 +367,11 @@ async fn reload(shared: &Arc<Shared>) -> Result<usize, String> {
     let a = &new.file.agent;
     let _ = shared
         .batcher
-        .send(BatcherControl::Limits(BatchLimits {
-            max_readings: a.batch_max_readings,
-            max_age: a.batch_max_age.0,
-        }))
+        .send(BatcherControl::Limits(BatchLimits::new(
+            a.batch_max_readings,
+            a.batch_max_age.0,
+            a.queue_max_bytes,
+        )))
         .await;
     shared.health_interval.send_replace(a.health_interval.0);
     *shared.config.write().await = new;

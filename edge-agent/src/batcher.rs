@@ -26,6 +26,20 @@ pub struct BatchLimits {
     pub max_readings: usize,
     /// Age of the oldest reading.
     pub max_age: Duration,
+    /// Estimated encoded size: a batch must stay far below the hub's 1 MiB limit and a small
+    /// fraction of the queue budget (an entry larger than the budget could never be stored).
+    pub max_bytes: usize,
+}
+
+impl BatchLimits {
+    /// Limits for a queue budget: at most 512 KiB or an eighth of the budget per batch.
+    pub fn new(max_readings: usize, max_age: Duration, queue_max_bytes: u64) -> BatchLimits {
+        BatchLimits {
+            max_readings,
+            max_age,
+            max_bytes: ((queue_max_bytes / 8) as usize).clamp(4096, 512 << 10),
+        }
+    }
 }
 
 /// Requests to the batcher.
@@ -43,6 +57,7 @@ pub struct OpenBatch {
     devices: Vec<DeviceReadings>,
     index: HashMap<Arc<str>, usize>,
     readings: usize,
+    bytes: usize,
     opened: Option<Instant>,
 }
 
@@ -53,9 +68,13 @@ impl OpenBatch {
             self.opened = Some(Instant::now());
         }
         self.readings += s.readings.len();
+        // Upper bounds of the postcard encoding: 10 (ts) + 1 (count) per sample, 1 + 1 + 9 + 1
+        // per reading, the name and its length per device.
+        self.bytes += 11 + 12 * s.readings.len();
         let i = match self.index.get(&s.device) {
             Some(&i) => i,
             None => {
+                self.bytes += s.device.len() + 2;
                 self.devices.push(DeviceReadings {
                     device: s.device.to_string(),
                     samples: Vec::new(),
@@ -75,6 +94,11 @@ impl OpenBatch {
         self.readings
     }
 
+    /// Estimated encoded size.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// When the first reading arrived.
     pub fn opened(&self) -> Option<Instant> {
         self.opened
@@ -84,6 +108,7 @@ impl OpenBatch {
     pub fn take(&mut self) -> Vec<DeviceReadings> {
         self.index.clear();
         self.readings = 0;
+        self.bytes = 0;
         self.opened = None;
         std::mem::take(&mut self.devices)
     }
@@ -100,6 +125,7 @@ impl OpenBatch {
                 if !d.samples.is_empty() {
                     let s = d.samples.remove(0);
                     self.readings -= s.readings.len();
+                    self.bytes = self.bytes.saturating_sub(11 + 12 * s.readings.len());
                     shed += 1;
                     progressed = true;
                 }
@@ -151,7 +177,9 @@ impl Batcher {
                 s = samples.recv() => match s {
                     Some(s) => {
                         open.push(s);
-                        if open.readings() >= self.limits.max_readings && retry_at.is_none() {
+                        let full = open.readings() >= self.limits.max_readings
+                            || open.bytes() >= self.limits.max_bytes;
+                        if full && retry_at.is_none() {
                             retry_at = self.commit(&mut open).await;
                         }
                     }
@@ -276,6 +304,35 @@ mod tests {
     }
 
     #[test]
+    fn the_size_estimate_bounds_the_encoding() {
+        let mut b = OpenBatch::default();
+        for t in 0..50 {
+            b.push(sample("WL-0001", 1_795_334_400_000 + t, 7));
+            b.push(sample("SL-0001", -t, 3));
+        }
+        let est = b.bytes();
+        let real = protocols::batch::encode(&protocols::batch::AgentBatch {
+            agent: "AG-0001".into(),
+            stream: u64::MAX,
+            seq: u64::MAX,
+            devices: b.take(),
+        })
+        .len();
+        assert!(
+            real <= est + 64,
+            "estimate {est} below the real {real} bytes"
+        );
+        assert_eq!(
+            BatchLimits::new(2000, Duration::from_secs(1), 65536).max_bytes,
+            8192
+        );
+        assert_eq!(
+            BatchLimits::new(2000, Duration::from_secs(1), 256 << 20).max_bytes,
+            512 << 10
+        );
+    }
+
+    #[test]
     fn shedding_drops_oldest_samples_first() {
         let mut b = OpenBatch::default();
         for t in 0..10 {
@@ -297,10 +354,7 @@ mod tests {
         let b = Batcher {
             agent: "AG-1".into(),
             queue: queue.clone(),
-            limits: BatchLimits {
-                max_readings: 10,
-                max_age: Duration::from_millis(200),
-            },
+            limits: BatchLimits::new(10, Duration::from_millis(200), 1 << 20),
             metrics: Metrics::new(),
             committed,
         };

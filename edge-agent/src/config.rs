@@ -49,7 +49,7 @@ fn default_keepalive() -> HumanDuration {
 }
 
 fn default_max_inflight() -> usize {
-    32
+    64
 }
 
 fn default_ack_timeout() -> HumanDuration {

@@ -324,6 +324,9 @@ impl HubPeer {
         o.set_max_packet_size(4 << 20, 4 << 20);
         o.set_keep_alive(Duration::from_secs(5));
         let (client, mut el) = rumqttc::AsyncClient::new(o, 1000);
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        el.set_network_options(net);
         let state = Arc::new(Mutex::new(HubState::default()));
         let ack_flag = Arc::new(std::sync::atomic::AtomicBool::new(acking));
         let (s, a, c) = (state.clone(), ack_flag.clone(), client.clone());
