@@ -84,7 +84,7 @@ fn main() {
 
     // Peers: mosquitto and ten pymodbus weather stations on one port.
     let mport = free_port();
-    std::fs::write(d.join("m.conf"), format!("listener {mport} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n")).unwrap();
+    std::fs::write(d.join("m.conf"), format!("listener {mport} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nset_tcp_nodelay true\n")).unwrap();
     let _broker = Kill(
         Command::new("mosquitto")
             .arg("-c")
