@@ -9,6 +9,8 @@
 //! the hub's acks and commands come back through [`uplink`] to [`queue`] and [`commands`].
 //! [`agent`] wires the stages together; [`health`] and [`metrics`] watch them.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod backoff;
 pub mod batcher;
