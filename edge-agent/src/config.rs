@@ -48,6 +48,14 @@ fn default_keepalive() -> HumanDuration {
     HumanDuration::secs(30)
 }
 
+fn default_max_inflight() -> usize {
+    64
+}
+
+fn default_ack_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
 /// The `[agent]` table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,13 +90,23 @@ pub struct AgentSection {
     /// Local Prometheus metrics address, e.g. `127.0.0.1:9101`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
-    /// Where link quality comes from: a file the modem daemon writes with `rssi=`, `rsrp=`,
-    /// `sinr=` lines, or a command printing the same.
+    /// Where link quality comes from: the path of a file the modem daemon writes with `rssi=`,
+    /// `rsrp=`, `sinr=` lines, or `cmd:PROGRAM ARGS...` (run without a shell) printing the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_source: Option<String>,
     /// Public key (hex ed25519) that update bundles must be signed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_key: Option<String>,
+    /// Batches sent and not yet acknowledged by the hub, at most (the pipelining window).
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// A batch unacknowledged this long is sent again.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: HumanDuration,
+    /// Where released versions are installed (`versions/`, `current`, `previous`); by default
+    /// the directory above the running binary's version directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_dir: Option<PathBuf>,
 }
 
 fn default_unit() -> u8 {
@@ -296,10 +314,54 @@ impl AgentConfig {
         {
             *ca = base.join(&*ca);
         }
-        if a.queue_max_bytes < 1 << 20 {
+        if let Some(d) = &mut a.install_dir
+            && d.is_relative()
+        {
+            *d = base.join(&*d);
+        }
+        if let Some(src) = &mut a.link_source {
+            if let Some(cmd) = src.strip_prefix("cmd:") {
+                if cmd.split_whitespace().next().is_none() {
+                    return Err(ConfigError::new(
+                        "agent.link_source",
+                        "`cmd:` needs a command, e.g. `cmd:/usr/bin/modem-status`",
+                    ));
+                }
+            } else if Path::new(src.as_str()).is_relative() {
+                *src = base.join(src.as_str()).display().to_string();
+            }
+        }
+        if !(1..=1000).contains(&a.max_inflight) {
+            return Err(ConfigError::new("agent.max_inflight", "must be 1..=1000"));
+        }
+        if a.ack_timeout.0 < std::time::Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "agent.ack_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        if a.health_interval.0 < std::time::Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "agent.health_interval",
+                "must be at least 100ms",
+            ));
+        }
+        if a.batch_max_readings > 20_000 {
+            return Err(ConfigError::new(
+                "agent.batch_max_readings",
+                "must be at most 20000 (a batch must stay far below the hub's 1 MiB limit)",
+            ));
+        }
+        if a.batch_max_age.0.is_zero() {
+            return Err(ConfigError::new(
+                "agent.batch_max_age",
+                "must be longer than zero",
+            ));
+        }
+        if a.queue_max_bytes < 64 << 10 {
             return Err(ConfigError::new(
                 "agent.queue_max_bytes",
-                "must be at least 1 MiB",
+                "must be at least 64 KiB",
             ));
         }
         if a.batch_max_readings == 0 {

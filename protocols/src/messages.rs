@@ -197,6 +197,18 @@ pub struct Command {
     pub args: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The `args` of an `update` command on `v1/agents/{id}/cmd`: a signed release bundle for the
+/// agent to download (resumably) and install.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    /// `http://` or `https://` URL of the bundle.
+    pub url: String,
+    /// The version the bundle carries, e.g. `0.2.0`.
+    pub version: String,
+    /// SHA-256 of the whole bundle file, 64 hex digits.
+    pub sha256: String,
+}
+
 /// The answer to a command, on `.../cmd/result`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {

@@ -1,0 +1,627 @@
+//! The durable store-and-forward queue: everything the agent must deliver to the hub, on disk.
+//!
+//! One redb file under `data_dir`. Every entry gets the next sequence number of the queue's
+//! `stream` (a random u64 drawn when the file is created), gapless from 1, and is committed with
+//! an fsync before anyone may send it. An entry leaves the queue only when the hub's ack covers
+//! its seq for this stream, or when the disk budget is full and it is the oldest (then it is
+//! counted as dropped). Deletions on ack are committed without fsync: if power fails before the
+//! next durable commit they come back and are sent again, which the hub's dedup by
+//! (agent, stream, seq) absorbs; never the other way round.
+//!
+//! Entries carry a kind so the queue can hold more than reading batches: camera events share
+//! the seq numbering (acknowledged like batches), and JPEG snapshots live in their own table,
+//! acknowledged by event id (`Ack::snapshots`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use protocols::batch::{Ack, AgentBatch, DeviceReadings, encode};
+use rand::Rng;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+
+/// Bytes counted per entry on top of its payload (key, header, B-tree slot).
+const ENTRY_OVERHEAD: u64 = 32;
+/// Header of a stored entry: kind (1), enqueued at (8, epoch ms LE), readings (4, LE).
+const HEADER: usize = 13;
+
+/// The file name of the queue inside `data_dir`.
+pub const QUEUE_FILE: &str = "queue.redb";
+
+/// What an entry is, which decides the topic it is published on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A postcard [`AgentBatch`] for `v1/agents/{id}/batch`.
+    Batch = 1,
+    /// A JSON camera event for `v1/agents/{id}/events` (carries its own `stream`/`seq`).
+    Event = 2,
+}
+
+impl EntryKind {
+    fn from_u8(b: u8) -> Option<EntryKind> {
+        match b {
+            1 => Some(EntryKind::Batch),
+            2 => Some(EntryKind::Event),
+            _ => None,
+        }
+    }
+}
+
+/// One queued entry, as read back for sending.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEntry {
+    /// Sequence number in the stream.
+    pub seq: u64,
+    /// What it is.
+    pub kind: EntryKind,
+    /// When it was committed, epoch ms.
+    pub enqueued_ms: i64,
+    /// Readings it carries (0 for events).
+    pub readings: u32,
+    /// The bytes to publish.
+    pub payload: Vec<u8>,
+}
+
+/// The queue's counters, as health and metrics report them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue's stream id.
+    pub stream: u64,
+    /// Entries waiting for the hub's ack.
+    pub depth: u64,
+    /// Bytes counted against the budget.
+    pub bytes: u64,
+    /// Seq of the oldest waiting entry.
+    pub oldest_seq: Option<u64>,
+    /// When the oldest waiting entry was committed, epoch ms.
+    pub oldest_enqueued_ms: Option<i64>,
+    /// The seq the next entry will get.
+    pub next_seq: u64,
+    /// Entries dropped for the budget since the queue was created.
+    pub dropped: u64,
+    /// Readings in those entries.
+    pub dropped_readings: u64,
+    /// Readings waiting.
+    pub readings: u64,
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The new entry's seq.
+    pub seq: u64,
+    /// Its size against the budget.
+    pub bytes: u64,
+    /// Oldest entries dropped to make room.
+    pub dropped: u64,
+}
+
+/// What an ack did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Acked {
+    /// Entries deleted.
+    pub deleted: u64,
+    /// Snapshots deleted.
+    pub snapshots_deleted: u64,
+    /// The ack named another stream and was ignored.
+    pub foreign: bool,
+}
+
+/// A queue failure.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The data directory could not be made.
+    #[error("{path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database is held by another process (a second agent on the same data_dir).
+    #[error(
+        "{0}: the queue is open in another process (is another agent running on this data_dir?)"
+    )]
+    Locked(PathBuf),
+    /// The storage engine failed.
+    #[error("queue storage: {0}")]
+    Storage(#[from] redb::Error),
+    /// An entry alone is larger than the whole budget.
+    #[error("entry of {size} bytes exceeds the queue budget of {max} bytes")]
+    TooLarge {
+        /// The entry's size.
+        size: u64,
+        /// The budget.
+        max: u64,
+    },
+    /// A stored entry is not in a form this agent wrote.
+    #[error("queue entry {0} is corrupt")]
+    Corrupt(u64),
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for QueueError {
+            fn from(e: $t) -> QueueError {
+                QueueError::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+#[derive(Debug)]
+struct Counters {
+    stream: u64,
+    next_seq: u64,
+    bytes: u64,
+    depth: u64,
+    readings: u64,
+    dropped: u64,
+    dropped_readings: u64,
+}
+
+/// The durable queue. Methods block on disk I/O: call them from a blocking thread.
+pub struct Queue {
+    db: Database,
+    path: PathBuf,
+    max_bytes: u64,
+    // Mirrors the meta table; guarded so appends and acks from different threads agree.
+    counters: Mutex<Counters>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("path", &self.path)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+fn meta_get(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, QueueError> {
+    Ok(t.get(key)?.map(|v| v.value()).unwrap_or(0))
+}
+
+fn entry_size(stored: &[u8]) -> u64 {
+    stored.len() as u64 + ENTRY_OVERHEAD
+}
+
+fn entry_readings(stored: &[u8]) -> u64 {
+    stored
+        .get(9..13)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
+        .unwrap_or(0)
+}
+
+fn parse_entry(seq: u64, stored: &[u8]) -> Result<StoredEntry, QueueError> {
+    if stored.len() < HEADER {
+        return Err(QueueError::Corrupt(seq));
+    }
+    let kind = EntryKind::from_u8(stored[0]).ok_or(QueueError::Corrupt(seq))?;
+    let mut ms = [0u8; 8];
+    ms.copy_from_slice(&stored[1..9]);
+    Ok(StoredEntry {
+        seq,
+        kind,
+        enqueued_ms: i64::from_le_bytes(ms),
+        readings: entry_readings(stored) as u32,
+        payload: stored[HEADER..].to_vec(),
+    })
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `data_dir` with a disk budget of `max_bytes`.
+    ///
+    /// `cache_bytes` bounds redb's page cache: the agent keeps it small (the queue is written
+    /// once and read once per entry, so a cache buys little and costs resident memory).
+    pub fn open(data_dir: &Path, max_bytes: u64, cache_bytes: usize) -> Result<Queue, QueueError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| QueueError::Dir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(QUEUE_FILE);
+        let db = match Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+        {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(QueueError::Locked(path)),
+            Err(e) => return Err(QueueError::Storage(e.into())),
+        };
+        let counters = {
+            let tx = db.begin_write()?;
+            let c = {
+                let mut meta = tx.open_table(META)?;
+                let entries = tx.open_table(ENTRIES)?;
+                tx.open_table(SNAPSHOTS)?;
+                let mut stream = meta_get(&meta, "stream")?;
+                if stream == 0 {
+                    // 0 means "not created yet"; a stream id is never 0.
+                    stream = rand::thread_rng().gen_range(1..=u64::MAX);
+                    meta.insert("stream", stream)?;
+                    meta.insert("next_seq", 1)?;
+                }
+                let next_seq = meta_get(&meta, "next_seq")?.max(1);
+                // Bytes and readings are recomputed from the entries: cheap at open and always
+                // consistent with what is really there.
+                let (mut bytes, mut readings) = (0u64, 0u64);
+                for item in entries.iter()? {
+                    let (_, v) = item?;
+                    bytes += entry_size(v.value());
+                    readings += entry_readings(v.value());
+                }
+                Counters {
+                    stream,
+                    next_seq,
+                    bytes,
+                    depth: entries.len()?,
+                    readings,
+                    dropped: meta_get(&meta, "dropped")?,
+                    dropped_readings: meta_get(&meta, "dropped_readings")?,
+                }
+            };
+            tx.commit()?;
+            c
+        };
+        Ok(Queue {
+            db,
+            path,
+            max_bytes,
+            counters: Mutex::new(counters),
+        })
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        // A panic while holding the lock cannot leave the counters half-updated in a way that
+        // matters more than losing the process: recover the guard.
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The queue's stream id.
+    pub fn stream(&self) -> u64 {
+        self.counters().stream
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits a batch of readings (fsync) and returns its seq. The batch is encoded here so
+    /// it carries exactly the stream and seq it is stored under.
+    pub fn append_batch(
+        &self,
+        agent: &str,
+        devices: Vec<DeviceReadings>,
+        now_ms: i64,
+    ) -> Result<Appended, QueueError> {
+        let mut batch = AgentBatch {
+            agent: agent.to_string(),
+            stream: 0,
+            seq: 0,
+            devices,
+        };
+        let readings = batch.reading_count() as u32;
+        self.append(EntryKind::Batch, now_ms, readings, |stream, seq| {
+            batch.stream = stream;
+            batch.seq = seq;
+            encode(&batch)
+        })
+    }
+
+    /// Commits an entry (fsync); `build` makes the payload for the assigned stream and seq.
+    pub fn append(
+        &self,
+        kind: EntryKind,
+        now_ms: i64,
+        readings: u32,
+        build: impl FnOnce(u64, u64) -> Vec<u8>,
+    ) -> Result<Appended, QueueError> {
+        let mut c = self.counters();
+        let seq = c.next_seq;
+        let payload = build(c.stream, seq);
+        let mut stored = Vec::with_capacity(HEADER + payload.len());
+        stored.push(kind as u8);
+        stored.extend_from_slice(&now_ms.to_le_bytes());
+        stored.extend_from_slice(&readings.to_le_bytes());
+        stored.extend_from_slice(&payload);
+        let size = entry_size(&stored);
+        if size > self.max_bytes {
+            return Err(QueueError::TooLarge {
+                size,
+                max: self.max_bytes,
+            });
+        }
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let (mut bytes, mut depth, mut total_readings) = (c.bytes, c.depth, c.readings);
+        let (mut dropped, mut dropped_readings, mut dropped_now) =
+            (c.dropped, c.dropped_readings, 0u64);
+        {
+            let mut entries = tx.open_table(ENTRIES)?;
+            while bytes + size > self.max_bytes {
+                let Some((_, v)) = entries.pop_first()? else {
+                    break;
+                };
+                let (b, r) = (entry_size(v.value()), entry_readings(v.value()));
+                bytes = bytes.saturating_sub(b);
+                total_readings = total_readings.saturating_sub(r);
+                depth = depth.saturating_sub(1);
+                dropped += 1;
+                dropped_readings += r;
+                dropped_now += 1;
+            }
+            entries.insert(seq, stored.as_slice())?;
+            let mut meta = tx.open_table(META)?;
+            meta.insert("next_seq", seq + 1)?;
+            if dropped_now > 0 {
+                meta.insert("dropped", dropped)?;
+                meta.insert("dropped_readings", dropped_readings)?;
+            }
+        }
+        tx.commit()?;
+        c.next_seq = seq + 1;
+        c.bytes = bytes + size;
+        c.depth = depth + 1;
+        c.readings = total_readings + readings as u64;
+        c.dropped = dropped;
+        c.dropped_readings = dropped_readings;
+        Ok(Appended {
+            seq,
+            bytes: size,
+            dropped: dropped_now,
+        })
+    }
+
+    /// Up to `limit` entries with seq in `from..until`, oldest first.
+    pub fn read_range(
+        &self,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, QueueError> {
+        if from >= until || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let tx = self.db.begin_read()?;
+        let entries = tx.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        for item in entries.range(from..until)? {
+            let (k, v) = item?;
+            out.push(parse_entry(k.value(), v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One entry, if still queued.
+    pub fn get(&self, seq: u64) -> Result<Option<StoredEntry>, QueueError> {
+        let tx = self.db.begin_read()?;
+        let entries = tx.open_table(ENTRIES)?;
+        let got = entries.get(seq)?;
+        got.map(|v| parse_entry(seq, v.value())).transpose()
+    }
+
+    /// Deletes what the hub's ack covers, if it is for this stream. Not fsynced (see the
+    /// module docs); [`Queue::sync`] makes it durable.
+    pub fn ack(&self, ack: &Ack) -> Result<Acked, QueueError> {
+        let mut c = self.counters();
+        if ack.stream != c.stream {
+            return Ok(Acked {
+                foreign: true,
+                ..Acked::default()
+            });
+        }
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        let (mut freed, mut deleted, mut readings) = (0u64, 0u64, 0u64);
+        let mut snapshots_deleted = 0;
+        {
+            let mut entries = tx.open_table(ENTRIES)?;
+            for &(first, last) in &ack.seqs {
+                // Clip to what can exist so a wild range costs nothing.
+                let last = last.min(c.next_seq.saturating_sub(1));
+                if first > last {
+                    continue;
+                }
+                entries.retain_in(first..=last, |_, v| {
+                    freed += entry_size(v);
+                    readings += entry_readings(v);
+                    deleted += 1;
+                    false
+                })?;
+            }
+            let mut snaps = tx.open_table(SNAPSHOTS)?;
+            for id in &ack.snapshots {
+                if let Some(v) = snaps.remove(id.as_str())? {
+                    freed += v.value().len() as u64 + ENTRY_OVERHEAD;
+                    snapshots_deleted += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        c.bytes = c.bytes.saturating_sub(freed);
+        c.depth = c.depth.saturating_sub(deleted);
+        c.readings = c.readings.saturating_sub(readings);
+        Ok(Acked {
+            deleted,
+            snapshots_deleted,
+            foreign: false,
+        })
+    }
+
+    /// Makes every earlier non-durable commit (ack deletions) durable.
+    pub fn sync(&self) -> Result<(), QueueError> {
+        let _c = self.counters();
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The counters, with the oldest entry's age.
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        let c = self.counters();
+        let tx = self.db.begin_read()?;
+        let entries = tx.open_table(ENTRIES)?;
+        let oldest = entries.first()?;
+        let (oldest_seq, oldest_enqueued_ms) = match oldest {
+            Some((k, v)) => {
+                let e = parse_entry(k.value(), v.value())?;
+                (Some(e.seq), Some(e.enqueued_ms))
+            }
+            None => (None, None),
+        };
+        Ok(QueueStats {
+            stream: c.stream,
+            depth: c.depth,
+            bytes: c.bytes,
+            oldest_seq,
+            oldest_enqueued_ms,
+            next_seq: c.next_seq,
+            dropped: c.dropped,
+            dropped_readings: c.dropped_readings,
+            readings: c.readings,
+        })
+    }
+
+    /// Seqs of every queued entry (for tests and diagnostics).
+    pub fn seqs(&self) -> Result<Vec<u64>, QueueError> {
+        let tx = self.db.begin_read()?;
+        let entries = tx.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        for item in entries.iter()? {
+            out.push(item?.0.value());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocols::batch::{Reading, Sample, decode};
+    use protocols::{Quality, Quantity, Value};
+
+    fn readings(n: usize, base: f64) -> Vec<DeviceReadings> {
+        vec![DeviceReadings {
+            device: "WL-0001".into(),
+            samples: vec![Sample {
+                ts_ms: 1_700_000_000_000,
+                readings: (0..n)
+                    .map(|i| Reading {
+                        quantity: Quantity::WaterLevel.code(),
+                        value: Value::Number(base + i as f64),
+                        quality: Quality::Good,
+                    })
+                    .collect(),
+            }],
+        }]
+    }
+
+    #[test]
+    fn seqs_are_gapless_and_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let stream = {
+            let q = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap();
+            for i in 0..5 {
+                let a = q.append_batch("AG-1", readings(2, i as f64), 1000).unwrap();
+                assert_eq!(a.seq, i + 1);
+            }
+            q.stream()
+        };
+        let q = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap();
+        assert_eq!(q.stream(), stream);
+        assert_ne!(stream, 0);
+        let a = q.append_batch("AG-1", readings(1, 0.0), 1000).unwrap();
+        assert_eq!(a.seq, 6);
+        let e = q.read_range(1, 100, 100).unwrap();
+        assert_eq!(
+            e.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6]
+        );
+        let b = decode(&e[2].payload).unwrap();
+        assert_eq!((b.stream, b.seq, b.agent.as_str()), (stream, 3, "AG-1"));
+        assert_eq!(b.reading_count(), 2);
+        let s = q.stats().unwrap();
+        assert_eq!((s.depth, s.readings, s.oldest_seq), (6, 11, Some(1)));
+    }
+
+    #[test]
+    fn ack_deletes_only_covered_seqs_of_this_stream() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap();
+        for _ in 0..10 {
+            q.append_batch("AG-1", readings(3, 0.0), 1).unwrap();
+        }
+        let foreign = Ack::from_seqs(q.stream().wrapping_add(1), (1..=10).collect());
+        assert!(q.ack(&foreign).unwrap().foreign);
+        assert_eq!(q.stats().unwrap().depth, 10);
+        let a = q
+            .ack(&Ack {
+                stream: q.stream(),
+                seqs: vec![(2, 4), (7, 7), (9, u64::MAX)],
+                snapshots: vec![],
+            })
+            .unwrap();
+        assert_eq!(a.deleted, 6);
+        assert_eq!(q.seqs().unwrap(), [1, 5, 6, 8]);
+        let s = q.stats().unwrap();
+        assert_eq!((s.depth, s.readings), (4, 12));
+        q.sync().unwrap();
+        drop(q);
+        let q = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap();
+        assert_eq!(q.seqs().unwrap(), [1, 5, 6, 8]);
+        assert_eq!(q.stats().unwrap().next_seq, 11);
+    }
+
+    #[test]
+    fn full_budget_drops_oldest_and_counts_it() {
+        let d = tempfile::tempdir().unwrap();
+        let budget = 64 * 1024;
+        let q = Queue::open(d.path(), budget, 1 << 16).unwrap();
+        let mut dropped = 0;
+        for i in 0..200 {
+            dropped += q
+                .append_batch("AG-1", readings(50, i as f64), 1)
+                .unwrap()
+                .dropped;
+        }
+        let s = q.stats().unwrap();
+        assert!(s.bytes <= budget, "{} > {budget}", s.bytes);
+        assert!(dropped > 0);
+        assert_eq!(s.dropped, dropped);
+        assert_eq!(s.dropped_readings, dropped * 50);
+        assert_eq!(s.depth + dropped, 200);
+        // What is left is the newest, contiguous up to the last seq.
+        let seqs = q.seqs().unwrap();
+        assert_eq!(*seqs.last().unwrap(), 200);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+        assert_eq!(seqs[0], dropped + 1);
+        drop(q);
+        let q = Queue::open(d.path(), budget, 1 << 16).unwrap();
+        assert_eq!(q.stats().unwrap().dropped, dropped);
+    }
+
+    #[test]
+    fn second_open_of_the_same_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let _q = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap();
+        let e = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap_err();
+        assert!(matches!(e, QueueError::Locked(_)), "{e}");
+    }
+}
