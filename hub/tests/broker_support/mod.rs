@@ -267,6 +267,7 @@ pub mod v4 {
     pub struct Client {
         pub client: AsyncClient,
         pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+        pub session_present: bool,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -279,20 +280,21 @@ pub mod v4 {
     /// Connects; Err carries the connection error (e.g. the refusal).
     pub async fn connect(o: MqttOptions) -> Result<Client, ConnectionError> {
         let (client, mut el) = AsyncClient::new(o, 100);
-        loop {
+        let session_present = loop {
             match tokio::time::timeout(WAIT, el.poll())
                 .await
                 .expect("connect timed out")?
             {
-                Event::Incoming(Incoming::ConnAck(_)) => break,
+                Event::Incoming(Incoming::ConnAck(a)) => break a.session_present,
                 _ => continue,
             }
-        }
+        };
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(el, tx));
         Ok(Client {
             client,
             events,
+            session_present,
             task,
         })
     }
@@ -379,6 +381,7 @@ pub mod v5 {
     pub struct Client {
         pub client: AsyncClient,
         pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+        pub session_present: bool,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -390,20 +393,21 @@ pub mod v5 {
 
     pub async fn connect(o: MqttOptions) -> Result<Client, ConnectionError> {
         let (client, mut el) = AsyncClient::new(o, 100);
-        loop {
+        let session_present = loop {
             match tokio::time::timeout(WAIT, el.poll())
                 .await
                 .expect("connect timed out")?
             {
-                Event::Incoming(Packet::ConnAck(_)) => break,
+                Event::Incoming(Packet::ConnAck(a)) => break a.session_present,
                 _ => continue,
             }
-        }
+        };
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(el, tx));
         Ok(Client {
             client,
             events,
+            session_present,
             task,
         })
     }
@@ -419,6 +423,20 @@ pub mod v5 {
     }
 
     impl Client {
+        /// Incoming packets during `d`, stopping early on a connection error (returned).
+        pub async fn collect_for(&mut self, d: Duration) -> (Vec<Packet>, Option<String>) {
+            let deadline = tokio::time::Instant::now() + d;
+            let mut out = Vec::new();
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+                match ev {
+                    Ok(Event::Incoming(i)) => out.push(i),
+                    Ok(_) => {}
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            (out, None)
+        }
+
         pub async fn next_incoming<T>(&mut self, mut pred: impl FnMut(&Packet) -> Option<T>) -> T {
             let deadline = tokio::time::Instant::now() + WAIT;
             loop {
@@ -573,6 +591,25 @@ pub fn raw_publish(topic: &str, qos: u8, pid: u16, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Waits until the broker holds `n` subscriptions (a SUBACK from a CLI client is not visible to
+/// the test, so poll the gauge with a deadline).
+pub async fn wait_subscriptions(b: &TestBroker, n: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b
+        .broker
+        .metrics()
+        .subscriptions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscriptions never reached {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Reads from a raw socket until the peer closes it (true) or [`WAIT`] passes (false).
 pub async fn closed_by_peer(s: &mut tokio::net::TcpStream) -> bool {
     let mut buf = [0u8; 1024];
@@ -584,4 +621,69 @@ pub async fn closed_by_peer(s: &mut tokio::net::TcpStream) -> bool {
             Ok(Ok(_)) => {}
         }
     }
+}
+
+/// An MQTT 5 CONNECT (clean start, no properties) with credentials and keepalive.
+pub fn raw_connect_v5(client_id: &str, user: &str, pass: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(5);
+    body.push(0xC2);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    body.push(0);
+    put_str(&mut body, client_id.as_bytes());
+    put_str(&mut body, user.as_bytes());
+    put_str(&mut body, pass.as_bytes());
+    let mut out = vec![0x10];
+    put_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A 3.1.1 SUBSCRIBE of one filter.
+pub fn raw_subscribe(pid: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = pid.to_be_bytes().to_vec();
+    put_str(&mut body, filter.as_bytes());
+    body.push(qos);
+    let mut out = vec![0x82];
+    put_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads one packet from a raw socket: (first byte, body). None when the peer closed.
+pub async fn read_packet(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    let fut = async {
+        let first = s.read_u8().await.ok()?;
+        let mut len = 0usize;
+        for i in 0..4 {
+            let b = s.read_u8().await.ok()?;
+            len |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.ok()?;
+        Some((first, body))
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("timed out reading a packet")
+}
+
+/// Opens a raw connection and completes CONNECT (3.1.1); panics unless accepted.
+pub async fn raw_client(
+    addr: SocketAddr,
+    id: &str,
+    user: &str,
+    pass: &str,
+    ka: u16,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&raw_connect(id, user, pass, ka)).await.unwrap();
+    let (first, body) = read_packet(&mut s).await.expect("CONNACK");
+    assert_eq!((first, body[1]), (0x20, 0), "CONNACK accepted");
+    s
 }
