@@ -423,6 +423,21 @@ pub mod v5 {
     }
 
     impl Client {
+        /// The connection error that ends the event loop (panics after [`WAIT`]).
+        pub async fn wait_error(&mut self) -> String {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                match tokio::time::timeout_at(deadline, self.events.recv())
+                    .await
+                    .expect("timed out waiting for the connection to end")
+                {
+                    Some(Err(e)) => return e,
+                    Some(Ok(_)) => {}
+                    None => return "event loop ended".into(),
+                }
+            }
+        }
+
         /// Incoming packets during `d`, stopping early on a connection error (returned).
         pub async fn collect_for(&mut self, d: Duration) -> (Vec<Packet>, Option<String>) {
             let deadline = tokio::time::Instant::now() + d;

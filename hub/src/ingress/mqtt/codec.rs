@@ -353,6 +353,11 @@ pub fn decode(
     protocol: Option<Protocol>,
     max_packet: usize,
 ) -> Result<Option<Packet>, DecodeError> {
+    // Before CONNECT only a CONNECT may come: say so at the first byte instead of waiting for
+    // a garbage length's worth of bytes.
+    if protocol.is_none() && buf.first().is_some_and(|b| b >> 4 != CONNECT) {
+        return Err(DecodeError::Violation("first packet is not CONNECT"));
+    }
     let Some((first, header_len, remaining)) = fixed_header(buf)? else {
         return Ok(None);
     };
