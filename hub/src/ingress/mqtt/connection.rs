@@ -232,7 +232,7 @@ async fn admit<A: Authenticator>(
         _ => asked_id.into(),
     };
     if let Some(w) = &connect.will
-        && let Err(denied) = principal.may_publish(&w.topic)
+        && let Err(denied) = core.access.may_publish(&principal, &w.topic)
     {
         tracing::info!(%peer, client = %client_id, topic = %w.topic, %denied, "will topic refused");
         return Err(Refusal {
@@ -841,7 +841,7 @@ impl Reader<'_> {
         } else {
             AckKind::PubAck
         };
-        if let Err(denied) = self.principal.may_publish(&topic) {
+        if let Err(denied) = self.core.access.may_publish(&self.principal, &topic) {
             self.core
                 .metrics
                 .publishes_refused
@@ -850,7 +850,7 @@ impl Reader<'_> {
             self.send_event(IngressEvent::Refused {
                 principal: self.principal.clone(),
                 topic: topic.to_string(),
-                reason: denied.to_string(),
+                reason: denied,
                 payload,
             })
             .await?;
@@ -953,13 +953,13 @@ impl Reader<'_> {
                 });
                 continue;
             }
-            if let Err(denied) = self.principal.may_subscribe(inner) {
+            if let Err(denied) = self.core.access.may_subscribe(&self.principal, inner) {
                 self.core
                     .metrics
                     .subscribes_refused
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client = %self.client_id, %filter, %denied, "subscribe refused");
-                refused.push((filter.clone(), denied.to_string()));
+                refused.push((filter.clone(), denied));
                 codes.push(if v5 {
                     reason::NOT_AUTHORIZED
                 } else {

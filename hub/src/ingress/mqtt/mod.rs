@@ -98,6 +98,31 @@ pub enum BrokerError {
     NoListener,
 }
 
+/// Decides what an authenticated client may publish and subscribe. The hub uses
+/// [`ContractAccess`] (the rules of `protocols::access`, via [`Broker::start`]); another policy
+/// exists only for protocol conformance runs against test suites whose topics are not the
+/// contract's ([`Broker::start_with_access`]).
+pub trait AccessPolicy: Send + Sync + 'static {
+    /// Whether `who` may publish on `topic`; Err carries the reason.
+    fn may_publish(&self, who: &Principal, topic: &str) -> Result<(), String>;
+    /// Whether `who` may subscribe to `filter` (without `$share/group/`); Err carries the
+    /// reason.
+    fn may_subscribe(&self, who: &Principal, filter: &str) -> Result<(), String>;
+}
+
+/// The contract's rules: [`Principal::may_publish`] and [`Principal::may_subscribe`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ContractAccess;
+
+impl AccessPolicy for ContractAccess {
+    fn may_publish(&self, who: &Principal, topic: &str) -> Result<(), String> {
+        who.may_publish(topic).map_err(|e| e.to_string())
+    }
+    fn may_subscribe(&self, who: &Principal, filter: &str) -> Result<(), String> {
+        who.may_subscribe(filter).map_err(|e| e.to_string())
+    }
+}
+
 /// A live connection as the session registry sees it.
 #[derive(Debug)]
 pub(crate) struct ConnLink {
@@ -119,9 +144,9 @@ pub(crate) struct Slot {
 }
 
 /// State shared by the listeners, connections and the handle.
-#[derive(Debug)]
 pub(crate) struct Core {
     pub config: BrokerConfig,
+    pub access: Box<dyn AccessPolicy>,
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub events: mpsc::Sender<IngressEvent>,
@@ -131,6 +156,15 @@ pub(crate) struct Core {
     /// Connection tasks alive (any phase), for a clean shutdown.
     pub live: AtomicUsize,
     pub live_changed: Notify,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("config", &self.config)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Core {
@@ -164,11 +198,22 @@ impl Core {
 pub struct Broker;
 
 impl Broker {
-    /// Binds every address of `config` and starts serving. Inbound messages and connection
-    /// events go to `events` (bounded: when it is full, connections stop reading).
+    /// Binds every address of `config` and starts serving, with the contract's access rules.
+    /// Inbound messages and connection events go to `events` (bounded: when it is full,
+    /// connections stop reading).
     pub async fn start<A: Authenticator>(
         config: BrokerConfig,
         authenticator: A,
+        events: mpsc::Sender<IngressEvent>,
+    ) -> Result<BrokerHandle, BrokerError> {
+        Broker::start_with_access(config, authenticator, ContractAccess, events).await
+    }
+
+    /// [`Broker::start`] with another access policy (conformance test runs only).
+    pub async fn start_with_access<A: Authenticator, P: AccessPolicy>(
+        config: BrokerConfig,
+        authenticator: A,
+        access: P,
         events: mpsc::Sender<IngressEvent>,
     ) -> Result<BrokerHandle, BrokerError> {
         if config.listen.is_empty() {
@@ -187,6 +232,7 @@ impl Broker {
         let core = Arc::new(Core {
             router: Router::new(metrics.clone(), config.max_queued),
             config,
+            access: Box::new(access),
             metrics,
             events,
             sessions: Mutex::new(HashMap::new()),
