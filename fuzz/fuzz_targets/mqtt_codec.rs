@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
                 dup: p.dup,
                 pid: p.pid,
                 subscription_ids: &[],
+                message_expiry: p.message_expiry.filter(|_| proto == Protocol::V5),
             };
             let mut again = BytesMut::new();
             out.encode(proto, &mut again);
@@ -30,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             };
             assert_eq!((q.topic, q.payload, q.qos, q.retain), (p.topic, p.payload, p.qos, p.retain));
             assert_eq!(q.properties, p.properties);
+            assert_eq!(q.message_expiry, p.message_expiry);
         }
     }
 });

@@ -61,7 +61,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| a.parse())
         .collect::<Result<Vec<_>, _>>()?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let broker = Broker::start_with_access(BrokerConfig::new(addrs), AnyClient, SuiteAccess, tx).await?;
+    // The suite expects a broker that caps keep alive at 60 s (test_server_keep_alive).
+    let mut config = BrokerConfig::new(addrs);
+    config.max_keep_alive = Some(60);
+    let broker = Broker::start_with_access(config, AnyClient, SuiteAccess, tx).await?;
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             if let IngressEvent::Message(mut m) = ev {

@@ -286,8 +286,10 @@ pub struct Publish {
     pub pid: u16,
     /// MQTT 5 topic alias.
     pub topic_alias: Option<u16>,
-    /// MQTT 5 properties that travel with the message to subscribers (encoded, without the
-    /// length prefix).
+    /// MQTT 5 message expiry interval, seconds (kept apart: it is rewritten on delivery).
+    pub message_expiry: Option<u32>,
+    /// MQTT 5 properties that travel with the message to subscribers unchanged (encoded,
+    /// without the length prefix).
     pub properties: Bytes,
     /// Payload.
     pub payload: Bytes,
@@ -593,19 +595,23 @@ fn decode_publish(flags: u8, r: &mut Reader, v5: bool) -> Result<Publish, Decode
         let mut consumed = 0usize;
         while let Some((id, value)) = props.next_property()? {
             match id {
-                P_PAYLOAD_FORMAT | P_MESSAGE_EXPIRY | P_CONTENT_TYPE | P_RESPONSE_TOPIC
-                | P_CORRELATION_DATA | P_USER_PROPERTY => {
+                P_PAYLOAD_FORMAT | P_CONTENT_TYPE | P_RESPONSE_TOPIC | P_CORRELATION_DATA
+                | P_USER_PROPERTY => {
                     if let Some(f) = forward.as_mut() {
                         f.extend_from_slice(&value.raw);
                     }
                 }
-                P_TOPIC_ALIAS => {
-                    let alias = value.as_u16()?;
-                    if alias == 0 {
-                        return Err(DecodeError::Violation("topic alias 0"));
+                P_TOPIC_ALIAS | P_MESSAGE_EXPIRY => {
+                    if id == P_TOPIC_ALIAS {
+                        let alias = value.as_u16()?;
+                        if alias == 0 {
+                            return Err(DecodeError::Violation("topic alias 0"));
+                        }
+                        p.topic_alias = Some(alias);
+                    } else {
+                        p.message_expiry = Some(value.as_u32()?);
                     }
-                    p.topic_alias = Some(alias);
-                    // The alias is not forwarded: copy what came before it, then go on copying.
+                    // Not forwarded as is: copy what came before it, then go on copying.
                     if forward.is_none() {
                         forward = Some(BytesMut::from(&all[..consumed]));
                     }
@@ -896,11 +902,14 @@ pub struct OutPublish<'a> {
     pub pid: u16,
     /// MQTT 5 subscription identifiers.
     pub subscription_ids: &'a [u32],
+    /// MQTT 5 message expiry interval left, seconds.
+    pub message_expiry: Option<u32>,
 }
 
 impl OutPublish<'_> {
     fn properties_len(&self) -> usize {
         self.properties.len()
+            + if self.message_expiry.is_some() { 5 } else { 0 }
             + self
                 .subscription_ids
                 .iter()
@@ -943,6 +952,10 @@ impl OutPublish<'_> {
         if protocol == Protocol::V5 {
             put_varint(buf, self.properties_len());
             buf.put_slice(self.properties);
+            if let Some(e) = self.message_expiry {
+                buf.put_u8(P_MESSAGE_EXPIRY);
+                buf.put_u32(e);
+            }
             for &id in self.subscription_ids {
                 buf.put_u8(P_SUBSCRIPTION_ID);
                 put_varint(buf, id as usize);
@@ -967,6 +980,8 @@ pub struct ConnAckProps<'a> {
     pub session_expiry: Option<u32>,
     /// Why the connection was refused.
     pub reason_string: Option<&'a str>,
+    /// The keep alive the broker applies instead of the client's.
+    pub server_keep_alive: Option<u16>,
 }
 
 /// Appends a CONNACK.
@@ -1004,6 +1019,10 @@ pub fn encode_connack(
                 if let Some(e) = props.session_expiry {
                     p.put_u8(P_SESSION_EXPIRY);
                     p.put_u32(e);
+                }
+                if let Some(k) = props.server_keep_alive {
+                    p.put_u8(P_SERVER_KEEP_ALIVE);
+                    p.put_u16(k);
                 }
             }
             if let Some(s) = props.reason_string {
@@ -1178,6 +1197,7 @@ mod tests {
                 dup: false,
                 pid: 7,
                 subscription_ids: &[],
+                message_expiry: (protocol == Protocol::V5).then_some(60),
             };
             let mut b = BytesMut::new();
             out.encode(protocol, &mut b);
@@ -1189,6 +1209,7 @@ mod tests {
             assert_eq!(&p.payload[..], out.payload);
             assert_eq!(&p.properties[..], out.properties);
             assert_eq!((p.qos, p.retain, p.pid), (1, true, 7));
+            assert_eq!(p.message_expiry, out.message_expiry);
         }
     }
 

@@ -365,6 +365,8 @@ enum Control {
     Raw(Bytes),
     /// A PUBACK/PUBREC, sent in order once its disposition is known.
     Ack(PendingAck),
+    /// PUBCOMP for a released QoS 2 message, which frees its receive-maximum slot.
+    PubComp(u16, u8),
     /// MQTT 5 DISCONNECT with a reason code (nothing for 3.1.1), then close.
     Disconnect(u8),
 }
@@ -382,8 +384,8 @@ enum AckWait {
     Pending {
         /// The pipeline's answer.
         done: oneshot::Receiver<Disposition>,
-        /// One slot of the receive maximum, freed with the acknowledgement.
-        _slot: OwnedSemaphorePermit,
+        /// One slot of the receive maximum, freed with the PUBACK (QoS 1) or PUBCOMP (QoS 2).
+        slot: OwnedSemaphorePermit,
     },
 }
 
@@ -433,8 +435,17 @@ async fn run_session(
     core.metrics.connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, client = %client_id, role = principal.role(), ?protocol, present, "MQTT client connected");
 
+    // MQTT 5 lets the broker impose its keep alive; 3.1.1 clients cannot be told.
+    let server_keep_alive = match (protocol, core.config.max_keep_alive) {
+        (Protocol::V5, Some(max)) if connect.keep_alive == 0 || connect.keep_alive > max => {
+            connect.keep_alive = max;
+            Some(max)
+        }
+        _ => None,
+    };
     let mut first = BytesMut::with_capacity(64);
     let props = ConnAckProps {
+        server_keep_alive,
         receive_maximum: core.config.max_inflight_in,
         maximum_packet_size: core.config.max_packet_bytes.min(u32::MAX as usize) as u32,
         topic_alias_maximum: core.config.topic_alias_max,
@@ -466,6 +477,7 @@ async fn run_session(
         problem_info: connect.request_problem_info,
         kick: kick_rx.clone(),
         closing: false,
+        qos2_slots: HashMap::new(),
     };
     let writer = tokio::spawn(writer.run());
 
@@ -525,12 +537,33 @@ async fn run_session(
         abort.abort();
     }
 
-    if end.publishes_will()
-        && let Some(w) = will
-    {
-        publish_will(&core, &principal, &client_id, w).await;
+    let will = will.filter(|_| end.publishes_will());
+    // MQTT 5 will delay: published after min(delay, session expiry) unless a new connection
+    // resumes the session first.
+    let delay = will.as_ref().map_or(0, |w| w.delay.min(expiry));
+    let mut delayed = None;
+    match will {
+        Some(w) if delay == 0 => publish_will(&core, &principal, &client_id, w).await,
+        other => delayed = other,
     }
     detach(&core, &client_id, generation, expiry);
+    if let Some(w) = delayed {
+        let (core, principal, client_id) = (core.clone(), principal.clone(), client_id.clone());
+        tokio::spawn(async move {
+            let mut stop = core.shutdown.subscribe();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
+                    let resumed = core.sessions.lock().get(&client_id).is_some_and(|s| {
+                        s.generation != generation || s.conn.is_some()
+                    });
+                    if !resumed {
+                        publish_will(&core, &principal, &client_id, w).await;
+                    }
+                }
+                _ = super::stopped(&mut stop) => {}
+            }
+        });
+    }
     core.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     let disconnected = IngressEvent::Disconnected {
         principal,
@@ -550,6 +583,7 @@ async fn publish_will(core: &Core, principal: &Arc<Principal>, client_id: &Arc<s
         qos: w.qos,
         retain: w.retain,
         origin: Some(client_id.clone()),
+        expires_at: None,
     });
     core.publish(&msg);
     let ev = IngressEvent::Message(Inbound {
@@ -719,9 +753,7 @@ impl Reader<'_> {
                 } else {
                     reason::PACKET_ID_NOT_FOUND
                 };
-                let mut b = BytesMut::with_capacity(8);
-                codec::encode_ack(&mut b, self.protocol, AckKind::PubComp, pid, code, None);
-                self.send_control(Control::Raw(b.freeze())).await
+                self.send_control(Control::PubComp(pid, code)).await
             }
             Packet::Subscribe(s) => self.on_subscribe(s).await,
             Packet::Unsubscribe(u) => {
@@ -786,6 +818,7 @@ impl Reader<'_> {
             topic,
             pid,
             topic_alias,
+            message_expiry,
             properties,
             payload,
             ..
@@ -879,6 +912,7 @@ impl Reader<'_> {
             qos,
             retain,
             origin: Some(self.client_id.clone()),
+            expires_at: message_expiry.map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
         });
         self.core.publish(&msg);
         let mut inbound = Inbound {
@@ -924,7 +958,7 @@ impl Reader<'_> {
             pid,
             wait: AckWait::Pending {
                 done: rx,
-                _slot: permit,
+                slot: permit,
             },
         }))
         .await?;
@@ -1026,6 +1060,8 @@ struct Writer {
     problem_info: bool,
     kick: watch::Receiver<Option<u8>>,
     closing: bool,
+    /// Receive-maximum slots of QoS 2 messages between PUBREC and PUBCOMP.
+    qos2_slots: HashMap<u16, OwnedSemaphorePermit>,
 }
 
 /// The result of the oldest pending acknowledgement; never resolves when there is none.
@@ -1152,6 +1188,17 @@ impl Writer {
                     self.rest.push_back(a);
                 }
             }
+            Control::PubComp(pid, code) => {
+                self.qos2_slots.remove(&pid);
+                codec::encode_ack(
+                    &mut self.buf,
+                    self.protocol,
+                    AckKind::PubComp,
+                    pid,
+                    code,
+                    None,
+                );
+            }
             Control::Disconnect(code) => {
                 if self.protocol == Protocol::V5 {
                     codec::encode_disconnect(&mut self.buf, code);
@@ -1224,6 +1271,9 @@ impl Writer {
             let mut q = self.session.qos2_in.lock();
             if code < 0x80 {
                 q.insert(a.pid, Qos2In::Received);
+                if let AckWait::Pending { slot, .. } = a.wait {
+                    self.qos2_slots.insert(a.pid, slot);
+                }
             } else {
                 q.remove(&a.pid);
             }
@@ -1268,6 +1318,7 @@ impl Writer {
                     dup: true,
                     pid: m.pid,
                     subscription_ids: &d.subscription_ids,
+                    message_expiry: d.msg.expiry_left().ok().flatten(),
                 }
                 .encode(self.protocol, &mut self.buf);
             }
@@ -1289,6 +1340,11 @@ impl Writer {
                 break;
             }
             let Some(d) = o.queue.pop_front() else { break };
+            let Ok(message_expiry) = d.msg.expiry_left() else {
+                // Expired while queued: never delivered (MQTT 5 message expiry).
+                dropped += 1;
+                continue;
+            };
             let pid = if d.qos > 0 { o.next_pid() } else { 0 };
             let out = OutPublish {
                 topic: &d.msg.topic,
@@ -1299,6 +1355,7 @@ impl Writer {
                 dup: false,
                 pid,
                 subscription_ids: &d.subscription_ids,
+                message_expiry,
             };
             if out.size(self.protocol) > self.client_max {
                 dropped += 1;

@@ -63,6 +63,9 @@ pub struct BrokerConfig {
     pub max_session_expiry: Duration,
     /// Topic aliases an MQTT 5 client may use.
     pub topic_alias_max: u16,
+    /// Longest keep alive granted to an MQTT 5 client (a longer one, or 0, is replaced and the
+    /// client told so in CONNACK). `None` accepts the client's, 0 (no keep alive) included.
+    pub max_keep_alive: Option<u16>,
 }
 
 impl BrokerConfig {
@@ -78,6 +81,7 @@ impl BrokerConfig {
             stuck_timeout: Duration::from_secs(30),
             max_session_expiry: Duration::from_secs(24 * 3600),
             topic_alias_max: 64,
+            max_keep_alive: None,
         }
     }
 }
@@ -377,6 +381,7 @@ impl Publisher for BrokerHandle {
             qos: 1,
             retain: msg.retain,
             origin: None,
+            expires_at: None,
         });
         self.core.publish(&m);
     }

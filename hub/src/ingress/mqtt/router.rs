@@ -34,6 +34,23 @@ pub(crate) struct Message {
     pub retain: bool,
     /// Client id of the publisher (none for the hub), for MQTT 5 no-local.
     pub origin: Option<Arc<str>>,
+    /// MQTT 5 message expiry: not delivered after this instant.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// The expiry interval left, in whole seconds rounded up; Err once expired.
+    pub fn expiry_left(&self) -> Result<Option<u32>, ()> {
+        let Some(at) = self.expires_at else {
+            return Ok(None);
+        };
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(());
+        }
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Ok(Some(secs.min(u64::from(u32::MAX)) as u32))
+    }
 }
 
 /// One message on its way to one session.
@@ -406,7 +423,7 @@ impl Router {
         self.retained
             .read()
             .values()
-            .filter(|m| filter_matches(filter, &m.topic))
+            .filter(|m| filter_matches(filter, &m.topic) && m.expiry_left().is_ok())
             .cloned()
             .collect()
     }
@@ -471,6 +488,7 @@ mod tests {
             qos,
             retain: false,
             origin: None,
+            expires_at: None,
         })
     }
 
@@ -581,6 +599,7 @@ mod tests {
                 qos: m.qos,
                 retain: m.retain,
                 origin: m.origin.clone(),
+                expires_at: m.expires_at,
             }
         }
     }
