@@ -393,7 +393,7 @@ async fn run_session(
     core: Arc<Core>,
     protocol: Protocol,
     admitted: Admitted,
-    rd: OwnedReadHalf,
+    mut rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
     buf: BytesMut,
     peer: SocketAddr,
@@ -501,7 +501,7 @@ async fn run_session(
     };
     let end = match reader.send_event(connected).await {
         Err(end) => end,
-        Ok(()) => reader.run(rd, buf).await,
+        Ok(()) => reader.run(&mut rd, buf).await,
     };
     match &end {
         End::Protocol(code, why) => {
@@ -535,6 +535,19 @@ async fn run_session(
     let abort = writer.abort_handle();
     if tokio::time::timeout(WRITER_LINGER, writer).await.is_err() {
         abort.abort();
+    }
+    if protocol == Protocol::V5 && matches!(end, End::Protocol(..)) {
+        // Let the client read our DISCONNECT before the socket goes: its writes in the
+        // meantime would otherwise reset the connection under the reason code.
+        let mut scratch = [0u8; 4096];
+        let _ = tokio::time::timeout(WRITER_LINGER, async {
+            while let Ok(n) = rd.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     let will = will.filter(|_| end.publishes_will());
@@ -656,7 +669,7 @@ struct Reader<'e> {
 }
 
 impl Reader<'_> {
-    async fn run(&mut self, mut rd: OwnedReadHalf, mut buf: BytesMut) -> End {
+    async fn run(&mut self, rd: &mut OwnedReadHalf, mut buf: BytesMut) -> End {
         let max = self.core.config.max_packet_bytes;
         let grace = (u64::from(self.keep_alive) * 1500).max(1);
         let mut deadline = tokio::time::Instant::now() + Duration::from_millis(grace);
