@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p hub --example mqtt_relay_bench -- [--messages N] [--publishers P]
-//!     [--payload BYTES] [--qos 0|1] [--broker embedded|mosquitto|both]
+//!     [--payload BYTES] [--qos 0|1] [--broker embedded|mosquitto|both|external --target ADDR]
 //! ```
 //! Prints one JSON line per (broker, QoS): messages/s from the first publish to the last
 //! message received, and how many arrived. Devices publish `v1/devices/D-i/telemetry`; an
@@ -36,9 +36,12 @@ struct Args {
     /// QoS levels to run (0, 1 or both).
     #[arg(long, value_delimiter = ',', default_values_t = [0u8, 1])]
     qos: Vec<u8>,
-    /// Which broker(s): embedded, mosquitto or both.
+    /// Which broker(s): embedded, mosquitto, both, or external (with --target).
     #[arg(long, default_value = "both")]
     broker: String,
+    /// An already running broker for `--broker external` (any credentials accepted there).
+    #[arg(long)]
+    target: Option<std::net::SocketAddr>,
 }
 
 /// Accepts `D-i`/`D-i` devices and the `bench` app, like the hub's registry would.
@@ -65,12 +68,19 @@ async fn main() -> anyhow::Result<()> {
         "both" => vec!["embedded", "mosquitto"],
         "embedded" => vec!["embedded"],
         "mosquitto" => vec!["mosquitto"],
+        "external" => vec!["external"],
         other => bail!("unknown broker {other}"),
     };
     for &qos in &args.qos {
         for &name in &which {
             let r = match name {
                 "embedded" => run_embedded(&args, qos).await?,
+                "external" => {
+                    let Some(addr) = args.target else {
+                        bail!("--broker external needs --target HOST:PORT");
+                    };
+                    relay(&args, qos, addr).await?
+                }
                 _ => run_mosquitto(&args, qos).await?,
             };
             println!(

@@ -86,6 +86,22 @@ impl BrokerConfig {
     }
 }
 
+impl BrokerConfig {
+    /// The defaults with `hub.toml`'s `[hub] mqtt_listen` and `max_packet_bytes`.
+    pub fn from_settings(
+        settings: &crate::config::HubSettings,
+    ) -> Result<BrokerConfig, BrokerError> {
+        let listen = settings
+            .mqtt_listen
+            .iter()
+            .map(|a| a.parse().map_err(|_| BrokerError::BadAddress(a.clone())))
+            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        let mut c = BrokerConfig::new(listen);
+        c.max_packet_bytes = settings.max_packet_bytes;
+        Ok(c)
+    }
+}
+
 /// Why the broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -100,6 +116,9 @@ pub enum BrokerError {
     /// No address to listen on.
     #[error("no MQTT listen address")]
     NoListener,
+    /// A listen address that does not parse.
+    #[error("`{0}` is not an address like 0.0.0.0:1883 or [::]:1883")]
+    BadAddress(String),
 }
 
 /// Decides what an authenticated client may publish and subscribe. The hub uses
@@ -405,6 +424,15 @@ pub fn client_id_allowed(principal: &Principal, client_id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_from_hub_settings() {
+        let settings = crate::config::HubSettings::default();
+        let c = BrokerConfig::from_settings(&settings).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.listen[1].is_ipv6());
+        assert_eq!(c.max_packet_bytes, settings.max_packet_bytes);
+    }
 
     #[test]
     fn client_id_rules() {
