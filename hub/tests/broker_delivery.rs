@@ -633,3 +633,89 @@ async fn slow_subscribers_lose_qos0_and_stuck_ones_are_disconnected() {
     assert!(b.broker.metrics().slow_disconnects.load(Ordering::Relaxed) >= 1);
     drop(lazy);
 }
+
+#[tokio::test]
+async fn v5_message_expiry_drops_what_went_stale_in_a_queue() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    let b = TestBroker::start().await;
+    let mut o = v5::options(b.addr, "ops.x", "ops", "opss");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(60));
+    let c = v5::connect(o.clone()).await.unwrap();
+    c.client
+        .subscribe("v1/devices/WL-1/telemetry", Q5::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut c = c;
+    c.next_incoming(|p| matches!(p, Packet::SubAck(_)).then_some(()))
+        .await;
+    c.client.disconnect().await.unwrap();
+    b.pipeline
+        .wait_for("ops.x gone", |s| {
+            s.iter()
+                .any(|e| matches!(e, Seen::Disconnected { client_id, .. } if client_id == "ops.x"))
+        })
+        .await;
+    drop(c);
+    let p = v5::connect(v5::options(b.addr, "WL-1", "WL-1", "s1"))
+        .await
+        .unwrap();
+    let stale = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    p.client
+        .publish_with_properties(
+            "v1/devices/WL-1/telemetry",
+            Q5::AtLeastOnce,
+            false,
+            "stale",
+            stale,
+        )
+        .await
+        .unwrap();
+    let fresh = PublishProperties {
+        message_expiry_interval: Some(600),
+        ..Default::default()
+    };
+    p.client
+        .publish_with_properties(
+            "v1/devices/WL-1/telemetry",
+            Q5::AtLeastOnce,
+            false,
+            "fresh",
+            fresh,
+        )
+        .await
+        .unwrap();
+    b.pipeline
+        .wait_for("both publishes", |s| {
+            s.iter()
+                .filter(|e| matches!(e, Seen::Message { .. }))
+                .count()
+                == 2
+        })
+        .await;
+    // Time is the subject here: let the one-second expiry pass while the subscriber is away.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut c = v5::connect(o).await.unwrap();
+    assert!(c.session_present);
+    let (payload, expiry) = c
+        .next_incoming(|p| match p {
+            Packet::Publish(p) => Some((
+                p.payload.clone(),
+                p.properties
+                    .as_ref()
+                    .and_then(|pr| pr.message_expiry_interval),
+            )),
+            _ => None,
+        })
+        .await;
+    assert_eq!(&payload[..], b"fresh");
+    // Forwarded with the time left, not the original interval.
+    assert!(
+        matches!(expiry, Some(s) if (590..=599).contains(&s)),
+        "{expiry:?}"
+    );
+}
