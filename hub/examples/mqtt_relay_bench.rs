@@ -42,6 +42,10 @@ struct Args {
     /// An already running broker for `--broker external` (any credentials accepted there).
     #[arg(long)]
     target: Option<std::net::SocketAddr>,
+    /// Instead of client relay: the hub's own feed path (`Publisher::publish` of the embedded
+    /// broker) to this many subscribing apps, `--messages` messages in all.
+    #[arg(long)]
+    hub_feed: Option<usize>,
 }
 
 /// Accepts `D-i`/`D-i` devices and the `bench` app, like the hub's registry would.
@@ -64,6 +68,20 @@ impl Authenticator for BenchAuth {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(subscribers) = args.hub_feed {
+        for &qos in &args.qos {
+            let r = hub_feed(&args, qos, subscribers).await?;
+            println!(
+                "{{\"path\":\"hub_feed\",\"qos\":{qos},\"subscribers\":{subscribers},\"payload\":{},\"published\":{},\"delivered\":{},\"secs\":{:.3},\"deliveries_per_s\":{:.0}}}",
+                args.payload,
+                r.sent,
+                r.received,
+                r.secs,
+                r.received as f64 / r.secs
+            );
+        }
+        return Ok(());
+    }
     let which: Vec<&str> = match args.broker.as_str() {
         "both" => vec!["embedded", "mosquitto"],
         "embedded" => vec!["embedded"],
@@ -135,6 +153,89 @@ async fn run_embedded(args: &Args, qos: u8) -> anyhow::Result<Outcome> {
     let r = relay(args, qos, addr).await;
     broker.shutdown().await;
     r
+}
+
+/// The hub's outbound path: `Publisher::publish` in a loop, apps subscribed to `v1/feeds/#`.
+async fn hub_feed(args: &Args, qos: u8, subscribers: usize) -> anyhow::Result<Outcome> {
+    use hub::ingress::{Outbound, Publisher};
+    let mut users = HashMap::new();
+    for i in 0..subscribers {
+        let id = format!("app-{i}");
+        users.insert(
+            id.clone(),
+            Arc::new(Principal::App {
+                id,
+                grants: vec![grant_filter("feeds/#")?],
+            }),
+        );
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8192);
+    let broker = Broker::start(
+        BrokerConfig::new(vec!["127.0.0.1:0".parse()?]),
+        BenchAuth(users),
+        tx,
+    )
+    .await?;
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let addr = broker.local_addrs()[0];
+    let q = if qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let total = args.messages;
+    let mut counters = Vec::new();
+    for i in 0..subscribers {
+        let (sub, mut el) = AsyncClient::new(options(&format!("app-{i}"), addr), 1000);
+        sub.subscribe("v1/feeds/#", q).await?;
+        loop {
+            if let Event::Incoming(Incoming::SubAck(_)) = el.poll().await? {
+                break;
+            }
+        }
+        counters.push(tokio::spawn(async move {
+            let _keep = sub;
+            let mut n = 0usize;
+            let mut last = Instant::now();
+            while n < total {
+                match tokio::time::timeout(Duration::from_secs(2), el.poll()).await {
+                    Ok(Ok(Event::Incoming(Incoming::Publish(_)))) => {
+                        n += 1;
+                        last = Instant::now();
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            (n, last)
+        }));
+    }
+    let payload = bytes::Bytes::from(vec![b'x'; args.payload]);
+    let start = Instant::now();
+    for i in 0..total {
+        broker.publish(Outbound {
+            topic: format!("v1/feeds/water_level/WL-{}", i % 1000),
+            payload: payload.clone(),
+            retain: false,
+        });
+        // The pipeline publishes between its own work; let the writers run.
+        if i % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut received = 0;
+    let mut last = start;
+    for c in counters {
+        let (n, l) = c.await?;
+        received += n;
+        last = last.max(l);
+    }
+    broker.shutdown().await;
+    Ok(Outcome {
+        sent: total,
+        received,
+        secs: last.duration_since(start).as_secs_f64(),
+    })
 }
 
 /// Kills the mosquitto it started, also on error.

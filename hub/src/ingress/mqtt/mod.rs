@@ -394,7 +394,10 @@ impl Publisher for BrokerHandle {
     /// Routes at QoS 1: each subscriber receives min(1, its granted QoS).
     fn publish(&self, msg: Outbound) {
         if msg.topic.is_empty() || msg.topic.len() > usize::from(u16::MAX) {
-            tracing::warn!(len = msg.topic.len(), "hub message with an unusable topic dropped");
+            tracing::warn!(
+                len = msg.topic.len(),
+                "hub message with an unusable topic dropped"
+            );
             return;
         }
         let m = Arc::new(Message {
