@@ -1,1 +1,0 @@
-//! Embedded MQTT broker (built by the hub-ingress issue).

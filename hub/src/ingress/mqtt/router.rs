@@ -1,0 +1,606 @@
+//! Routing: which sessions a message goes to, and the retained messages.
+//!
+//! Subscriptions live in a trie keyed by topic level, so matching a topic costs its depth times
+//! the wildcards on the way, not the number of subscriptions. Matching happens under a read
+//! lock and only pushes into each session's bounded outbox, so a publisher (a client or the
+//! hub) never waits for a subscriber.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use protocols::access::Principal;
+use protocols::topic::{filter_matches, validate_filter};
+use tokio::sync::Notify;
+
+use super::codec::SubOptions;
+use super::metrics::Metrics;
+
+/// A message as routed; one allocation shared by every delivery of it.
+#[derive(Debug)]
+pub(crate) struct Message {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Payload.
+    pub payload: Bytes,
+    /// MQTT 5 properties that travel with it (encoded).
+    pub properties: Bytes,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// Retain flag it was published with.
+    pub retain: bool,
+    /// Client id of the publisher (none for the hub), for MQTT 5 no-local.
+    pub origin: Option<Arc<str>>,
+    /// MQTT 5 message expiry: not delivered after this instant.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// The expiry interval left, in whole seconds rounded up; Err once expired.
+    pub fn expiry_left(&self) -> Result<Option<u32>, ()> {
+        let Some(at) = self.expires_at else {
+            return Ok(None);
+        };
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(());
+        }
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Ok(Some(secs.min(u64::from(u32::MAX)) as u32))
+    }
+}
+
+/// One message on its way to one session.
+#[derive(Clone, Debug)]
+pub(crate) struct Delivery {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// QoS it is delivered with: min(published, granted).
+    pub qos: u8,
+    /// Retain flag as delivered.
+    pub retain: bool,
+    /// MQTT 5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+}
+
+/// A QoS 1/2 message sent to a client and not yet acknowledged.
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    /// Packet identifier.
+    pub pid: u16,
+    /// What was sent.
+    pub delivery: Delivery,
+    /// PUBREC received: waiting for PUBCOMP after our PUBREL.
+    pub released: bool,
+    /// When it was (last) sent.
+    pub sent_at: Instant,
+}
+
+/// State of a QoS 2 message received from the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Qos2In {
+    /// Handed to the pipeline, PUBREC not yet sent.
+    Pending,
+    /// PUBREC sent, waiting for PUBREL.
+    Received,
+}
+
+/// What waits to be written to a session's client.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    /// Messages not yet sent, oldest first.
+    pub queue: VecDeque<Delivery>,
+    /// Sent QoS 1/2 messages not yet acknowledged, oldest first.
+    pub inflight: VecDeque<Inflight>,
+    /// Whether a connection serves the session (offline sessions queue only QoS > 0).
+    pub online: bool,
+    /// The connection generation allowed to drain the outbox.
+    pub owner: u64,
+    next_pid: u16,
+}
+
+impl Outbox {
+    /// A packet identifier not in flight.
+    pub fn next_pid(&mut self) -> u16 {
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if self.next_pid == 0 {
+                continue;
+            }
+            let pid = self.next_pid;
+            if !self.inflight.iter().any(|i| i.pid == pid) {
+                return pid;
+            }
+        }
+    }
+
+    /// Removes and returns the in-flight message with this packet id.
+    pub fn take_inflight(&mut self, pid: u16) -> Option<Inflight> {
+        let i = self.inflight.iter().position(|m| m.pid == pid)?;
+        self.inflight.remove(i)
+    }
+}
+
+/// A client's session: its subscriptions, outbox and QoS 2 state. Outlives connections when
+/// the client asked for a persistent session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Client id.
+    pub client_id: Arc<str>,
+    /// Who owns it.
+    pub principal: Arc<Principal>,
+    /// Outbound state.
+    pub outbox: Mutex<Outbox>,
+    /// Wakes the connection's writer when the outbox changes.
+    pub wake: Notify,
+    /// The session's subscription filters as the client wrote them (`$share/...` included).
+    pub filters: Mutex<HashMap<String, ()>>,
+    /// QoS 2 packet ids received from the client and not yet released.
+    pub qos2_in: Mutex<HashMap<u16, Qos2In>>,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: Arc<str>, principal: Arc<Principal>) -> Session {
+        Session {
+            client_id,
+            principal,
+            outbox: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
+            filters: Mutex::new(HashMap::new()),
+            qos2_in: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queues a delivery unless the outbox is full (then it is dropped and counted). Offline
+    /// sessions keep only QoS 1/2 messages.
+    pub fn offer(&self, d: Delivery, cap: usize, metrics: &Metrics) {
+        let mut o = self.outbox.lock();
+        if !o.online && d.qos == 0 {
+            return;
+        }
+        if o.queue.len() >= cap {
+            drop(o);
+            metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        o.queue.push_back(d);
+        let online = o.online;
+        drop(o);
+        if online {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A subscription in the trie.
+#[derive(Clone, Debug)]
+struct Subscriber {
+    session: Arc<Session>,
+    opts: SubOptions,
+    id: Option<u32>,
+}
+
+/// Members of a shared subscription group; each message goes to one of them in turn.
+#[derive(Debug)]
+struct SharedGroup {
+    name: Box<str>,
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subs: Vec<Subscriber>,
+    shared: Vec<SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    }
+
+    fn emit<'a>(&'a self, out: &mut Vec<(&'a Subscriber, bool)>) {
+        out.extend(self.subs.iter().map(|s| (s, false)));
+        for g in &self.shared {
+            if g.members.is_empty() {
+                continue;
+            }
+            let i = g.next.fetch_add(1, Ordering::Relaxed) % g.members.len();
+            out.push((&g.members[i], true));
+        }
+    }
+
+    /// Collects the subscriptions matching the rest of a topic.
+    fn walk<'a>(
+        &'a self,
+        mut rest: std::str::Split<'a, char>,
+        first: bool,
+        dollar: bool,
+        out: &mut Vec<(&'a Subscriber, bool)>,
+    ) {
+        // `#` also matches the parent level ("a/#" matches "a"), except at the root of a
+        // `$` topic.
+        let wild_ok = !(first && dollar);
+        match rest.next() {
+            None => {
+                self.emit(out);
+                if let Some(h) = self.children.get("#") {
+                    h.emit(out);
+                }
+            }
+            Some(level) => {
+                if wild_ok {
+                    if let Some(h) = self.children.get("#") {
+                        h.emit(out);
+                    }
+                    if let Some(p) = self.children.get("+") {
+                        p.walk(rest.clone(), false, dollar, out);
+                    }
+                }
+                if let Some(c) = self.children.get(level) {
+                    c.walk(rest, false, dollar, out);
+                }
+            }
+        }
+    }
+}
+
+/// Splits `$share/{group}/{filter}` into the group and the filter; other filters have no group.
+pub(crate) fn split_shared(filter: &str) -> Result<(Option<&str>, &str), ()> {
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return Ok((None, filter));
+    };
+    let (group, inner) = rest.split_once('/').ok_or(())?;
+    if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+        return Err(());
+    }
+    Ok((Some(group), inner))
+}
+
+/// Subscriptions and retained messages, shared by every connection and the hub's publisher.
+#[derive(Debug)]
+pub(crate) struct Router {
+    subs: RwLock<Node>,
+    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    metrics: Arc<Metrics>,
+    queue_cap: usize,
+}
+
+impl Router {
+    /// An empty router; each session's outbox holds at most `queue_cap` messages.
+    pub fn new(metrics: Arc<Metrics>, queue_cap: usize) -> Router {
+        Router {
+            subs: RwLock::new(Node::default()),
+            retained: RwLock::new(HashMap::new()),
+            metrics,
+            queue_cap,
+        }
+    }
+
+    /// Bound of each session's outbox.
+    pub fn queue_cap(&self) -> usize {
+        self.queue_cap
+    }
+
+    /// Adds or replaces a session's subscription; returns whether it is new. The filter
+    /// (without `$share/group/`) must be valid.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        opts: SubOptions,
+        id: Option<u32>,
+    ) -> bool {
+        let Ok((group, inner)) = split_shared(filter) else {
+            return false;
+        };
+        debug_assert!(validate_filter(inner).is_ok());
+        let sub = Subscriber {
+            session: session.clone(),
+            opts,
+            id,
+        };
+        let mut root = self.subs.write();
+        let mut node = &mut *root;
+        for level in inner.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let list = match group {
+            None => &mut node.subs,
+            Some(g) => {
+                let i = match node.shared.iter().position(|s| &*s.name == g) {
+                    Some(i) => i,
+                    None => {
+                        node.shared.push(SharedGroup {
+                            name: g.into(),
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        node.shared.len() - 1
+                    }
+                };
+                &mut node.shared[i].members
+            }
+        };
+        let new = match list.iter_mut().find(|s| Arc::ptr_eq(&s.session, session)) {
+            Some(existing) => {
+                *existing = sub;
+                false
+            }
+            None => {
+                list.push(sub);
+                true
+            }
+        };
+        drop(root);
+        if new {
+            session.filters.lock().insert(filter.to_owned(), ());
+            self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        new
+    }
+
+    /// Removes a session's subscription; returns whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let Ok((group, inner)) = split_shared(filter) else {
+            return false;
+        };
+        let levels: Vec<&str> = inner.split('/').collect();
+        let removed = remove_at(&mut self.subs.write(), &levels, group, session);
+        if removed {
+            session.filters.lock().remove(filter);
+            self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Removes every subscription of a session that ends.
+    pub fn remove_session(&self, session: &Arc<Session>) {
+        let filters: Vec<String> = session.filters.lock().keys().cloned().collect();
+        for f in filters {
+            self.unsubscribe(session, &f);
+        }
+    }
+
+    /// Delivers a message to every matching subscription (once per session, at the highest
+    /// QoS among its matching subscriptions; shared groups to one member each).
+    pub fn route(&self, msg: &Arc<Message>) {
+        let dollar = msg.topic.starts_with('$');
+        let root = self.subs.read();
+        let mut hits: Vec<(&Subscriber, bool)> = Vec::new();
+        root.walk(msg.topic.split('/'), true, dollar, &mut hits);
+        if hits.is_empty() {
+            return;
+        }
+        let origin = msg.origin.as_deref();
+        hits.retain(|(s, shared)| {
+            !(s.opts.no_local && !shared && Some(&*s.session.client_id) == origin)
+        });
+        if hits.len() > 1 {
+            hits.sort_unstable_by_key(|(s, _)| Arc::as_ptr(&s.session) as usize);
+        }
+        let mut i = 0;
+        while i < hits.len() {
+            let session = &hits[i].0.session;
+            let mut d = Delivery {
+                msg: msg.clone(),
+                qos: 0,
+                retain: false,
+                subscription_ids: Vec::new(),
+            };
+            while i < hits.len() && Arc::ptr_eq(&hits[i].0.session, session) {
+                let s = hits[i].0;
+                d.qos = d.qos.max(msg.qos.min(s.opts.qos));
+                d.retain |= s.opts.retain_as_published && msg.retain;
+                if let Some(id) = s.id {
+                    d.subscription_ids.push(id);
+                }
+                i += 1;
+            }
+            session.offer(d, self.queue_cap, &self.metrics);
+        }
+    }
+
+    /// Stores (or, with an empty payload, clears) the retained message of its topic.
+    pub fn retain(&self, msg: &Arc<Message>) {
+        let mut r = self.retained.write();
+        if msg.payload.is_empty() {
+            if r.remove(&msg.topic).is_some() {
+                self.metrics.retained.fetch_sub(1, Ordering::Relaxed);
+            }
+        } else if r.insert(msg.topic.clone(), msg.clone()).is_none() {
+            self.metrics.retained.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The retained messages matching a (valid) filter.
+    pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retained
+            .read()
+            .values()
+            .filter(|m| filter_matches(filter, &m.topic) && m.expiry_left().is_ok())
+            .cloned()
+            .collect()
+    }
+}
+
+fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, s: &Arc<Session>) -> bool {
+    match levels.split_first() {
+        None => {
+            let same = |x: &Subscriber| Arc::ptr_eq(&x.session, s);
+            match group {
+                None => {
+                    let before = node.subs.len();
+                    node.subs.retain(|x| !same(x));
+                    node.subs.len() != before
+                }
+                Some(g) => {
+                    let Some(i) = node.shared.iter().position(|x| &*x.name == g) else {
+                        return false;
+                    };
+                    let members = &mut node.shared[i].members;
+                    let before = members.len();
+                    members.retain(|x| !same(x));
+                    let removed = members.len() != before;
+                    if members.is_empty() {
+                        node.shared.remove(i);
+                    }
+                    removed
+                }
+            }
+        }
+        Some((first, rest)) => {
+            let Some(child) = node.children.get_mut(*first) else {
+                return false;
+            };
+            let removed = remove_at(child, rest, group, s);
+            if child.is_empty() {
+                node.children.remove(*first);
+            }
+            removed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str) -> Arc<Session> {
+        let s = Arc::new(Session::new(
+            id.into(),
+            Arc::new(Principal::Device(id.to_owned())),
+        ));
+        s.outbox.lock().online = true;
+        s
+    }
+
+    fn msg(topic: &str, qos: u8) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"x"),
+            properties: Bytes::new(),
+            qos,
+            retain: false,
+            origin: None,
+            expires_at: None,
+        })
+    }
+
+    fn opts(qos: u8) -> SubOptions {
+        SubOptions {
+            qos,
+            ..SubOptions::default()
+        }
+    }
+
+    fn queued(s: &Session) -> Vec<(String, u8)> {
+        s.outbox
+            .lock()
+            .queue
+            .drain(..)
+            .map(|d| (d.msg.topic.to_string(), d.qos))
+            .collect()
+    }
+
+    #[test]
+    fn wildcards_match_like_the_spec() {
+        let r = Router::new(Arc::default(), 100);
+        let cases = [
+            ("a/b/c", "a/b/c", true),
+            ("a/+/c", "a/b/c", true),
+            ("a/#", "a/b/c", true),
+            ("a/#", "a", true),
+            ("#", "a/b", true),
+            ("+", "a", true),
+            ("+", "a/b", false),
+            ("+/+", "/a", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a/b", "a/b/c", false),
+        ];
+        for (i, (filter, topic, want)) in cases.into_iter().enumerate() {
+            let s = session(&format!("s{i}"));
+            assert!(r.subscribe(&s, filter, opts(1), None));
+            r.route(&msg(topic, 1));
+            assert_eq!(!queued(&s).is_empty(), want, "{filter} vs {topic}");
+            assert!(r.unsubscribe(&s, filter));
+        }
+        assert!(r.subs.read().is_empty(), "empty nodes are pruned");
+    }
+
+    #[test]
+    fn qos_is_downgraded_and_overlaps_deliver_once() {
+        let r = Router::new(Arc::default(), 100);
+        let s = session("s");
+        r.subscribe(&s, "a/#", opts(0), None);
+        r.subscribe(&s, "a/+", opts(1), None);
+        r.route(&msg("a/b", 2));
+        assert_eq!(queued(&s), vec![("a/b".to_string(), 1)]);
+        r.route(&msg("a/b/c", 2));
+        assert_eq!(queued(&s), vec![("a/b/c".to_string(), 0)]);
+    }
+
+    #[test]
+    fn shared_group_delivers_to_one_member_in_turn() {
+        let r = Router::new(Arc::default(), 100);
+        let (a, b) = (session("a"), session("b"));
+        r.subscribe(&a, "$share/g/t/#", opts(1), None);
+        r.subscribe(&b, "$share/g/t/#", opts(1), None);
+        for _ in 0..4 {
+            r.route(&msg("t/x", 1));
+        }
+        assert_eq!(queued(&a).len(), 2);
+        assert_eq!(queued(&b).len(), 2);
+        r.remove_session(&a);
+        r.remove_session(&b);
+        assert!(r.subs.read().is_empty());
+    }
+
+    #[test]
+    fn full_outbox_drops_and_counts() {
+        let m = Arc::new(Metrics::default());
+        let r = Router::new(m.clone(), 2);
+        let s = session("s");
+        r.subscribe(&s, "t", opts(0), None);
+        for _ in 0..5 {
+            r.route(&msg("t", 0));
+        }
+        assert_eq!(queued(&s).len(), 2);
+        assert_eq!(m.dropped.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn retained_set_and_cleared() {
+        let r = Router::new(Arc::default(), 2);
+        r.retain(&msg("v1/twin/A", 1));
+        r.retain(&msg("v1/twin/B", 1));
+        assert_eq!(r.retained_for("v1/twin/+").len(), 2);
+        let clear = Arc::new(Message {
+            payload: Bytes::new(),
+            ..Message::clone_fields(&msg("v1/twin/A", 1))
+        });
+        r.retain(&clear);
+        assert_eq!(r.retained_for("v1/twin/#").len(), 1);
+    }
+
+    impl Message {
+        fn clone_fields(m: &Message) -> Message {
+            Message {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                properties: m.properties.clone(),
+                qos: m.qos,
+                retain: m.retain,
+                origin: m.origin.clone(),
+                expires_at: m.expires_at,
+            }
+        }
+    }
+}
