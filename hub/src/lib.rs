@@ -26,6 +26,7 @@ pub mod normalize;
 pub mod outbound;
 pub mod pipeline;
 pub mod registry;
+pub mod server;
 pub mod store;
 pub mod twin;
 

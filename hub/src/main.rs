@@ -6,12 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
 
-use hub::Hub;
 use hub::config::HubConfig;
-use hub::ingress::Publisher;
-use hub::store::SeriesStore;
+use hub::server::Server;
 
 /// The central hub of the district sensing gateway.
 #[derive(Debug, Parser)]
@@ -96,48 +93,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Opens the store, starts the ingress and the hub, serves until SIGINT/SIGTERM.
 async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
-    // Wiring once the `store` and `broker` branches are merged (names as on those branches):
-    //
-    //   let store = Arc::new(TsStore::open(cfg.hub.data_dir.join("series"),
-    //                                      StoreOptions::from_settings(&cfg.hub))?);
-    //   let hub = Hub::new(cfg.clone(), store.clone())?;
-    //   let mqtt = BrokerConfig { max_packet_bytes: cfg.hub.max_packet_bytes,
-    //                             ..BrokerConfig::new(parsed cfg.hub.mqtt_listen) };
-    //   let broker = Broker::start(mqtt, hub.authenticator(), hub.ingress_sender()).await?;
-    //   let m = broker.metrics().clone();
-    //   hub.metrics().add_source(Arc::new(move |out: &mut String| m.write_prometheus(out)));
-    //   let stopper = broker.clone();
-    //   run_until_signal(hub, Arc::new(broker), || async move { stopper.shutdown().await }).await?;
-    //   store.close().await?;
-    let _ = cfg;
-    anyhow::bail!(
-        "serving needs the embedded MQTT broker and time-series store, which are not merged yet"
-    )
-}
-
-/// Runs a started hub until SIGINT or SIGTERM, then stops the ingress, drains the pipeline
-/// and checkpoints the twins.
-#[allow(dead_code)] // called by `serve` once the broker and store are merged
-async fn run_until_signal<S, F>(
-    hub: Hub<S>,
-    publisher: Arc<dyn Publisher>,
-    stop_ingress: impl FnOnce() -> F,
-) -> anyhow::Result<()>
-where
-    S: SeriesStore,
-    F: std::future::Future<Output = ()>,
-{
-    let running = hub.start(publisher).await.context("starting the hub")?;
-    tracing::info!(http = %running.http_addr(), "hub serving");
+    let server = Server::start(cfg).await.context("starting the hub")?;
+    eprintln!(
+        "hub: MQTT on {}, HTTP on http://{}",
+        server
+            .mqtt_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        server.http_addr()
+    );
     shutdown_signal().await;
     tracing::info!("stopping: closing the ingress, draining the pipeline");
-    stop_ingress().await;
-    running.shutdown().await;
+    server.shutdown().await.context("closing the store")?;
     tracing::info!("stopped");
     Ok(())
 }
 
-#[allow(dead_code)] // see `run_until_signal`
 async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {

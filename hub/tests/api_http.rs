@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hub::ingress::Disposition;
@@ -22,7 +21,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(h: &TestHub<InMemorySeriesStore>) -> Api {
+    fn new(h: &TestHub<hub::store::TsStore>) -> Api {
         Api {
             client: Client::builder().timeout(DEADLINE).build().unwrap(),
             base: h.base_url(),
@@ -84,9 +83,9 @@ fn ids(list: &Json) -> Vec<String> {
         .collect()
 }
 
-async fn hub() -> (tempfile::TempDir, TestHub<InMemorySeriesStore>) {
+async fn hub() -> (tempfile::TempDir, TestHub<hub::store::TsStore>) {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(dir.path(), Arc::new(InMemorySeriesStore::default())).await;
+    let h = TestHub::start_in(dir.path(), &ts_stores()).await;
     (dir, h)
 }
 
@@ -226,7 +225,7 @@ async fn grants_filter_devices() {
 
 const T0: i64 = 1_795_334_400_000;
 
-async fn store_series(h: &TestHub<InMemorySeriesStore>) {
+async fn store_series(h: &TestHub<hub::store::TsStore>) {
     // A streetlight first (outside the water department's grants), then the water level.
     let b = AgentBatch {
         agent: "AG-0001".into(),

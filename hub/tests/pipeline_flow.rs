@@ -209,12 +209,12 @@ async fn agent_batch_is_stored_acked_and_fanned_out<S: SeriesStore>(open: impl O
     h.shutdown().await;
 }
 
-/// Runs a scenario on each store implementation available (the real engine joins here when
-/// the `store` branch is merged).
+/// Runs a scenario on the real engine and on the fault-injecting in-memory store.
 macro_rules! on_stores {
     ($($scenario:ident => $name:ident;)*) => {$(
         #[tokio::test]
         async fn $name() {
+            $scenario(ts_stores()).await;
             $scenario(mem_stores()).await;
         }
     )*};
@@ -753,7 +753,7 @@ async fn twins_survive_restart<S: Closable>(open: impl OpenStore<S>) {
 #[tokio::test]
 async fn shutdown_drains_while_the_ingress_still_holds_a_sender() {
     let dir = tempfile::tempdir().unwrap();
-    let open = mem_stores();
+    let open = ts_stores();
     let h = TestHub::start_in(dir.path(), &open).await;
     let kept = h.events.clone().unwrap();
     let mut pending = Vec::new();

@@ -1,6 +1,7 @@
 //! Test harness: a hub assembled in-process with a recording publisher at the ingress seam.
 //!
-//! `InMemorySeriesStore` is a test-only stand-in for the store seam until the `store` branch's
+//! `InMemorySeriesStore` is a test-only store used where faults are injected (a failing append); every
+//! other scenario runs on the real engine (`TsStore`) as well. Formerly a stand-in until the `store` branch's
 //! engine lands; the tests are written over `SeriesStore` so the real engine can be plugged
 //! into the same functions.
 #![allow(dead_code)]
@@ -280,6 +281,22 @@ pub fn mem_stores() -> impl OpenStore<InMemorySeriesStore> {
         Arc<InMemorySeriesStore>,
     >::new());
     move |dir: &Path| stores.lock().entry(dir.to_path_buf()).or_default().clone()
+}
+
+/// Opens the real embedded engine; the same directory reopens the same files.
+pub fn ts_stores() -> impl OpenStore<hub::store::TsStore> {
+    |dir: &Path| {
+        Arc::new(
+            hub::store::TsStore::open(dir, hub::store::StoreOptions::default())
+                .expect("open TsStore"),
+        )
+    }
+}
+
+impl Closable for hub::store::TsStore {
+    async fn close_store(&self) {
+        self.close().await.expect("close TsStore");
+    }
 }
 
 /// Raw points of a series, through the seam's `query`.

@@ -1,0 +1,106 @@
+//! The whole hub in one call: the embedded store, the embedded MQTT ingress and the pipeline
+//! with its HTTP API, wired together. The `hub` binary, `sim demo`, the benchmarks and the
+//! end-to-end tests all start the hub through [`Server::start`], so they run the same thing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::HubConfig;
+use crate::ingress::mqtt::{Broker, BrokerConfig, BrokerError, BrokerHandle};
+use crate::pipeline::PipelineOptions;
+use crate::store::{StoreError, StoreOptions, TsStore};
+use crate::{Hub, RunningHub, StartError};
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    /// The MQTT ingress could not start.
+    #[error("starting the MQTT ingress: {0}")]
+    Broker(#[from] BrokerError),
+    /// The pipeline or the HTTP API could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The store's opening task failed.
+    #[error("opening the store: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running hub: store, ingress, pipeline and API.
+pub struct Server {
+    store: Arc<TsStore>,
+    broker: BrokerHandle,
+    running: RunningHub<TsStore>,
+}
+
+impl Server {
+    /// Opens the store under `data_dir/series`, starts the ingress on `mqtt_listen` and the
+    /// pipeline and API on `http_listen`.
+    pub async fn start(config: HubConfig) -> Result<Server, ServerError> {
+        Server::start_with(config, PipelineOptions::default()).await
+    }
+
+    /// [`Server::start`] with explicit pipeline sizes (benchmarks).
+    pub async fn start_with(
+        config: HubConfig,
+        options: PipelineOptions,
+    ) -> Result<Server, ServerError> {
+        let dir = config.hub.data_dir.join("series");
+        let opts = StoreOptions::from_settings(&config.hub);
+        // Opening replays the write-ahead log: blocking work.
+        let store = Arc::new(tokio::task::spawn_blocking(move || TsStore::open(dir, opts)).await??);
+        let hub = Hub::new(config, store.clone())?.with_options(options);
+        let broker_cfg = BrokerConfig::from_settings(&hub.config().hub)?;
+        let broker = Broker::start(broker_cfg, hub.authenticator(), hub.ingress_sender()).await?;
+        let m = broker.metrics().clone();
+        hub.metrics()
+            .add_source(Arc::new(move |out: &mut String| m.write_prometheus(out)));
+        let running = match hub.start(Arc::new(broker.clone())).await {
+            Ok(r) => r,
+            Err(e) => {
+                broker.shutdown().await;
+                let _ = store.close().await;
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            mqtt = ?broker.local_addrs(),
+            http = %running.http_addr(),
+            "hub serving"
+        );
+        Ok(Server {
+            store,
+            broker,
+            running,
+        })
+    }
+
+    /// The bound MQTT addresses (real ports when the config asked for port 0).
+    pub fn mqtt_addrs(&self) -> &[SocketAddr] {
+        self.broker.local_addrs()
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.running.http_addr()
+    }
+
+    /// The running pipeline and API (twins, registry).
+    pub fn hub(&self) -> &RunningHub<TsStore> {
+        &self.running
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<TsStore> {
+        &self.store
+    }
+
+    /// Stops accepting, drains the pipeline, checkpoints twins and closes the store.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        self.broker.shutdown().await;
+        self.running.shutdown().await;
+        self.store.close().await
+    }
+}
