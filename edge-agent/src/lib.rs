@@ -4,4 +4,5 @@
 //! queue and forwards it to the hub over MQTT, deleting only what the hub acknowledges; obeys
 //! commands (set a writable point, reboot, reload, update).
 
+pub mod camera;
 pub mod config;
