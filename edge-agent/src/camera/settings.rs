@@ -65,6 +65,8 @@ pub struct SceneSpec {
     /// Encode the pictures with H.264 and decode them again, so the scene exercises the same
     /// decoder as a real camera and reports a real bitrate (costs CPU; off by default).
     pub h264: bool,
+    /// Scene time runs this many times faster than the clock (tests, quick demos).
+    pub speed: f64,
 }
 
 impl SourceSpec {
@@ -134,12 +136,13 @@ impl SourceSpec {
             SourceSpec::Http { url } => redact(url.as_str()),
             SourceSpec::File { path, .. } => format!("file:{}", path.display()),
             SourceSpec::Synthetic(s) => format!(
-                "synthetic:{}?seed={}&size={}x{}&fps={}{}",
+                "synthetic:{}?seed={}&size={}x{}&fps={}&speed={}{}",
                 s.name,
                 s.seed,
                 s.width,
                 s.height,
                 s.fps,
+                s.speed,
                 if s.h264 { "&codec=h264" } else { "" }
             ),
         }
@@ -147,7 +150,7 @@ impl SourceSpec {
 }
 
 impl SceneSpec {
-    /// Parses `NAME[?seed=N&size=WxH&fps=F&codec=h264]`.
+    /// Parses `NAME[?seed=N&size=WxH&fps=F&speed=S&codec=h264]`.
     pub fn parse(text: &str) -> Result<SceneSpec, String> {
         let (name, query) = text.split_once('?').unwrap_or((text, ""));
         if !super::synthetic::SCENES.contains(&name) {
@@ -163,6 +166,7 @@ impl SceneSpec {
             height: 360,
             fps: 10.0,
             h264: false,
+            speed: 1.0,
         };
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             match kv.split_once('=') {
@@ -191,11 +195,18 @@ impl SceneSpec {
                         .filter(|f| (0.5..=60.0).contains(f))
                         .ok_or_else(|| format!("fps `{v}` must be 0.5..=60"))?
                 }
+                Some(("speed", v)) => {
+                    spec.speed = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| (0.01..=100.0).contains(f))
+                        .ok_or_else(|| format!("speed `{v}` must be 0.01..=100"))?
+                }
                 Some(("codec", "h264")) => spec.h264 = true,
                 Some(("codec", "raw")) => spec.h264 = false,
                 _ => {
                     return Err(format!(
-                        "unknown option `{kv}`; use seed, size, fps, codec=h264|raw"
+                        "unknown option `{kv}`; use seed, size, fps, speed, codec=h264|raw"
                     ));
                 }
             }

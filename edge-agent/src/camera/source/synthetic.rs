@@ -73,7 +73,7 @@ pub(super) fn run(spec: SceneSpec, mut sink: FrameSink, stop: Arc<AtomicBool>) {
         if !sleep_until(next, &stop) {
             return;
         }
-        let t = next.duration_since(start).as_secs_f64();
+        let t = next.duration_since(start).as_secs_f64() * spec.speed;
         next += period;
         if next < Instant::now() {
             next = Instant::now();
