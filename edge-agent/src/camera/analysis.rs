@@ -376,9 +376,10 @@ pub(crate) fn run(
         }
         // A picture-less camera is offline whatever its source believes (a silent synthetic
         // scene, a file paused, a session that keeps RTSP alive but sends no video).
-        if state.online() == Some(true) && last_frame.elapsed() >= stall {
-            state.set_offline(format!("no picture for {stall:?}"));
-            tracing::warn!(camera = %cfg.id, "camera offline: no picture for {stall:?}");
+        if state.online() == Some(true) && last_frame.elapsed() >= stall && state.set_stalled(stall)
+        {
+            let why = state.last_error().unwrap_or_default();
+            tracing::warn!(camera = %cfg.id, "camera offline: {why}");
         }
         let online = state.online();
         if online.is_some() && online != reported {

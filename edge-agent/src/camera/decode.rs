@@ -80,14 +80,29 @@ pub fn jpeg_size(jpeg: &[u8]) -> Result<(usize, usize), DecodeError> {
 const MAX_JPEG_SIDE: usize = 8192;
 
 fn jpeg_options(space: ColorSpace) -> DecoderOptions {
+    // Strict: a truncated or corrupt picture is refused (counted lost) instead of being
+    // completed with grey, which would look like motion.
     DecoderOptions::default()
+        .set_strict_mode(true)
         .jpeg_set_out_colorspace(space)
         .set_max_width(MAX_JPEG_SIDE)
         .set_max_height(MAX_JPEG_SIDE)
 }
 
+/// Whether the JPEG ends with its EOI marker (some cameras pad a few bytes after it). A
+/// picture cut short decodes "successfully" into grey rows, which would look like motion.
+fn complete(jpeg: &[u8]) -> Result<(), DecodeError> {
+    let tail = &jpeg[jpeg.len().saturating_sub(32)..];
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(DecodeError::Jpeg("truncated (no end marker)".into()))
+    }
+}
+
 /// Decodes only the luma of a JPEG (all detection needs): `(width, height, packed Y)`.
 pub fn decode_jpeg_luma(jpeg: &[u8]) -> Result<(usize, usize, Vec<u8>), DecodeError> {
+    complete(jpeg)?;
     let mut d = JpegDecoder::new_with_options(jpeg, jpeg_options(ColorSpace::Luma));
     let y = d.decode().map_err(|e| DecodeError::Jpeg(e.to_string()))?;
     let (w, h) = d
@@ -111,6 +126,7 @@ pub struct JpegPlanes {
 impl JpegPlanes {
     /// Decodes a JPEG to planar 4:4:4 YCbCr.
     pub fn decode(jpeg: &[u8]) -> Result<JpegPlanes, DecodeError> {
+        complete(jpeg)?;
         let mut d = JpegDecoder::new_with_options(jpeg, jpeg_options(ColorSpace::YCbCr));
         let px = d.decode().map_err(|e| DecodeError::Jpeg(e.to_string()))?;
         let (w, h) = d
@@ -348,5 +364,6 @@ mod tests {
         assert_eq!((w, h), (16, 8));
         assert!(y.iter().all(|&p| (p as i32 - 200).abs() <= 2));
         assert!(decode_jpeg_luma(b"not a jpeg").is_err());
+        assert!(decode_jpeg_luma(&b[..b.len() / 2]).is_err());
     }
 }

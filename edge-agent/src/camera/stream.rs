@@ -55,7 +55,7 @@ pub struct StreamState {
     bytes: AtomicU64,
     lost: AtomicU64,
     sessions: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<(Instant, String)>>,
     pub(crate) decoded: AtomicU64,
     pub(crate) analysed: AtomicU64,
     pub(crate) skipped: AtomicU64,
@@ -98,10 +98,30 @@ impl StreamState {
 
     /// Marks the camera offline with the reason; returns whether it was online before.
     pub(crate) fn set_offline(&self, reason: String) -> bool {
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = Some(reason);
+        self.note_error(reason);
+        self.online.swap(OFFLINE, Ordering::AcqRel) == ONLINE
+    }
+
+    /// Marks the camera offline because no picture came for `stall`; a more specific problem
+    /// the source noted meanwhile stays the reported one.
+    pub(crate) fn set_stalled(&self, stall: Duration) -> bool {
+        let recent = self
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|(at, _)| at.elapsed() <= stall))
+            .unwrap_or(false);
+        if !recent {
+            self.note_error(format!("no picture for {stall:?}"));
         }
         self.online.swap(OFFLINE, Ordering::AcqRel) == ONLINE
+    }
+
+    /// Records a problem without changing the online state (a failed poll).
+    pub(crate) fn note_error(&self, reason: String) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some((Instant::now(), reason));
+        }
     }
 
     pub(crate) fn count_frame(&self, bytes: usize) {
@@ -140,7 +160,10 @@ impl StreamState {
 
     /// The last connection problem.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
+        self.last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|(_, m)| m.clone()))
     }
 
     /// Pictures decoded (H.264) or taken as decoded (JPEG luma, synthetic).

@@ -163,11 +163,12 @@ pub struct Peer {
 impl Peer {
     /// Starts `cmd` and waits for a stdout line starting with `ready` (returned).
     pub fn start(cmd: &mut Command, within: Duration) -> (Peer, String) {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("peer starts");
+        Peer::start_until(cmd, "ready", within)
+    }
+
+    /// Starts `cmd` and waits for a stdout line starting with `prefix` (returned).
+    pub fn start_until(cmd: &mut Command, prefix: &str, within: Duration) -> (Peer, String) {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("peer starts");
         let out = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -182,7 +183,7 @@ impl Peer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match peer.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with("ready") => return (peer, l),
+                Ok(l) if l.starts_with(prefix) => return (peer, l),
                 Ok(_) => continue,
                 Err(_) => {
                     let _ = peer.child.kill();

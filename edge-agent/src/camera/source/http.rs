@@ -72,6 +72,7 @@ pub(super) async fn run(url: Url, settings: CameraSettings, mut sink: FrameSink)
             }
             Err(why) => {
                 sink.state().count_lost(1);
+                sink.state().note_error(why.clone());
                 failing = true;
                 if last_good.elapsed() >= settings.stall_timeout.0 {
                     if sink.state().set_offline(why.clone()) {
