@@ -13,7 +13,7 @@ use bytes::Bytes;
 use protocols::messages::EventPhase;
 use protocols::quantity::{Quantity, Value};
 
-use super::decode::{DecodeError, H264Decoder, JpegPlanes, decode_jpeg_luma};
+use super::decode::{DecodeError, H264Backend, H264Decoder, JpegPlanes, decode_jpeg_luma};
 use super::events::{EventConfig, EventIds, EventTracker};
 use super::motion::{MotionConfig, MotionDetector};
 use super::outbox::{Kind, Outbox};
@@ -25,6 +25,7 @@ use super::{CameraOutput, Reading};
 
 /// Motion analysis and events for one camera, fed picture by picture.
 pub struct Pipeline {
+    backend: H264Backend,
     decoder: Option<H264Decoder>,
     await_key: bool,
     judge: Judge,
@@ -52,6 +53,7 @@ impl Pipeline {
     pub fn new(cfg: &CameraConfig, ids: Arc<EventIds>, state: Arc<StreamState>) -> Pipeline {
         let s = &cfg.settings;
         Pipeline {
+            backend: s.h264_decoder,
             decoder: None,
             await_key: false,
             judge: Judge {
@@ -95,7 +97,7 @@ impl Pipeline {
                     return j.take();
                 }
                 if self.decoder.is_none() {
-                    match H264Decoder::new() {
+                    match H264Decoder::with_backend(self.backend) {
                         Ok(d) => self.decoder = Some(d),
                         Err(e) => {
                             tracing::error!(camera = %j.camera, "no H.264 decoder: {e}");

@@ -21,17 +21,60 @@ pub enum DecodeError {
     BadPlanes(usize, usize),
 }
 
+/// Which H.264 decoder a camera uses (`h264_decoder` setting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum H264Backend {
+    /// libavcodec when the agent was built with the `ffmpeg` feature, else OpenH264.
+    #[default]
+    Auto,
+    /// Cisco's OpenH264, compiled into the agent (no system library).
+    Openh264,
+    /// FFmpeg's libavcodec, linked from the system (`ffmpeg` feature): about 3-4 times less
+    /// CPU per picture on this machine (docs/PERFORMANCE.md).
+    Libavcodec,
+}
+
+impl H264Backend {
+    /// Whether this build can decode with the backend.
+    pub fn available(self) -> bool {
+        self != H264Backend::Libavcodec || cfg!(feature = "ffmpeg")
+    }
+}
+
+enum Inner {
+    OpenH264(openh264::decoder::Decoder),
+    #[cfg(feature = "ffmpeg")]
+    Libav(libav::Libav),
+}
+
 /// An H.264 decoder for one stream. Decoding is single-threaded and runs on the caller's
 /// thread (the camera's analysis thread), never on the async I/O threads.
 pub struct H264Decoder {
-    inner: openh264::decoder::Decoder,
+    inner: Inner,
 }
 
 impl H264Decoder {
-    /// A fresh decoder.
+    /// A fresh decoder with the default backend.
     pub fn new() -> Result<H264Decoder, DecodeError> {
-        let inner =
-            openh264::decoder::Decoder::new().map_err(|e| DecodeError::H264(e.to_string()))?;
+        H264Decoder::with_backend(H264Backend::Auto)
+    }
+
+    /// A fresh decoder with the given backend.
+    pub fn with_backend(backend: H264Backend) -> Result<H264Decoder, DecodeError> {
+        let inner = match backend {
+            #[cfg(feature = "ffmpeg")]
+            H264Backend::Auto | H264Backend::Libavcodec => Inner::Libav(libav::Libav::new()?),
+            #[cfg(not(feature = "ffmpeg"))]
+            H264Backend::Libavcodec => {
+                return Err(DecodeError::H264(
+                    "this agent was built without the `ffmpeg` feature".into(),
+                ));
+            }
+            _ => Inner::OpenH264(
+                openh264::decoder::Decoder::new().map_err(|e| DecodeError::H264(e.to_string()))?,
+            ),
+        };
         Ok(H264Decoder { inner })
     }
 
@@ -43,27 +86,116 @@ impl H264Decoder {
         annex_b: &[u8],
         f: impl FnOnce(&Picture<'_>) -> R,
     ) -> Result<Option<R>, DecodeError> {
-        use openh264::formats::YUVSource;
-        let Some(yuv) = self
-            .inner
-            .decode(annex_b)
-            .map_err(|e| DecodeError::H264(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        let (w, h) = yuv.dimensions();
-        let (ys, us, _vs) = yuv.strides();
-        let (cw, ch) = yuv.dimensions_uv();
-        let chroma = Chroma {
-            u: yuv.u(),
-            v: yuv.v(),
-            stride: us,
-            width: cw,
-            height: ch,
-        };
-        let pic =
-            Picture::new(w, h, yuv.y(), ys, Some(chroma)).ok_or(DecodeError::BadPlanes(w, h))?;
-        Ok(Some(f(&pic)))
+        match &mut self.inner {
+            Inner::OpenH264(d) => {
+                use openh264::formats::YUVSource;
+                let Some(yuv) = d
+                    .decode(annex_b)
+                    .map_err(|e| DecodeError::H264(e.to_string()))?
+                else {
+                    return Ok(None);
+                };
+                let (w, h) = yuv.dimensions();
+                let (ys, us, _vs) = yuv.strides();
+                let (cw, ch) = yuv.dimensions_uv();
+                let chroma = Chroma {
+                    u: yuv.u(),
+                    v: yuv.v(),
+                    stride: us,
+                    width: cw,
+                    height: ch,
+                };
+                let pic = Picture::new(w, h, yuv.y(), ys, Some(chroma))
+                    .ok_or(DecodeError::BadPlanes(w, h))?;
+                Ok(Some(f(&pic)))
+            }
+            #[cfg(feature = "ffmpeg")]
+            Inner::Libav(d) => d.decode(annex_b, f),
+        }
+    }
+}
+
+#[cfg(feature = "ffmpeg")]
+mod libav {
+    //! libavcodec through `ffmpeg-next`: one single-threaded decoder per stream (the streams
+    //! are the parallelism; frame threading would add a picture of latency).
+    use ffmpeg_next as ff;
+
+    use super::{Chroma, DecodeError, Picture};
+
+    pub(super) struct Libav {
+        dec: ff::decoder::Video,
+        frame: ff::frame::Video,
+    }
+
+    fn err(e: ff::Error) -> DecodeError {
+        DecodeError::H264(format!("libavcodec: {e}"))
+    }
+
+    impl Libav {
+        pub(super) fn new() -> Result<Libav, DecodeError> {
+            static INIT: std::sync::Once = std::sync::Once::new();
+            INIT.call_once(|| {
+                let _ = ff::init();
+                ff::util::log::set_level(ff::util::log::Level::Fatal);
+            });
+            let codec = ff::decoder::find(ff::codec::Id::H264)
+                .ok_or_else(|| DecodeError::H264("libavcodec has no H.264 decoder".into()))?;
+            let mut ctx = ff::codec::context::Context::new_with_codec(codec);
+            ctx.set_threading(ff::threading::Config {
+                kind: ff::threading::Type::Slice,
+                count: 1,
+                ..Default::default()
+            });
+            let dec = ctx.decoder().video().map_err(err)?;
+            Ok(Libav {
+                dec,
+                frame: ff::frame::Video::empty(),
+            })
+        }
+
+        pub(super) fn decode<R>(
+            &mut self,
+            annex_b: &[u8],
+            f: impl FnOnce(&Picture<'_>) -> R,
+        ) -> Result<Option<R>, DecodeError> {
+            let packet = ff::Packet::copy(annex_b);
+            match self.dec.send_packet(&packet) {
+                Ok(()) => {}
+                // The decoder holds a picture to hand out first: take it below.
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {}
+                Err(e) => return Err(err(e)),
+            }
+            match self.dec.receive_frame(&mut self.frame) {
+                Ok(()) => {}
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(err(e)),
+            }
+            let fr = &self.frame;
+            let (w, h) = (fr.width() as usize, fr.height() as usize);
+            let planar_420 = matches!(
+                fr.format(),
+                ff::format::Pixel::YUV420P | ff::format::Pixel::YUVJ420P
+            );
+            if !planar_420 || fr.planes() < 3 || fr.stride(1) != fr.stride(2) {
+                return Err(DecodeError::H264(format!(
+                    "unsupported pixel format {:?}",
+                    fr.format()
+                )));
+            }
+            let chroma = Chroma {
+                u: fr.data(1),
+                v: fr.data(2),
+                stride: fr.stride(1),
+                width: w.div_ceil(2),
+                height: h.div_ceil(2),
+            };
+            let pic = Picture::new(w, h, fr.data(0), fr.stride(0), Some(chroma))
+                .ok_or(DecodeError::BadPlanes(w, h))?;
+            Ok(Some(f(&pic)))
+        }
     }
 }
 

@@ -386,6 +386,9 @@ pub struct CameraSettings {
     /// How often `camera_fps`, `camera_bitrate` and `camera_frames_lost` are reported.
     #[serde(default = "d_health_interval")]
     pub health_interval: HumanDuration,
+    /// H.264 decoder: `auto` (libavcodec if built in, else OpenH264), `openh264`, `libavcodec`.
+    #[serde(default)]
+    pub h264_decoder: super::decode::H264Backend,
     /// RTSP: `tcp` (default) or `udp`.
     #[serde(default = "d_transport")]
     pub rtsp_transport: RtspTransport,
@@ -421,6 +424,7 @@ impl Default for CameraSettings {
             reconnect_min: d_reconnect_min(),
             reconnect_max: d_reconnect_max(),
             health_interval: d_health_interval(),
+            h264_decoder: super::decode::H264Backend::Auto,
             rtsp_transport: d_transport(),
             poll_interval: d_poll_interval(),
             fps: d_file_fps(),
@@ -505,6 +509,12 @@ impl CameraSettings {
         }
         if self.poll_interval.0 < Duration::from_millis(20) {
             return bad("poll_interval", "must be at least 20ms");
+        }
+        if !self.h264_decoder.available() {
+            return bad(
+                "h264_decoder",
+                "libavcodec needs an agent built with the `ffmpeg` feature",
+            );
         }
         if !(0.5..=120.0).contains(&self.fps) {
             return bad("fps", "must be 0.5..=120");
