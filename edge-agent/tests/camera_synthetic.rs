@@ -166,8 +166,7 @@ async fn h264_synthetic_scene_goes_through_the_decoder() {
         Duration::from_secs(10),
         "a snapshot and a bitrate",
         |g| {
-            !g.snapshots().is_empty()
-                && g.numbers(Quantity::CameraBitrate).iter().any(|b| *b > 0.0)
+            !g.snapshots().is_empty() && g.numbers(Quantity::CameraBitrate).iter().any(|b| *b > 0.0)
         },
     )
     .await;

@@ -405,3 +405,94 @@ pub(crate) fn run(
     }
     outbox.close();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ts_ms: i64, data: FrameData) -> Frame {
+        Frame {
+            ts_ms,
+            received: Instant::now(),
+            data,
+        }
+    }
+
+    /// Deterministic pseudo-random bytes.
+    fn garbage(seed: u64, len: usize) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn garbage_pictures_are_counted_lost_not_fatal() {
+        let cfg = CameraConfig::new("CAM-X", "rtsp://cam/1").unwrap();
+        let state = Arc::new(StreamState::default());
+        let mut p = Pipeline::new(&cfg, EventIds::new(), state.clone());
+        for i in 0..200u64 {
+            let mut bytes = garbage(i, 64 + (i as usize * 37) % 4000);
+            // Some with start codes and plausible NAL headers (SPS, PPS, IDR, P slice).
+            if i % 2 == 0 {
+                bytes.splice(
+                    0..0,
+                    [0, 0, 0, 1, [0x67, 0x68, 0x65, 0x41][(i / 2 % 4) as usize]],
+                );
+            }
+            let keyframe = i % 3 == 0;
+            let out = p.process(frame(
+                i as i64 * 100,
+                FrameData::H264 {
+                    unit: Bytes::from(bytes.clone()),
+                    keyframe,
+                    disposable: false,
+                    after_loss: false,
+                },
+            ));
+            assert!(out.is_empty());
+            let mut jpeg = vec![0xFF, 0xD8];
+            jpeg.extend_from_slice(&bytes);
+            jpeg.extend_from_slice(&[0xFF, 0xD9]);
+            assert!(
+                p.process(frame(
+                    i as i64 * 100 + 50,
+                    FrameData::Jpeg(Bytes::from(jpeg))
+                ))
+                .is_empty()
+            );
+        }
+        assert!(state.lost() > 0);
+        assert_eq!(state.events(), 0);
+    }
+
+    #[test]
+    fn detection_runs_at_its_own_rate() {
+        let mut cfg = CameraConfig::new("CAM-X", "synthetic:static").unwrap();
+        cfg.settings.detect_fps = 5.0;
+        let state = Arc::new(StreamState::default());
+        let mut p = Pipeline::new(&cfg, EventIds::new(), state.clone());
+        let pic = Arc::new(super::super::picture::I420::filled(64, 36, 100, 128, 128));
+        // 10 fps for 10 s, with a little jitter: analysed at 5 fps.
+        for i in 0..100i64 {
+            p.process(frame(i * 100 + (i % 3) * 7, FrameData::Raw(pic.clone())));
+        }
+        assert_eq!(state.analysed(), 50);
+        // 25 fps: still 5 analyses a second.
+        let state = Arc::new(StreamState::default());
+        let mut p = Pipeline::new(&cfg, EventIds::new(), state.clone());
+        for i in 0..250i64 {
+            p.process(frame(i * 40, FrameData::Raw(pic.clone())));
+        }
+        assert!(
+            (49..=51).contains(&state.analysed()),
+            "{}",
+            state.analysed()
+        );
+    }
+}
