@@ -650,6 +650,7 @@ mod tests {
             ),
             ("rtsp_transport = \"sctp\"", "rtsp_transport:"),
             ("thresold = 3", "thresold"),
+            ("h264_decoder = \"x264\"", "h264_decoder:"),
         ];
         for (extra, want) in cases {
             let got = CameraConfig::from_entry(&entry("rtsp://cam/1", extra))
@@ -657,6 +658,9 @@ mod tests {
                 .to_string();
             assert!(got.starts_with(want), "{extra}: got {got}");
         }
+        let libav =
+            CameraConfig::from_entry(&entry("rtsp://cam/1", "h264_decoder = \"libavcodec\""));
+        assert_eq!(libav.is_ok(), cfg!(feature = "ffmpeg"));
         let got = CameraConfig::from_entry(&entry("gopher://x", ""))
             .unwrap_err()
             .to_string();
