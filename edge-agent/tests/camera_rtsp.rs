@@ -218,3 +218,67 @@ async fn killed_server_turns_camera_offline_and_restart_brings_it_back() {
     eprintln!("offline {offline_after:?} after the kill");
     sup.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_is_a_stall_noticed_within_the_stall_timeout() {
+    // SIGSTOP keeps the TCP connection open but sends nothing: only the stall timer can
+    // notice. SIGCONT lets the camera come back.
+    let (server, port) = rtsp_server(0);
+    let pid = server.child.id().to_string();
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut sup = CameraSupervisor::new(tx).unwrap();
+    sup.start(camera(
+        "CAM-RTSP-5",
+        &format!("rtsp://127.0.0.1:{port}/static"),
+        SETTINGS,
+    ))
+    .unwrap();
+    let mut got = Received::default();
+    until(&mut rx, &mut got, Duration::from_secs(20), "online", |g| {
+        g.online() == [true]
+    })
+    .await;
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let frozen = Instant::now();
+    until(&mut rx, &mut got, Duration::from_secs(6), "offline", |g| {
+        g.online() == [true, false]
+    })
+    .await;
+    let after = frozen.elapsed();
+    // stall_timeout is 2 s.
+    assert!(
+        after >= Duration::from_millis(1500),
+        "offline after {after:?}"
+    );
+    let st = status(&sup);
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no picture") || e.contains("stalled")),
+        "{st:?}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    until(
+        &mut rx,
+        &mut got,
+        Duration::from_secs(15),
+        "online again",
+        |g| g.online() == [true, false, true],
+    )
+    .await;
+    eprintln!("stall noticed after {after:?}");
+    sup.shutdown().await;
+    drop(server);
+}
