@@ -3,7 +3,7 @@
 //! its event and JPEG.
 //!
 //! `cargo bench -p edge-agent --bench camera [--features ffmpeg] [-- --streams 16 --seconds 30
-//! --stages-only --decoder openh264|libavcodec --clip FILE.h264]`
+//! --stages-only --decoder openh264|libavcodec --clip FILE.h264 --synthetic N]`
 //!
 //! The clip is made by ffmpeg at start: 1280x720, 10 fps, H.264 Main without B-frames at
 //! 2 Mbit/s, a keyframe every 2 s (what street cameras send), showing HD colour bars with
@@ -300,6 +300,32 @@ async fn streams(clip_path: &Path, n: usize, seconds: u64, backend: H264Backend)
     );
 }
 
+/// CPU of synthetic cameras (what `sim demo` runs): rendering, noise, detection, events.
+async fn synthetic(n: usize, seconds: u64) {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let mut sup = CameraSupervisor::new(tx).unwrap();
+    for i in 0..n {
+        let cfg = CameraConfig::new(
+            &format!("CAM-SIM-{i:03}"),
+            &format!("synthetic:street?seed={i}"),
+        )
+        .unwrap();
+        sup.start(cfg).unwrap();
+    }
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu0, t0, load0) = (process_cpu(), Instant::now(), load());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (cpu, wall) = (process_cpu() - cpu0, t0.elapsed().as_secs_f64());
+    sup.shutdown().await;
+    drain.abort();
+    println!(
+        "{{\"bench\":\"camera_synthetic\",\"scene\":\"street 640x360 10 fps raw\",\"cameras\":{n},\"cpu_cores_used\":{:.3},\"cpu_percent_of_one_core_per_camera\":{:.2},\"load1_at_start\":{load0}}}",
+        cpu / wall,
+        cpu / wall / n as f64 * 100.0
+    );
+}
+
 fn main() {
     let streams_n: usize = arg("--streams", 16);
     let seconds: u64 = arg("--seconds", 30);
@@ -337,6 +363,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let synthetic_n: usize = arg("--synthetic", 0);
+    if synthetic_n > 0 {
+        rt.block_on(synthetic(synthetic_n, seconds));
+        return;
+    }
     for b in backends {
         rt.block_on(streams(&clip_path, streams_n, seconds, b));
     }
