@@ -15,6 +15,12 @@
 //! Start everything with [`start_cameras`]; the [`CameraSupervisor`] it returns stops, reloads
 //! and reports on the cameras. Events carry `stream`/`seq` as `None`: the agent's durable queue
 //! fills them in.
+//!
+//! Where the outputs go (the agent's side): [`CameraOutput::Event`] as JSON on
+//! `v1/agents/{agent}/events`, [`CameraOutput::Snapshot`] as the JPEG bytes on
+//! `v1/agents/{agent}/snapshots/{event_id}` (both through the durable queue, the snapshot after
+//! its start), [`CameraOutput::Readings`] as readings of the camera device in the agent's
+//! batches, [`CameraOutput::Online`] as the camera's online state (the catalog's `online`).
 
 mod analysis;
 pub mod decode;
