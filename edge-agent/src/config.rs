@@ -153,8 +153,9 @@ pub struct ModbusDevice {
 }
 
 /// A `[[camera]]` entry.
+// No `deny_unknown_fields` here: serde cannot combine it with `flatten`; the camera module
+// refuses unknown keys when it types `settings` (`camera::CameraSettings`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CameraSource {
     /// The camera device id registered at the hub.
     pub id: String,
@@ -458,13 +459,13 @@ impl AgentConfig {
                     format!("`{}` is listed twice", c.id),
                 ));
             }
-            let ok = ["rtsp://", "http://", "https://", "file:"]
+            let ok = ["rtsp://", "http://", "https://", "file:", "synthetic:"]
                 .iter()
                 .any(|p| c.source.starts_with(p));
             if !ok {
                 return Err(ConfigError::new(
                     format!("{key}.source"),
-                    "must start with rtsp://, http://, https:// or file:",
+                    "must start with rtsp://, http://, https://, file: or synthetic:",
                 ));
             }
             if let Some(rel) = c.source.strip_prefix("file:")
@@ -472,6 +473,8 @@ impl AgentConfig {
             {
                 c.source = format!("file:{}", base.join(rel).display());
             }
+            crate::camera::CameraConfig::from_entry(c)
+                .map_err(|e| ConfigError::new(format!("{key}.{}", e.key), e.problem))?;
         }
         Ok(AgentConfig {
             file,
@@ -630,6 +633,10 @@ source = "rtsp://127.0.0.1:8554/cam1"
             (
                 GOOD.replace("rtsp://127.0.0.1:8554/cam1", "ftp://cam"),
                 "camera[0].source:",
+            ),
+            (
+                GOOD.replace("cam1\"", "cam1\"\nthreshold = 0"),
+                "camera[0].threshold: must be 1..=254",
             ),
             (
                 GOOD.replace("CAM-0001", "WL-0001"),

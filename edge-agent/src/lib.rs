@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod batcher;
+pub mod camera;
 pub mod commands;
 pub mod config;
 pub mod health;
