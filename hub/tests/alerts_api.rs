@@ -88,17 +88,17 @@ async fn grants_decide_what_an_app_sees_and_acknowledges() {
     // `alerts/+/WL-0001` sees only the gauge; `alerts/red/#` only red alerts.
     assert_eq!(
         ids(&get(&format!("{base}/api/v1/alerts"), Some(&water)).await.1),
-        [wl.clone()]
+        vec![wl.clone()]
     );
     assert_eq!(
         ids(&get(&format!("{base}/api/v1/alerts"), Some(&night)).await.1),
-        [cam.clone()]
+        vec![cam.clone()]
     );
     assert_eq!(
         ids(&get(&format!("{base}/api/v1/alerts?level=red"), Some(&cc))
             .await
             .1),
-        [cam.clone()]
+        vec![cam.clone()]
     );
     assert_eq!(
         ids(
@@ -106,7 +106,7 @@ async fn grants_decide_what_an_app_sees_and_acknowledges() {
                 .await
                 .1
         ),
-        [wl.clone()]
+        vec![wl.clone()]
     );
     // Invisible alerts are 404 everywhere, exactly like missing ones.
     for path in [
