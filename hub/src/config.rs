@@ -35,6 +35,9 @@ pub struct HubConfig {
     /// Alert rules.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// The file this configuration was loaded from (rules are reloaded from it).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 fn default_mqtt_listen() -> Vec<String> {
@@ -69,6 +72,22 @@ fn default_max_packet() -> usize {
     2 << 20
 }
 
+fn default_cap_sender() -> String {
+    "district-gateway".to_string()
+}
+
+fn default_cap_sender_name() -> String {
+    "District sensing gateway".to_string()
+}
+
+fn default_command_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+fn default_command_retry() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+
 /// The `[hub]` table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +116,22 @@ pub struct HubSettings {
     /// Largest MQTT packet accepted, bytes.
     #[serde(default = "default_max_packet")]
     pub max_packet_bytes: usize,
+    /// Local time of the district as an offset from UTC (`+08:00`): rule time windows
+    /// (`active`) and CAP times use it.
+    #[serde(default)]
+    pub utc_offset: UtcOffset,
+    /// CAP `sender`: the hub's identifier in CAP messages.
+    #[serde(default = "default_cap_sender")]
+    pub cap_sender: String,
+    /// CAP `senderName`: the human-readable name of the operator.
+    #[serde(default = "default_cap_sender_name")]
+    pub cap_sender_name: String,
+    /// A command to a device fails when reported state does not match desired state by then.
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: HumanDuration,
+    /// First wait before a command is sent again; doubles with every retry (at most 30 s).
+    #[serde(default = "default_command_retry")]
+    pub command_retry: HumanDuration,
 }
 
 impl Default for HubSettings {
@@ -110,9 +145,173 @@ impl Default for HubSettings {
             max_clock_skew: default_max_skew(),
             group_commit: default_group_commit(),
             max_packet_bytes: default_max_packet(),
+            utc_offset: UtcOffset::default(),
+            cap_sender: default_cap_sender(),
+            cap_sender_name: default_cap_sender_name(),
+            command_timeout: default_command_timeout(),
+            command_retry: default_command_retry(),
         }
     }
 }
+
+/// An offset from UTC written `+08:00`, `-05:30` or `Z`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UtcOffset {
+    /// Minutes east of UTC.
+    pub minutes: i32,
+}
+
+impl Default for UtcOffset {
+    /// China Standard Time, +08:00.
+    fn default() -> Self {
+        UtcOffset { minutes: 8 * 60 }
+    }
+}
+
+impl UtcOffset {
+    /// Parses `+08:00`, `-05:30`, `+0800` or `Z`.
+    pub fn parse(text: &str) -> Result<UtcOffset, String> {
+        let bad = || format!("`{text}` is not an offset like +08:00 or -05:30");
+        if text == "Z" {
+            return Ok(UtcOffset { minutes: 0 });
+        }
+        let (sign, rest) = match text.as_bytes().first() {
+            Some(b'+') => (1, &text[1..]),
+            Some(b'-') => (-1, &text[1..]),
+            _ => return Err(bad()),
+        };
+        let digits: String = rest.chars().filter(|c| *c != ':').collect();
+        if digits.len() != 4 || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let h: i32 = digits[..2].parse().map_err(|_| bad())?;
+        let m: i32 = digits[2..].parse().map_err(|_| bad())?;
+        if h > 14 || m > 59 {
+            return Err(bad());
+        }
+        Ok(UtcOffset {
+            minutes: sign * (h * 60 + m),
+        })
+    }
+
+    /// The offset in milliseconds.
+    pub fn millis(self) -> i64 {
+        i64::from(self.minutes) * 60_000
+    }
+}
+
+impl std::fmt::Display for UtcOffset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.minutes < 0 { '-' } else { '+' };
+        let m = self.minutes.abs();
+        write!(f, "{sign}{:02}:{:02}", m / 60, m % 60)
+    }
+}
+
+impl Serialize for UtcOffset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for UtcOffset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        UtcOffset::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A daily time window in local time, `22:00-06:00` (crossing midnight) or `08:00-18:00`.
+/// The start is inside, the end is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DailyWindow {
+    /// Minute of the day the window opens.
+    pub start_min: u16,
+    /// Minute of the day the window closes.
+    pub end_min: u16,
+}
+
+impl DailyWindow {
+    /// Parses `HH:MM-HH:MM`.
+    pub fn parse(text: &str) -> Result<DailyWindow, String> {
+        let bad = || format!("`{text}` is not a daily window like 22:00-06:00");
+        let (a, b) = text.split_once('-').ok_or_else(bad)?;
+        let minute = |t: &str| -> Result<u16, String> {
+            let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
+            if h.len() != 2 || m.len() != 2 {
+                return Err(bad());
+            }
+            let h: u16 = h.parse().map_err(|_| bad())?;
+            let m: u16 = m.parse().map_err(|_| bad())?;
+            // 24:00 closes a window at midnight.
+            if m > 59 || h > 24 || (h == 24 && m != 0) {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        };
+        let w = DailyWindow {
+            start_min: minute(a)?,
+            end_min: minute(b)?,
+        };
+        if w.start_min == w.end_min {
+            return Err(format!("`{text}` is empty; leave `active` out for always"));
+        }
+        Ok(w)
+    }
+
+    /// Whether a minute of the local day (0..1440) is inside.
+    pub fn contains(self, minute: u16) -> bool {
+        let (s, e) = (self.start_min % 1440, self.end_min);
+        if s < e {
+            minute >= s && minute < e
+        } else {
+            minute >= s || minute < e
+        }
+    }
+
+    /// Whether an instant (epoch ms) is inside, in local time at `offset`.
+    pub fn contains_ms(self, ts_ms: i64, offset: UtcOffset) -> bool {
+        let local = ts_ms + offset.millis();
+        let minute = local.rem_euclid(86_400_000) / 60_000;
+        self.contains(minute as u16)
+    }
+}
+
+impl std::fmt::Display for DailyWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        write!(f, "{}-{}", hm(self.start_min), hm(self.end_min))
+    }
+}
+
+impl Serialize for DailyWindow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DailyWindow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        DailyWindow::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// CAP 1.2 `category` values.
+pub const CAP_CATEGORIES: [&str; 12] = [
+    "Geo",
+    "Met",
+    "Safety",
+    "Security",
+    "Rescue",
+    "Fire",
+    "Health",
+    "Env",
+    "Transport",
+    "Infra",
+    "CBRNE",
+    "Other",
+];
 
 /// A `[[devices]]` entry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -188,7 +387,8 @@ pub struct AppConfig {
     pub grants: Vec<String>,
 }
 
-/// A `[[rules]]` entry. Exactly one condition: `above`/`below`, `rise_per_hour`, or `silent_for`.
+/// A `[[rules]]` entry. Exactly one condition: `above`/`below`, `equals`, `rise_per_hour`, or
+/// `silent_for`. The semantics are in docs/decisions/0011-alerts-and-commands.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
@@ -212,7 +412,11 @@ pub struct RuleConfig {
     /// Fires when the value is below this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below: Option<f64>,
-    /// With `above`: clears only below this (hysteresis).
+    /// Fires while the value equals this: a boolean (`motion`, `cover_open`), a state name
+    /// (`lamp_status = "lamp_failure"`) or a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<protocols::messages::Scalar>,
+    /// With `above` or `rise_per_hour`: clears only below this (hysteresis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear_below: Option<f64>,
     /// With `below`: clears only above this.
@@ -230,11 +434,22 @@ pub struct RuleConfig {
     /// Fires when a device has sent nothing for this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silent_for: Option<HumanDuration>,
+    /// Only in this daily window of local time (`22:00-06:00`); outside it the condition
+    /// counts as false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<DailyWindow>,
     /// Warning level.
     pub level: AlertLevel,
-    /// Text for the alert; `{device}`, `{value}`, `{threshold}` are filled in.
+    /// Text for the alert; `{device}`, `{value}`, `{threshold}`, `{unit}`, `{quantity}`,
+    /// `{level}` are filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// CAP category (`Env`, `Safety`, `Infra`, ...); derived from the quantity when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Radius of the CAP area around the device, km (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius_km: Option<f64>,
 }
 
 /// What a hub.toml problem is, with the file it came from.
@@ -273,6 +488,7 @@ impl HubConfig {
         let mut cfg = HubConfig::from_toml(&text).map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
+        cfg.source = Some(path.to_owned());
         Ok(cfg)
     }
 
@@ -314,6 +530,29 @@ impl HubConfig {
             return Err(ConfigError::new(
                 "hub.max_packet_bytes",
                 "must be at least 1024",
+            ));
+        }
+        // CAP 1.2: sender has no spaces, commas or restricted characters.
+        if s.cap_sender.is_empty()
+            || s.cap_sender
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, ',' | '<' | '&'))
+        {
+            return Err(ConfigError::new(
+                "hub.cap_sender",
+                "must be non-empty, without spaces, commas, < or &",
+            ));
+        }
+        if s.command_timeout.0.is_zero() {
+            return Err(ConfigError::new(
+                "hub.command_timeout",
+                "must be longer than zero",
+            ));
+        }
+        if s.command_retry.0.is_zero() {
+            return Err(ConfigError::new(
+                "hub.command_retry",
+                "must be longer than zero",
             ));
         }
 
@@ -443,8 +682,10 @@ impl RuleConfig {
                 format!("no device `{d}` in [[devices]]"),
             ));
         }
+        let threshold = self.above.is_some() || self.below.is_some();
         let conditions = [
-            self.above.is_some() || self.below.is_some(),
+            threshold,
+            self.equals.is_some(),
             self.rise_per_hour.is_some(),
             self.silent_for.is_some(),
         ];
@@ -452,7 +693,7 @@ impl RuleConfig {
             0 => {
                 return Err(ConfigError::new(
                     &key,
-                    "needs a condition: above, below, rise_per_hour or silent_for",
+                    "needs a condition: above, below, equals, rise_per_hour or silent_for",
                 ));
             }
             1 => {}
@@ -470,7 +711,7 @@ impl RuleConfig {
             ));
         }
         let needs_quantity = self.silent_for.is_none();
-        match (&self.quantity, needs_quantity) {
+        let quantity = match (&self.quantity, needs_quantity) {
             (None, true) => {
                 return Err(ConfigError::new(
                     format!("{key}.quantity"),
@@ -481,7 +722,7 @@ impl RuleConfig {
                 let quantity = Quantity::from_name(q).ok_or_else(|| {
                     ConfigError::new(format!("{key}.quantity"), format!("unknown quantity `{q}`"))
                 })?;
-                if (self.above.is_some() || self.below.is_some() || self.rise_per_hour.is_some())
+                if (threshold || self.rise_per_hour.is_some())
                     && !matches!(
                         quantity.kind(),
                         protocols::ValueKind::Number | protocols::ValueKind::Bool
@@ -489,11 +730,25 @@ impl RuleConfig {
                 {
                     return Err(ConfigError::new(
                         format!("{key}.quantity"),
-                        format!("`{q}` is not numeric"),
+                        format!("`{q}` is not numeric; use `equals` for its states"),
                     ));
                 }
+                Some(quantity)
             }
-            (None, false) => {}
+            (None, false) => None,
+        };
+        if let (Some(want), Some(q)) = (&self.equals, quantity)
+            && want.to_value(q).is_none()
+        {
+            let expected = match q.kind() {
+                protocols::ValueKind::Number => "a number".to_string(),
+                protocols::ValueKind::Bool => "true or false".to_string(),
+                protocols::ValueKind::Enum(states) => format!("one of {}", states.join(", ")),
+            };
+            return Err(ConfigError::new(
+                format!("{key}.equals"),
+                format!("`{}` takes {expected}", q.name()),
+            ));
         }
         for (name, v) in [
             ("above", self.above),
@@ -501,6 +756,7 @@ impl RuleConfig {
             ("clear_below", self.clear_below),
             ("clear_above", self.clear_above),
             ("rise_per_hour", self.rise_per_hour),
+            ("radius_km", self.radius_km),
         ] {
             if let Some(v) = v
                 && !v.is_finite()
@@ -511,7 +767,7 @@ impl RuleConfig {
                 ));
             }
         }
-        if let (Some(a), Some(c)) = (self.above, self.clear_below)
+        if let (Some(a), Some(c)) = (self.above.or(self.rise_per_hour), self.clear_below)
             && c > a
         {
             return Err(ConfigError::new(
@@ -527,10 +783,10 @@ impl RuleConfig {
                 format!("{c} is below the threshold {b}"),
             ));
         }
-        if self.clear_below.is_some() && self.above.is_none() {
+        if self.clear_below.is_some() && self.above.is_none() && self.rise_per_hour.is_none() {
             return Err(ConfigError::new(
                 format!("{key}.clear_below"),
-                "goes with `above`",
+                "goes with `above` or `rise_per_hour`",
             ));
         }
         if self.clear_above.is_some() && self.below.is_none() {
@@ -547,12 +803,51 @@ impl RuleConfig {
                 "must be positive",
             ));
         }
+        if self.window.is_some() && self.rise_per_hour.is_none() {
+            return Err(ConfigError::new(
+                format!("{key}.window"),
+                "goes with `rise_per_hour`",
+            ));
+        }
+        if let Some(w) = self.window
+            && w.0 < std::time::Duration::from_secs(1)
+        {
+            return Err(ConfigError::new(
+                format!("{key}.window"),
+                "must be at least 1s",
+            ));
+        }
+        if self.hold.is_some() && self.silent_for.is_some() {
+            return Err(ConfigError::new(
+                format!("{key}.for"),
+                "does not go with `silent_for` (silence is a duration already)",
+            ));
+        }
         if let Some(s) = self.silent_for
             && s.0.is_zero()
         {
             return Err(ConfigError::new(
                 format!("{key}.silent_for"),
                 "must be longer than zero",
+            ));
+        }
+        if let Some(c) = &self.category
+            && !CAP_CATEGORIES.contains(&c.as_str())
+        {
+            return Err(ConfigError::new(
+                format!("{key}.category"),
+                format!(
+                    "`{c}` is not a CAP category ({})",
+                    CAP_CATEGORIES.join(", ")
+                ),
+            ));
+        }
+        if let Some(r) = self.radius_km
+            && r <= 0.0
+        {
+            return Err(ConfigError::new(
+                format!("{key}.radius_km"),
+                "must be positive",
             ));
         }
         Ok(())

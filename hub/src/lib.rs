@@ -16,6 +16,7 @@
 //! running.shutdown().await;                          // drain, checkpoint, stop the API
 //! ```
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod normalize;
 pub mod outbound;
 pub mod pipeline;
 pub mod registry;
+pub mod rules;
 pub mod server;
 pub mod store;
 pub mod twin;
@@ -37,6 +39,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::alerts::AlertBook;
 use crate::api::ApiState;
 use crate::auth::RegistryAuthenticator;
 use crate::config::HubConfig;
@@ -47,8 +50,10 @@ use crate::outbound::Outlet;
 use crate::pipeline::status::StatusBoard;
 use crate::pipeline::{Context, Pipeline, PipelineOptions};
 use crate::registry::Registry;
+use crate::rules::Rules;
 use crate::store::SeriesStore;
-use crate::twin::Twins;
+use crate::twin::controls::Controls;
+use crate::twin::{CommandSettings, Twins};
 
 /// Capacity of the ingress event queue.
 const INGRESS_QUEUE: usize = 4096;
@@ -64,6 +69,9 @@ pub enum StartError {
     /// The twin file could not be opened.
     #[error(transparent)]
     Twins(#[from] twin::persist::PersistError),
+    /// The alert file could not be opened.
+    #[error(transparent)]
+    Alerts(#[from] alerts::store::AlertStoreError),
     /// The HTTP listener could not be bound.
     #[error("HTTP listener {addr}: {source}")]
     Http {
@@ -84,12 +92,14 @@ pub struct Hub<S> {
     events_tx: mpsc::Sender<IngressEvent>,
     events_rx: mpsc::Receiver<IngressEvent>,
     options: PipelineOptions,
+    controls: Controls,
 }
 
 impl<S: SeriesStore> Hub<S> {
     /// Validates the configuration and builds the registry.
     pub fn new(config: HubConfig, store: Arc<S>) -> Result<Hub<S>, StartError> {
         config.validate()?;
+        let controls = Controls::load(&config)?;
         let registry = Arc::new(Registry::from_config(&config));
         let (events_tx, events_rx) = mpsc::channel(INGRESS_QUEUE);
         Ok(Hub {
@@ -101,6 +111,7 @@ impl<S: SeriesStore> Hub<S> {
             events_tx,
             events_rx,
             options: PipelineOptions::default(),
+            controls,
         })
     }
 
@@ -147,6 +158,7 @@ impl<S: SeriesStore> Hub<S> {
             events_tx,
             events_rx,
             options,
+            controls,
         } = self;
         drop(events_tx);
         // Bind first: a taken port must fail the start before anything runs.
@@ -168,13 +180,64 @@ impl<S: SeriesStore> Hub<S> {
                 Vec::new()
             }
         };
-        let twins = Arc::new(Twins::open(
+        let twins = Arc::new(
+            Twins::open(
+                registry.clone(),
+                &config.hub.data_dir,
+                latest,
+                outlet.clone(),
+                metrics.clone(),
+            )?
+            .with_commands(
+                controls,
+                CommandSettings {
+                    retry: config.hub.command_retry.0,
+                    timeout: config.hub.command_timeout.0,
+                },
+            ),
+        );
+        let started = pipeline::now_ms();
+        let alerts = Arc::new(AlertBook::open(
+            &config,
             registry.clone(),
-            &config.hub.data_dir,
-            latest,
             outlet.clone(),
-            metrics.clone(),
+            started,
         )?);
+        let rules = Arc::new(Rules::new(
+            &config,
+            registry.clone(),
+            alerts.clone(),
+            started,
+        ));
+        {
+            // Hold timers and rate windows resume from the stored readings.
+            let (rules, store) = (rules.clone(), store.clone());
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || rules.warm_up(&*store, started)).await
+            {
+                tracing::error!("rule warm-up failed: {e}");
+            }
+        }
+        {
+            // Weak: the twins hold the metrics, so a strong reference here would be a cycle
+            // that keeps the twin and alert files open after shutdown.
+            let (a, r, t) = (
+                Arc::downgrade(&alerts),
+                Arc::downgrade(&rules),
+                Arc::downgrade(&twins),
+            );
+            metrics.add_source(Arc::new(move |out: &mut String| {
+                if let Some(a) = a.upgrade() {
+                    a.write_prometheus(out);
+                }
+                if let Some(r) = r.upgrade() {
+                    r.write_prometheus(out);
+                }
+                if let Some(t) = t.upgrade() {
+                    t.write_prometheus(out);
+                }
+            }));
+        }
         // The broker's retained store may be empty after a restart: publish every twin.
         for d in registry.devices() {
             twins.publish(d.idx);
@@ -187,10 +250,14 @@ impl<S: SeriesStore> Hub<S> {
             metrics: metrics.clone(),
             normalizer: Normalizer::new(config.hub.max_clock_skew.0),
             store: store.clone(),
+            rules: rules.clone(),
         });
         let pipeline = Pipeline::start(ctx, events_rx, options);
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (timers_tx, timers_rx) = watch::channel(false);
+        let writer = tokio::spawn(alerts.clone().run_writer(timers_rx.clone()));
+        let timers = tokio::spawn(run_timers(rules.clone(), twins.clone(), timers_rx));
 
         let router = api::router(Arc::new(ApiState {
             registry,
@@ -200,6 +267,9 @@ impl<S: SeriesStore> Hub<S> {
             metrics,
             outlet,
             shutdown: shutdown_rx.clone(),
+            alerts: alerts.clone(),
+            rules: rules.clone(),
+            config_source: config.source.clone(),
         }));
         let mut stop = shutdown_rx.clone();
         let api = tokio::spawn(async move {
@@ -230,12 +300,69 @@ impl<S: SeriesStore> Hub<S> {
             http_addr,
             pipeline,
             twins,
+            alerts,
+            rules,
+            config_source: config.source.clone(),
             api,
             checkpoint,
+            writer,
+            timers,
+            timers_stop: timers_tx,
             shutdown: shutdown_tx,
             _store: std::marker::PhantomData,
         })
     }
+}
+
+/// Silence rules and command retries run on timers of hub time.
+async fn run_timers(rules: Arc<Rules>, twins: Arc<Twins>, mut stop: watch::Receiver<bool>) {
+    let mut silence = tokio::time::interval(rules.tick_interval());
+    silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut commands = tokio::time::interval(twins.tick_interval());
+    commands.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut period = rules.tick_interval();
+    loop {
+        tokio::select! {
+            _ = silence.tick() => {
+                rules.tick(pipeline::now_ms());
+                // A reload may have brought shorter silences.
+                let p = rules.tick_interval();
+                if p != period {
+                    period = p;
+                    silence = tokio::time::interval(p);
+                    silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+            }
+            _ = commands.tick() => twins.tick(pipeline::now_ms()),
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+}
+
+/// Why rules could not be reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The hub was started without a config file.
+    #[error("the hub was started without a config file; nothing to reload")]
+    NoSource,
+    /// The file could not be read or is invalid (one line naming the key).
+    #[error(transparent)]
+    Load(#[from] config::LoadError),
+    /// A rule is bad for the running hub.
+    #[error("{0}")]
+    Rule(protocols::config::ConfigError),
+}
+
+/// Re-reads the rules from the config file the hub was started with.
+pub fn reload_rules(
+    rules: &Rules,
+    source: Option<&std::path::Path>,
+) -> Result<rules::ReloadReport, ReloadError> {
+    let path = source.ok_or(ReloadError::NoSource)?;
+    let cfg = config::HubConfig::load(path)?;
+    rules
+        .reload(&cfg, pipeline::now_ms())
+        .map_err(ReloadError::Rule)
 }
 
 /// A started hub.
@@ -243,8 +370,14 @@ pub struct RunningHub<S> {
     http_addr: SocketAddr,
     pipeline: Pipeline,
     twins: Arc<Twins>,
+    alerts: Arc<AlertBook>,
+    rules: Arc<Rules>,
+    config_source: Option<std::path::PathBuf>,
     api: JoinHandle<()>,
     checkpoint: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    timers: JoinHandle<()>,
+    timers_stop: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     _store: std::marker::PhantomData<fn() -> S>,
 }
@@ -260,12 +393,35 @@ impl<S: SeriesStore> RunningHub<S> {
         &self.twins
     }
 
+    /// The alert book.
+    pub fn alerts(&self) -> &Arc<AlertBook> {
+        &self.alerts
+    }
+
+    /// The rule engine.
+    pub fn rules(&self) -> &Arc<Rules> {
+        &self.rules
+    }
+
+    /// Re-reads the rules from the config file (SIGHUP, `POST /api/v1/rules/reload`).
+    pub fn reload_rules(&self) -> Result<rules::ReloadReport, ReloadError> {
+        reload_rules(&self.rules, self.config_source.as_deref())
+    }
+
     /// Stops the hub. Stop the ingress first; this then closes the ingress queue, waits until
     /// the pipeline has stored and acknowledged everything queued, stops the API (open streams
     /// end) and checkpoints the twins as a clean shutdown. The caller closes the store
     /// afterwards.
     pub async fn shutdown(self) {
         self.pipeline.join().await;
+        // Timers stop, and the alert writer flushes what the pipeline's last readings changed.
+        let _ = self.timers_stop.send(true);
+        if let Err(e) = self.timers.await {
+            tracing::error!("timer task failed: {e}");
+        }
+        if let Err(e) = self.writer.await {
+            tracing::error!("alert writer failed: {e}");
+        }
         let _ = self.shutdown.send(true);
         if let Err(e) = self.api.await {
             tracing::error!("HTTP server task failed: {e}");

@@ -60,6 +60,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::CheckConfig { file }) = &cli.command {
         let cfg = HubConfig::load(file)?;
+        hub::twin::controls::Controls::load(&cfg)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         println!(
             "{}: ok ({} devices, {} agents, {} apps, {} rules)",
             file.display(),
@@ -104,11 +106,46 @@ async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
             .join(", "),
         server.http_addr()
     );
-    shutdown_signal().await;
+    reload_on_hangup(&server, shutdown_signal()).await;
     tracing::info!("stopping: closing the ingress, draining the pipeline");
     server.shutdown().await.context("closing the store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the rules from the config file on every SIGHUP until `stop` completes. A bad rule
+/// is logged (one line naming it) and the running rules stay.
+async fn reload_on_hangup(server: &Server, stop: impl std::future::Future<Output = ()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP: {e}");
+                stop.await;
+                return;
+            }
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = hup.recv() => match server.hub().reload_rules() {
+                    Ok(r) => tracing::info!(
+                        rules = r.rules, added = ?r.added, changed = ?r.changed,
+                        removed = ?r.removed, "SIGHUP: rules reloaded"
+                    ),
+                    Err(e) => tracing::error!("SIGHUP: rules not reloaded, the running rules stay: {e}"),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = server;
+        stop.await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -126,6 +126,45 @@ pub struct Twin {
     pub delta: BTreeMap<String, Scalar>,
     /// When the document last changed (RFC 3339).
     pub updated_at: String,
+    /// The latest commands sent to bring reported state to desired state, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<TwinCommand>,
+}
+
+/// Where a command the hub sent for desired state stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandState {
+    /// Sent (and resent with backoff) until reported state matches or it times out.
+    Pending,
+    /// The device or agent answered `ok`; waiting for reported state to match.
+    Acknowledged,
+    /// Reported state matches.
+    Done,
+    /// Refused by the device or agent (`ok: false`), or timed out.
+    Failed,
+    /// Replaced by a newer command for the same device.
+    Superseded,
+}
+
+/// A command in a twin's `commands`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TwinCommand {
+    /// The command's id.
+    pub id: String,
+    /// Where it stands.
+    pub state: CommandState,
+    /// The values it sets.
+    pub args: BTreeMap<String, Scalar>,
+    /// How often it was sent.
+    pub attempts: u32,
+    /// When it was first sent (RFC 3339).
+    pub sent: String,
+    /// When its state last changed (RFC 3339).
+    pub updated: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A desired-state update on `v1/twin/{device}/desired` or `PATCH .../desired`: quantity names

@@ -4,8 +4,11 @@
 //! Apps see exactly what their MQTT grants let them see, decided by the same
 //! `protocols::access` rules: a device is visible with a grant matching its feed or twin
 //! topic, desired state may be written with a grant matching `v1/twin/{id}/desired`, and the
-//! stream carries only topics inside the grants. Every error is JSON `{"error","detail"}`.
+//! stream carries only topics inside the grants. Alerts are visible (and may be acknowledged)
+//! with a grant matching `v1/alerts/{level}/{device}`; rules are read and reloaded with a grant
+//! matching `v1/admin/rules` (e.g. `admin/#`). Every error is JSON `{"error","detail"}`.
 
+mod alerts;
 mod devices;
 mod series;
 mod stream;
@@ -16,16 +19,18 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use protocols::access::Principal;
 use protocols::messages::ApiError;
 use tokio::sync::watch;
 
+use crate::alerts::AlertBook;
 use crate::auth::RegistryAuthenticator;
 use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::Registry;
+use crate::rules::Rules;
 use crate::store::SeriesStore;
 use crate::twin::Twins;
 
@@ -45,6 +50,12 @@ pub struct ApiState<S> {
     pub outlet: Outlet,
     /// Turns `true` when the hub stops; open streams end then.
     pub shutdown: watch::Receiver<bool>,
+    /// Alerts.
+    pub alerts: Arc<AlertBook>,
+    /// The rule engine.
+    pub rules: Arc<Rules>,
+    /// The config file rules are reloaded from.
+    pub config_source: Option<std::path::PathBuf>,
 }
 
 /// The router with every route of the contract this issue covers.
@@ -57,6 +68,12 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/devices/{id}/desired", patch(devices::desired::<S>))
         .route("/api/v1/series", get(series::query::<S>))
         .route("/api/v1/stream", get(stream::handler::<S>))
+        .route("/api/v1/alerts", get(alerts::list::<S>))
+        .route("/api/v1/alerts/{id}", get(alerts::one::<S>))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::ack::<S>))
+        .route("/api/v1/alerts/{id}/cap", get(alerts::cap::<S>))
+        .route("/api/v1/rules", get(alerts::rules::<S>))
+        .route("/api/v1/rules/reload", post(alerts::reload::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

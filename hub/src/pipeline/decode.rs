@@ -514,7 +514,8 @@ fn agent_health<S>(ctx: &Arc<Context<S>>, mut msg: Inbound, topic: &str) -> Deco
 fn command_result<S>(ctx: &Arc<Context<S>>, mut msg: Inbound, topic: &str) -> Decoded {
     match serde_json::from_slice::<CommandResult>(&msg.payload) {
         Ok(r) => {
-            ctx.twins.command_result(&r);
+            ctx.twins
+                .command_result(msg.principal.id(), &r, msg.received_ms);
             msg.finish(Disposition::Accepted);
             Decoded::Handled
         }

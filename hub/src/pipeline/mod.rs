@@ -64,6 +64,8 @@ pub struct Context<S> {
     pub normalizer: Normalizer,
     /// The time series store.
     pub store: Arc<S>,
+    /// The rule engine (evaluated after durable, on device time).
+    pub rules: Arc<crate::rules::Rules>,
 }
 
 /// A message made ready for the store: its points, and what to do once they are durable.

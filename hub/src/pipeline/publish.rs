@@ -1,4 +1,4 @@
-//! After durable: acknowledge, update twins, publish feeds.
+//! After durable: acknowledge, update twins, evaluate rules, publish feeds.
 //!
 //! For each durable write: the ingress is told (QoS 1 PUBACK goes out), the agent's sequence
 //! number joins the next coalesced ack, twins take the new reported values, and the feed
@@ -118,6 +118,8 @@ fn handle<S>(
             is_dirty[g.device as usize] = true;
             dirty.push(g.device);
         }
+        ctx.rules
+            .observe(g.device, g.ts_ms, &prepared.values[g.values.clone()], now);
         let device = ctx.registry.device(g.device);
         ctx.outlet.publish(
             &device.feed_topic,

@@ -7,20 +7,33 @@
 //! replaces it (agents replay their queues after a link cut, out of order with live data).
 //!
 //! Desired state is written through [`Twins::set_desired`] (MQTT `v1/twin/{id}/desired` and
-//! `PATCH /api/v1/devices/{id}/desired`): checked, made durable in `twins.redb`, applied, and
-//! turned into a `set` command to the device or its agent. Pending commands are kept so that
-//! retries and timeouts (a later issue) fit here without changing callers.
+//! `PATCH /api/v1/devices/{id}/desired`): checked against the device's profile (writable
+//! points, `min`/`max`; [`controls`]), made durable in `twins.redb`, applied, and turned into a
+//! `set` command to the device or its agent carrying the whole delta.
+//!
+//! Commands: at most one live command per device. It is resent with exponential backoff
+//! (`[hub] command_retry`, doubling, at most [`MAX_RETRY_WAIT`]) until reported state matches
+//! (`done`), the device or agent answers `ok: false` (`failed` at once), or
+//! `[hub] command_timeout` passes (`failed`). An `ok: true` answer stops the resends
+//! (`acknowledged`) but the command is `done` only once reported state matches. A newer desired
+//! update `supersedes` the live command. The latest commands are in the twin document
+//! (`commands`), every change moves the twin's version, and `hub_commands_*` count them. A
+//! device that comes online with a non-empty delta and no live command gets a new command.
 
+pub mod controls;
 pub mod persist;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use protocols::messages::{Command, CommandResult, DesiredUpdate, ReportedValue, Scalar, Twin};
+use protocols::messages::{
+    Command, CommandResult, CommandState, DesiredUpdate, ReportedValue, Scalar, Twin, TwinCommand,
+};
 use protocols::time::Rfc3339;
 use protocols::{Quality, Quantity, Value};
 
@@ -29,7 +42,85 @@ use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::{DeviceIdx, Registry};
 use crate::store::Point;
+use controls::{ControlError, Controls};
 use persist::{DesiredRecord, Loaded, PersistError, TwinStore};
+
+/// Longest wait between two sends of a command.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// Finished commands kept in a twin document.
+const COMMANDS_KEPT: usize = 4;
+
+/// A command tracked for a device.
+#[derive(Clone, Debug)]
+struct Tracked {
+    id: String,
+    state: CommandState,
+    args: Vec<(Quantity, Value)>,
+    attempts: u32,
+    first_sent_ms: i64,
+    updated_ms: i64,
+    next_send_ms: i64,
+    deadline_ms: i64,
+    error: Option<String>,
+}
+
+impl Tracked {
+    fn live(&self) -> bool {
+        matches!(
+            self.state,
+            CommandState::Pending | CommandState::Acknowledged
+        )
+    }
+
+    fn view(&self) -> TwinCommand {
+        TwinCommand {
+            id: self.id.clone(),
+            state: self.state,
+            args: self
+                .args
+                .iter()
+                .map(|(q, v)| (q.name().to_string(), Scalar::from_value(*q, *v)))
+                .collect(),
+            attempts: self.attempts,
+            sent: Rfc3339::from_ms(self.first_sent_ms).to_string(),
+            updated: Rfc3339::from_ms(self.updated_ms).to_string(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Retry and timeout of commands.
+#[derive(Clone, Copy, Debug)]
+pub struct CommandSettings {
+    /// First wait before a resend; doubles with every resend.
+    pub retry: Duration,
+    /// A command not matched by reported state by then fails.
+    pub timeout: Duration,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        CommandSettings {
+            retry: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of commands.
+#[derive(Debug, Default)]
+pub struct CommandMetrics {
+    /// Resends.
+    pub retried: AtomicU64,
+    /// Matched by reported state.
+    pub done: AtomicU64,
+    /// Refused by the device or agent.
+    pub refused: AtomicU64,
+    /// Timed out.
+    pub timed_out: AtomicU64,
+    /// Replaced by a newer command.
+    pub superseded: AtomicU64,
+}
 
 /// A reported value held by a twin.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,6 +143,8 @@ struct TwinState {
     reported: Vec<Reported>,
     desired: Vec<(Quantity, Value)>,
     updated_ms: i64,
+    /// Latest commands, oldest first; at most one live.
+    commands: Vec<Tracked>,
 }
 
 impl TwinState {
@@ -62,6 +155,49 @@ impl TwinState {
 
     fn reported(&self, q: Quantity) -> Option<&Reported> {
         self.reported.iter().find(|r| r.quantity == q)
+    }
+
+    /// Whether reported state matches every value of a command.
+    fn matches(&self, args: &[(Quantity, Value)]) -> bool {
+        args.iter().all(|(q, want)| {
+            self.reported(*q)
+                .is_some_and(|r| same_value(r.value, *want))
+        })
+    }
+
+    fn live_command(&mut self) -> Option<&mut Tracked> {
+        self.commands.iter_mut().rev().find(|c| c.live())
+    }
+
+    /// Ends the live command if reported state now matches it; returns its id if it did.
+    /// `bump`: move the version (false when the caller does for the same change).
+    fn settle(&mut self, now_ms: i64, metrics: &CommandMetrics, bump: bool) -> Option<String> {
+        let i = self.commands.iter().rposition(|c| c.live())?;
+        if !self.matches(&self.commands[i].args) {
+            return None;
+        }
+        let c = &mut self.commands[i];
+        c.state = CommandState::Done;
+        c.updated_ms = now_ms;
+        let id = c.id.clone();
+        metrics.done.fetch_add(1, Relaxed);
+        if bump {
+            self.bump(now_ms);
+        }
+        Some(id)
+    }
+
+    fn push_command(&mut self, c: Tracked) {
+        self.commands.push(c);
+        // Keep the live one and the latest finished ones.
+        while self.commands.len() > COMMANDS_KEPT + 1 {
+            match self.commands.iter().position(|c| !c.live()) {
+                Some(i) => {
+                    self.commands.remove(i);
+                }
+                None => break,
+            }
+        }
     }
 
     /// Desired values the reported state does not match yet.
@@ -101,6 +237,9 @@ pub enum DesiredError {
     /// A quantity that cannot be set.
     #[error("`{0}` is not controllable")]
     NotControllable(&'static str),
+    /// Outside the range the device's profile allows.
+    #[error("{0}")]
+    OutOfRange(ControlError),
     /// Wrong type or impossible value.
     #[error("bad value for `{quantity}`: {detail}")]
     BadValue {
@@ -134,27 +273,12 @@ impl DesiredError {
             DesiredError::Empty => "empty_desired",
             DesiredError::UnknownQuantity(_) => "unknown_quantity",
             DesiredError::NotControllable(_) => "not_controllable",
+            DesiredError::OutOfRange(_) => "out_of_range",
             DesiredError::BadValue { .. } => "bad_value",
             DesiredError::Conflict { .. } => "version_conflict",
             DesiredError::Persist(_) => "persist_failed",
         }
     }
-}
-
-/// Pending commands kept before old ones are pruned.
-const MAX_PENDING: usize = 1024;
-/// How long an unanswered command is kept once pruning starts.
-const PENDING_FOR_MS: i64 = 3_600_000;
-
-/// A command waiting for its result.
-#[derive(Clone, Debug)]
-pub struct PendingCommand {
-    /// The device it concerns.
-    pub device: DeviceIdx,
-    /// The command as sent.
-    pub command: Command,
-    /// When it was sent, epoch ms.
-    pub sent_ms: i64,
 }
 
 /// All twins.
@@ -166,7 +290,11 @@ pub struct Twins {
     desired_writes: tokio::sync::Mutex<()>,
     outlet: Outlet,
     metrics: Arc<Metrics>,
-    pending: Mutex<HashMap<String, PendingCommand>>,
+    /// Live commands by id.
+    pending: Mutex<HashMap<String, DeviceIdx>>,
+    controls: Controls,
+    settings: CommandSettings,
+    command_metrics: CommandMetrics,
 }
 
 impl Twins {
@@ -228,7 +356,17 @@ impl Twins {
             outlet,
             metrics,
             pending: Mutex::new(HashMap::new()),
+            controls: Controls::default(),
+            settings: CommandSettings::default(),
+            command_metrics: CommandMetrics::default(),
         })
+    }
+
+    /// Uses the devices' profiles for range checks and these retry and timeout settings.
+    pub fn with_commands(mut self, controls: Controls, settings: CommandSettings) -> Twins {
+        self.controls = controls;
+        self.settings = settings;
+        self
     }
 
     /// Applies reported values of one timestamp group. Returns whether the twin changed (the
@@ -269,6 +407,11 @@ impl Twins {
         }
         if changed {
             s.bump(now_ms);
+            if s.commands.iter().any(Tracked::live)
+                && let Some(id) = s.settle(now_ms, &self.command_metrics, false)
+            {
+                self.pending.lock().remove(&id);
+            }
         }
         changed
     }
@@ -284,6 +427,12 @@ impl Twins {
         }
         s.online = online;
         s.bump(now_ms);
+        let reissue = online && !s.commands.iter().any(Tracked::live) && s.delta().next().is_some();
+        drop(s);
+        if reissue {
+            // Desired state converges: a device back online gets what it missed.
+            self.issue(device, now_ms, true);
+        }
         true
     }
 
@@ -334,6 +483,7 @@ impl Twins {
             desired: scalar_map(&mut s.desired.iter().copied()),
             delta: scalar_map(&mut s.delta()),
             updated_at: Rfc3339::from_ms(s.updated_ms).to_string(),
+            commands: s.commands.iter().map(Tracked::view).collect(),
         }
     }
 
@@ -369,19 +519,20 @@ impl Twins {
         for (name, scalar) in &update.values {
             let q = Quantity::from_name(name)
                 .ok_or_else(|| DesiredError::UnknownQuantity(name.chars().take(64).collect()))?;
-            if !q.is_controllable() {
+            let writable = match self.controls.profile(device.idx) {
+                Some(p) => p.point(q).is_some_and(|pt| pt.writable),
+                None => q.is_controllable(),
+            };
+            if !writable {
                 return Err(DesiredError::NotControllable(q.name()));
             }
             let v = scalar.to_value(q).ok_or(DesiredError::BadValue {
                 quantity: q.name(),
                 detail: "wrong type",
             })?;
-            if !q.is_plausible(&v) {
-                return Err(DesiredError::BadValue {
-                    quantity: q.name(),
-                    detail: "outside the quantity's range",
-                });
-            }
+            self.controls
+                .check(device.idx, q, v)
+                .map_err(DesiredError::OutOfRange)?;
             values.push((q, v));
         }
 
@@ -427,7 +578,7 @@ impl Twins {
                     detail: format!("writer task failed: {e}"),
                 })
             })??;
-        let command_args: Vec<(Quantity, Value)> = {
+        {
             let mut s = self.states[idx as usize].lock();
             for (q, v) in &values {
                 match s.desired.iter_mut().find(|(dq, _)| dq == q) {
@@ -440,23 +591,64 @@ impl Twins {
             s.bump(now_ms);
             s.desired_version = s.version;
             s.checkpointed = s.checkpointed.max(version);
-            let delta: Vec<(Quantity, Value)> = s.delta().collect();
-            values
-                .iter()
-                .copied()
-                .filter(|(q, _)| delta.iter().any(|(dq, _)| dq == q))
-                .collect()
-        };
-        self.publish(idx);
-        if !command_args.is_empty() {
-            self.send_set(idx, &command_args, now_ms);
         }
+        // The command is part of the same change: the version moved once.
+        self.issue(idx, now_ms, false);
+        self.publish(idx);
         Ok(self.document(idx))
     }
 
-    fn send_set(&self, device: DeviceIdx, values: &[(Quantity, Value)], now_ms: i64) {
+    /// Replaces the live command of a device with one carrying its whole delta (or settles it
+    /// when the delta is empty) and sends it. `bump`: move the version (false when the caller
+    /// already did for the same change).
+    fn issue(&self, device: DeviceIdx, now_ms: i64, bump: bool) {
+        let command = {
+            let mut s = self.states[device as usize].lock();
+            let delta: Vec<(Quantity, Value)> = s.delta().collect();
+            let mut ended = None;
+            if let Some(old) = s.live_command() {
+                old.state = if delta.is_empty() {
+                    self.command_metrics.done.fetch_add(1, Relaxed);
+                    CommandState::Done
+                } else {
+                    self.command_metrics.superseded.fetch_add(1, Relaxed);
+                    CommandState::Superseded
+                };
+                old.updated_ms = now_ms;
+                ended = Some(old.id.clone());
+            }
+            if let Some(id) = &ended {
+                self.pending.lock().remove(id);
+            }
+            if bump && (ended.is_some() || !delta.is_empty()) {
+                s.bump(now_ms);
+            }
+            if delta.is_empty() {
+                return;
+            }
+            let id = format!("set-{}-{}", self.registry.device(device).id, s.version);
+            let retry = self.settings.retry.as_millis() as i64;
+            let c = Tracked {
+                id: id.clone(),
+                state: CommandState::Pending,
+                args: delta,
+                attempts: 1,
+                first_sent_ms: now_ms,
+                updated_ms: now_ms,
+                next_send_ms: now_ms + retry,
+                deadline_ms: now_ms + self.settings.timeout.as_millis() as i64,
+                error: None,
+            };
+            s.push_command(c.clone());
+            self.pending.lock().insert(id, device);
+            c
+        };
+        self.send_set(device, &command.id, &command.args);
+        self.publish(device);
+    }
+
+    fn send_set(&self, device: DeviceIdx, id: &str, values: &[(Quantity, Value)]) {
         let d = self.registry.device(device);
-        let version = self.version(device);
         let mut args = serde_json::Map::new();
         for (q, v) in values {
             let json = match serde_json::to_value(Scalar::from_value(*q, *v)) {
@@ -466,7 +658,7 @@ impl Twins {
             args.insert(q.name().to_string(), json);
         }
         let command = Command {
-            id: format!("set-{}-{version}", d.id),
+            id: id.to_string(),
             name: "set".to_string(),
             device: d.agent.map(|_| d.id.to_string()),
             args,
@@ -475,43 +667,179 @@ impl Twins {
             Ok(bytes) => {
                 self.outlet.publish(&d.cmd_topic, Bytes::from(bytes), false);
                 self.metrics.commands_sent.fetch_add(1, Relaxed);
-                let mut pending = self.pending.lock();
-                if pending.len() >= MAX_PENDING {
-                    // Devices that never answer must not grow this forever.
-                    pending.retain(|_, p| now_ms - p.sent_ms < PENDING_FOR_MS);
-                }
-                pending.insert(
-                    command.id.clone(),
-                    PendingCommand {
-                        device,
-                        command,
-                        sent_ms: now_ms,
-                    },
-                );
             }
             Err(e) => tracing::error!("command not serializable: {e}"),
         }
     }
 
-    /// Records a command's result; returns the command it answers, if it was pending.
-    pub fn command_result(&self, result: &CommandResult) -> Option<PendingCommand> {
-        let pending = self.pending.lock().remove(&result.id);
-        match (&pending, result.ok) {
-            (Some(p), false) => tracing::warn!(
-                command = %result.id,
-                device = %self.registry.device(p.device).id,
-                error = result.error.as_deref().unwrap_or(""),
-                "command failed"
-            ),
-            (None, _) => tracing::debug!(command = %result.id, "result for an unknown command"),
-            _ => {}
+    /// Records a command's result from `sender` (the device or its agent; others are
+    /// ignored). `ok: false` fails the command at once; `ok: true` stops the resends.
+    /// Returns whether a live command changed.
+    pub fn command_result(&self, sender: &str, result: &CommandResult, now_ms: i64) -> bool {
+        let Some(device) = self.pending.lock().get(&result.id).copied() else {
+            tracing::debug!(command = %result.id, "result for no live command");
+            return false;
+        };
+        let d = self.registry.device(device);
+        let from_agent = d
+            .agent
+            .is_some_and(|a| &*self.registry.agent(a).id == sender);
+        if &*d.id != sender && !from_agent {
+            tracing::warn!(command = %result.id, sender, "result from a client the command was not for");
+            return false;
         }
-        pending
+        {
+            let mut s = self.states[device as usize].lock();
+            let Some(c) = s
+                .commands
+                .iter_mut()
+                .find(|c| c.id == result.id && c.live())
+            else {
+                return false;
+            };
+            if result.ok {
+                if c.state == CommandState::Acknowledged {
+                    return false;
+                }
+                c.state = CommandState::Acknowledged;
+            } else {
+                c.state = CommandState::Failed;
+                c.error = Some(
+                    result
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "refused".to_string())
+                        .chars()
+                        .take(200)
+                        .collect(),
+                );
+                self.command_metrics.refused.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    command = %result.id,
+                    device = %d.id,
+                    error = result.error.as_deref().unwrap_or(""),
+                    "command failed"
+                );
+            }
+            c.updated_ms = now_ms;
+            let failed = c.state == CommandState::Failed;
+            s.bump(now_ms);
+            if failed {
+                self.pending.lock().remove(&result.id);
+            } else {
+                // Reported state may already match.
+                if let Some(id) = s.settle(now_ms, &self.command_metrics, false) {
+                    self.pending.lock().remove(&id);
+                }
+            }
+        }
+        self.publish(device);
+        true
     }
 
-    /// Commands sent and not answered yet.
-    pub fn pending_commands(&self) -> Vec<PendingCommand> {
-        self.pending.lock().values().cloned().collect()
+    /// Resends live commands whose wait is over and fails those past their timeout. Call it
+    /// every [`Twins::tick_interval`].
+    pub fn tick(&self, now_ms: i64) {
+        let live: Vec<(String, DeviceIdx)> = self
+            .pending
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (id, device) in live {
+            let mut resend = None;
+            let changed = {
+                let mut s = self.states[device as usize].lock();
+                if let Some(done) = s.settle(now_ms, &self.command_metrics, true) {
+                    self.pending.lock().remove(&done);
+                    true
+                } else if let Some(c) = s.commands.iter_mut().find(|c| c.id == id && c.live()) {
+                    if now_ms >= c.deadline_ms {
+                        c.state = CommandState::Failed;
+                        c.error = Some(format!(
+                            "reported state did not match within {} ({} attempts)",
+                            protocols::config::format_duration(self.settings.timeout),
+                            c.attempts
+                        ));
+                        c.updated_ms = now_ms;
+                        self.command_metrics.timed_out.fetch_add(1, Relaxed);
+                        self.pending.lock().remove(&id);
+                        s.bump(now_ms);
+                        true
+                    } else if c.state == CommandState::Pending && now_ms >= c.next_send_ms {
+                        c.attempts += 1;
+                        let wait = self
+                            .settings
+                            .retry
+                            .saturating_mul(1 << (c.attempts - 1).min(16))
+                            .min(MAX_RETRY_WAIT);
+                        c.next_send_ms = now_ms + wait.as_millis() as i64;
+                        c.updated_ms = now_ms;
+                        self.command_metrics.retried.fetch_add(1, Relaxed);
+                        resend = Some(c.args.clone());
+                        s.bump(now_ms);
+                        true
+                    } else {
+                        false
+                    }
+                } else {
+                    self.pending.lock().remove(&id);
+                    false
+                }
+            };
+            if let Some(args) = resend {
+                self.send_set(device, &id, &args);
+            }
+            if changed {
+                self.publish(device);
+            }
+        }
+    }
+
+    /// How often [`Twins::tick`] should run.
+    pub fn tick_interval(&self) -> Duration {
+        (self.settings.retry / 4).clamp(Duration::from_millis(20), Duration::from_millis(500))
+    }
+
+    /// Live commands (pending or acknowledged): (command id, device).
+    pub fn pending_commands(&self) -> Vec<(String, DeviceIdx)> {
+        self.pending
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Renders the `hub_commands_*` metrics (besides `hub_commands_sent_total`).
+    pub fn write_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let m = &self.command_metrics;
+        let _ = writeln!(
+            out,
+            "# HELP hub_commands_retried_total Commands sent again (no matching report yet).\n# TYPE hub_commands_retried_total counter\nhub_commands_retried_total {}",
+            m.retried.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hub_commands_finished_total Commands by how they ended.\n# TYPE hub_commands_finished_total counter"
+        );
+        for (how, v) in [
+            ("done", &m.done),
+            ("refused", &m.refused),
+            ("timeout", &m.timed_out),
+            ("superseded", &m.superseded),
+        ] {
+            let _ = writeln!(
+                out,
+                "hub_commands_finished_total{{result=\"{how}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hub_commands_pending Commands waiting for reported state to match.\n# TYPE hub_commands_pending gauge\nhub_commands_pending {}",
+            self.pending.lock().len()
+        );
     }
 
     /// Writes changed versions to the file; `clean` marks an orderly shutdown.
@@ -694,7 +1022,7 @@ secret = "agent-secret"
                     .await
                     .unwrap_err()
                     .label(),
-                "bad_value"
+                "out_of_range"
             );
             assert_eq!(
                 t.set_desired("SL-1", bad("flux", Scalar::Number(1.0)), 7)
@@ -722,12 +1050,16 @@ secret = "agent-secret"
             assert_eq!(cmd.device, None);
             t.checkpoint(true).unwrap();
         }
-        let (t, _) = twins(dir.path());
+        let (t, rec) = twins(dir.path());
         let doc = t.document(0);
         assert_eq!(doc.desired["dimming_level"], Scalar::Number(30.0));
         // A clean stop: the version resumes exactly where it was.
         assert_eq!(doc.version, 5);
+        // Nothing reported since the restart: coming online, the device gets a command for
+        // its delta (one change for going online, one for the command).
         assert!(t.set_online(0, true, 9));
-        assert_eq!(t.version(0), 6);
+        assert_eq!(t.version(0), 7);
+        assert_eq!(t.pending_commands().len(), 1);
+        assert!(rec.0.lock().iter().any(|m| m.topic == "v1/agents/AG-1/cmd"));
     }
 }

@@ -1,0 +1,816 @@
+//! The alert book: the lifecycle of alerts, their durable record, publication and CAP.
+//!
+//! Lifecycle: `active` → `acknowledged` (an operator, `POST /api/v1/alerts/{id}/ack`) →
+//! `cleared` (the condition ended), or `active` → `cleared` directly. At most one alert is
+//! open (active or acknowledged) per (rule, device): the book keeps an index of open alerts by
+//! that key and a repeat of a firing rule updates the open alert's value and time. A new
+//! episode after a clear is a new alert with a new id (`{device}.{rule}.{seq}`).
+//!
+//! Escalation: alerts of one device and one quantity (silence counts as one "quantity") form
+//! the device's picture for that quantity. When an alert opens while a lower-level one is open
+//! for the same device and quantity, the lower one gets `superseded_by` = the higher alert's
+//! id (and is published again); it stays open and is cleared by its own rule. When the higher
+//! one clears, the lower ones point to the next higher open alert or to none.
+//!
+//! Durability and publication: changes are made in memory under one lock (so the open-alert
+//! index is exact) and written by one writer task, in batches, one redb transaction each.
+//! Only after a batch is durable is each changed alert published on
+//! `v1/alerts/{level}/{device}` (not retained: several alerts share a topic, and a retained
+//! message would show only the last; apps get the current picture from
+//! `GET /api/v1/alerts`) and on the live stream. State changes (raise, ack, clear,
+//! supersede) are flushed at once; value-only repeats are coalesced and flushed at most
+//! once per [`COALESCE`]. Every published change is a new revision (a CAP message).
+
+pub mod cap;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use protocols::Quantity;
+use protocols::messages::{Alert, AlertState};
+use protocols::time::Rfc3339;
+use protocols::topic::{AlertLevel, Topic};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::config::{HubConfig, RuleConfig};
+use crate::outbound::Outlet;
+use crate::registry::{DeviceIdx, Registry};
+use crate::rules::{AlertSink, Condition, Firing, Rule};
+use cap::CapSettings;
+use store::{AlertStore, AlertStoreError};
+
+/// Longest a value-only change waits before it is written and published.
+pub const COALESCE: Duration = Duration::from_secs(1);
+/// Cleared alerts kept in memory for listing (all stay in the file until retention).
+pub const CLOSED_IN_MEMORY: usize = 10_000;
+/// Longest an acknowledgement waits for its write.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// An alert as published and listed: the contract's [`Alert`] plus its history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertDoc {
+    /// The contract's fields.
+    #[serde(flatten)]
+    pub alert: Alert,
+    /// The device's department.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dept: Option<String>,
+    /// Unit of `value` and `threshold`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
+    /// When the episode started (device time of the reading that raised it).
+    pub raised_at: String,
+    /// When an operator acknowledged it (hub time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_at: Option<String>,
+    /// The app that acknowledged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_by: Option<String>,
+    /// When it cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_at: Option<String>,
+    /// The open higher-level alert of the same device and quantity, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+    /// Published changes so far (the CAP revision).
+    pub revision: u32,
+}
+
+/// An alert as stored: the document and what CAP and the engine need.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredAlert {
+    /// Sequence number (the row key).
+    pub seq: u64,
+    /// The document.
+    pub doc: AlertDoc,
+    /// Device time of the latest reading it covers.
+    pub reading_ts_ms: i64,
+    /// Device time it was raised.
+    pub raised_ms: i64,
+    /// Hub time of the first publication (CAP `sent` of revision 1).
+    #[serde(default)]
+    pub first_sent_ms: Option<i64>,
+    /// Hub time of the current revision's publication.
+    pub rev_sent_ms: i64,
+    /// Hub time of the previous revision's publication.
+    #[serde(default)]
+    pub prev_sent_ms: Option<i64>,
+    /// The rule as it was when raised (JSON), to notice a changed rule after a restart.
+    pub rule_fingerprint: String,
+    /// CAP category.
+    pub category: String,
+    /// CAP event.
+    pub event: String,
+    /// CAP certainty.
+    pub certainty: String,
+    /// CAP area radius, km.
+    pub radius_km: f64,
+}
+
+impl StoredAlert {
+    fn is_open(&self) -> bool {
+        self.doc.alert.state != AlertState::Cleared
+    }
+
+    fn quantity_key(&self) -> Option<&str> {
+        self.doc.alert.quantity.as_deref()
+    }
+}
+
+/// Why an acknowledgement was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    /// No such alert (or not visible: callers do not tell the difference).
+    #[error("no alert `{0}`")]
+    NotFound(String),
+    /// The alert is over.
+    #[error("alert `{0}` is already cleared")]
+    Cleared(String),
+    /// The change could not be made durable in time.
+    #[error("the acknowledgement was not stored: {0}")]
+    NotStored(String),
+}
+
+/// Filters of [`AlertBook::list`].
+#[derive(Clone, Debug, Default)]
+pub struct AlertFilter {
+    /// Only this state; `None` for all. `open` means active or acknowledged.
+    pub state: Option<StateFilter>,
+    /// Only this device.
+    pub device: Option<String>,
+    /// Only this level.
+    pub level: Option<AlertLevel>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// A state filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFilter {
+    /// One state.
+    Is(AlertState),
+    /// Active or acknowledged.
+    Open,
+}
+
+impl StateFilter {
+    /// Parses `active`, `acknowledged`, `cleared` or `open`.
+    pub fn parse(s: &str) -> Option<StateFilter> {
+        Some(match s {
+            "active" => StateFilter::Is(AlertState::Active),
+            "acknowledged" => StateFilter::Is(AlertState::Acknowledged),
+            "cleared" => StateFilter::Is(AlertState::Cleared),
+            "open" => StateFilter::Open,
+            _ => return None,
+        })
+    }
+
+    fn matches(self, s: AlertState) -> bool {
+        match self {
+            StateFilter::Is(want) => s == want,
+            StateFilter::Open => s != AlertState::Cleared,
+        }
+    }
+}
+
+/// Counters of the book.
+#[derive(Debug, Default)]
+pub struct AlertMetrics {
+    raised: [AtomicU64; 4],
+    cleared: [AtomicU64; 4],
+    acknowledged: AtomicU64,
+    published: AtomicU64,
+    persist_errors: AtomicU64,
+}
+
+fn level_idx(l: AlertLevel) -> usize {
+    l as usize
+}
+
+struct Entry {
+    rec: StoredAlert,
+    device: DeviceIdx,
+    /// Changed since its last publication (the next flush makes a new revision).
+    changed: bool,
+}
+
+#[derive(Default)]
+struct BookState {
+    alerts: BTreeMap<u64, Entry>,
+    by_id: HashMap<String, u64>,
+    open: HashMap<(Arc<str>, DeviceIdx), u64>,
+    open_by_device: HashMap<DeviceIdx, Vec<u64>>,
+    dirty: BTreeSet<u64>,
+    next_seq: u64,
+    /// The flush generation changes made now will be written in.
+    generation: u64,
+    closed: usize,
+}
+
+/// The alert book.
+pub struct AlertBook {
+    registry: Arc<Registry>,
+    state: Mutex<BookState>,
+    store: Arc<AlertStore>,
+    outlet: Outlet,
+    wake: Notify,
+    flushed: watch::Sender<u64>,
+    cap: CapSettings,
+    metrics: AlertMetrics,
+}
+
+fn rfc(ms: i64) -> String {
+    Rfc3339::from_ms(ms).to_string()
+}
+
+fn fingerprint(c: &RuleConfig) -> String {
+    serde_json::to_string(c).unwrap_or_default()
+}
+
+impl AlertBook {
+    /// Opens `data_dir/alerts.redb` and loads open alerts and the newest cleared ones. Cleared
+    /// alerts older than `retention` are deleted. Open alerts whose rule is gone or changed,
+    /// or whose device is gone, are cleared (published after the writer starts).
+    pub fn open(
+        config: &HubConfig,
+        registry: Arc<Registry>,
+        outlet: Outlet,
+        now_ms: i64,
+    ) -> Result<AlertBook, AlertStoreError> {
+        let (store, loaded) = AlertStore::open(&config.hub.data_dir)?;
+        let retention_ms = config.hub.retention.0.as_millis().min(i64::MAX as u128) as i64;
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let mut st = BookState {
+            generation: 1,
+            ..BookState::default()
+        };
+        let mut expired = Vec::new();
+        let mut closed: Vec<u64> = Vec::new();
+        for rec in loaded {
+            st.next_seq = st.next_seq.max(rec.seq + 1);
+            let Some(device) = registry.device_by_id(&rec.doc.alert.device) else {
+                if rec.is_open() {
+                    tracing::warn!(alert = %rec.doc.alert.id, "device no longer configured");
+                }
+                continue;
+            };
+            if !rec.is_open() {
+                if rec.reading_ts_ms < cutoff && rec.rev_sent_ms < cutoff {
+                    expired.push(rec.seq);
+                    continue;
+                }
+                closed.push(rec.seq);
+            }
+            let seq = rec.seq;
+            st.by_id.insert(rec.doc.alert.id.clone(), seq);
+            if rec.is_open() {
+                st.open
+                    .insert((rec.doc.alert.rule.as_str().into(), device.idx), seq);
+                st.open_by_device.entry(device.idx).or_default().push(seq);
+            }
+            st.alerts.insert(
+                seq,
+                Entry {
+                    rec,
+                    device: device.idx,
+                    changed: false,
+                },
+            );
+        }
+        // Keep only the newest cleared alerts in memory.
+        st.closed = closed.len();
+        if closed.len() > CLOSED_IN_MEMORY {
+            for seq in &closed[..closed.len() - CLOSED_IN_MEMORY] {
+                if let Some(e) = st.alerts.remove(seq) {
+                    st.by_id.remove(&e.rec.doc.alert.id);
+                }
+            }
+            st.closed = CLOSED_IN_MEMORY;
+        }
+        if let Err(e) = store.delete(&expired) {
+            tracing::warn!("expired alerts not deleted: {e}");
+        }
+        let (flushed, _) = watch::channel(0);
+        let book = AlertBook {
+            registry,
+            state: Mutex::new(st),
+            store: Arc::new(store),
+            outlet,
+            wake: Notify::new(),
+            flushed,
+            cap: CapSettings {
+                sender: config.hub.cap_sender.clone(),
+                sender_name: config.hub.cap_sender_name.clone(),
+                offset: config.hub.utc_offset,
+            },
+            metrics: AlertMetrics::default(),
+        };
+        // Alerts of rules that are gone or changed while the hub was down end now.
+        let open: Vec<(String, String)> = {
+            let st = book.state.lock();
+            st.open
+                .values()
+                .filter_map(|s| st.alerts.get(s))
+                .map(|e| (e.rec.doc.alert.rule.clone(), e.rec.rule_fingerprint.clone()))
+                .collect()
+        };
+        for (rule, fp) in open {
+            match config.rules.iter().find(|r| r.id == rule) {
+                None => book.retire(&rule, "the rule was removed", now_ms),
+                Some(r) if fingerprint(r) != fp => book.retire(&rule, "the rule changed", now_ms),
+                Some(_) => {}
+            }
+        }
+        Ok(book)
+    }
+
+    /// The alert (document and device) with this id.
+    pub fn get(&self, id: &str) -> Option<(AlertDoc, DeviceIdx)> {
+        let st = self.state.lock();
+        let seq = st.by_id.get(id)?;
+        st.alerts.get(seq).map(|e| (e.rec.doc.clone(), e.device))
+    }
+
+    /// The CAP 1.2 message of the alert's current revision.
+    pub fn cap(&self, id: &str) -> Option<String> {
+        let st = self.state.lock();
+        let seq = st.by_id.get(id)?;
+        let e = st.alerts.get(seq)?;
+        Some(cap::render(
+            &e.rec,
+            self.registry.device(e.device),
+            &self.cap,
+        ))
+    }
+
+    /// Alerts matching `filter` for which `visible` holds, newest first.
+    pub fn list(&self, filter: &AlertFilter, visible: impl Fn(&AlertDoc) -> bool) -> Vec<AlertDoc> {
+        let st = self.state.lock();
+        st.alerts
+            .values()
+            .rev()
+            .map(|e| &e.rec.doc)
+            .filter(|d| filter.state.is_none_or(|s| s.matches(d.alert.state)))
+            .filter(|d| filter.device.as_deref().is_none_or(|x| x == d.alert.device))
+            .filter(|d| filter.level.is_none_or(|l| l == d.alert.level))
+            .filter(|d| visible(d))
+            .take(filter.limit.max(1))
+            .cloned()
+            .collect()
+    }
+
+    /// Open alerts now.
+    pub fn open_count(&self) -> usize {
+        self.state.lock().open.len()
+    }
+
+    /// Acknowledges an alert on behalf of `by`; resolves once the change is durable (and
+    /// published). Acknowledging an acknowledged alert changes nothing.
+    pub async fn ack(&self, id: &str, by: &str, now_ms: i64) -> Result<AlertDoc, AckError> {
+        let generation = {
+            let mut st = self.state.lock();
+            let seq = *st
+                .by_id
+                .get(id)
+                .ok_or_else(|| AckError::NotFound(id.to_string()))?;
+            let generation = st.generation;
+            let e = st
+                .alerts
+                .get_mut(&seq)
+                .ok_or_else(|| AckError::NotFound(id.to_string()))?;
+            match e.rec.doc.alert.state {
+                AlertState::Cleared => return Err(AckError::Cleared(id.to_string())),
+                AlertState::Acknowledged => return Ok(e.rec.doc.clone()),
+                AlertState::Active => {}
+            }
+            e.rec.doc.alert.state = AlertState::Acknowledged;
+            e.rec.doc.acked_at = Some(rfc(now_ms));
+            e.rec.doc.acked_by = Some(by.to_string());
+            e.rec.doc.alert.ts = rfc(now_ms);
+            e.changed = true;
+            st.dirty.insert(seq);
+            generation
+        };
+        self.metrics.acknowledged.fetch_add(1, Relaxed);
+        self.wake.notify_one();
+        let mut rx = self.flushed.subscribe();
+        match tokio::time::timeout(ACK_WAIT, rx.wait_for(|g| *g >= generation)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(AckError::NotStored("the hub is stopping".into())),
+            Err(_) => return Err(AckError::NotStored("the alert file did not answer".into())),
+        }
+        self.get(id)
+            .map(|(d, _)| d)
+            .ok_or_else(|| AckError::NotFound(id.to_string()))
+    }
+
+    /// Marks a change (`major`: write and publish at once).
+    fn touch(&self, st: &mut BookState, seq: u64, major: bool) {
+        if let Some(e) = st.alerts.get_mut(&seq) {
+            e.changed = true;
+        }
+        st.dirty.insert(seq);
+        if major {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Recomputes `superseded_by` of the open alerts of one device and quantity.
+    fn escalate(&self, st: &mut BookState, device: DeviceIdx, quantity: Option<&str>) {
+        let Some(seqs) = st.open_by_device.get(&device) else {
+            return;
+        };
+        let group: Vec<(u64, AlertLevel)> = seqs
+            .iter()
+            .filter_map(|s| st.alerts.get(s).map(|e| (*s, e)))
+            .filter(|(_, e)| e.rec.quantity_key() == quantity)
+            .map(|(s, e)| (s, e.rec.doc.alert.level))
+            .collect();
+        for &(seq, level) in &group {
+            // The highest open alert above this one (the newest among equals).
+            let top = group
+                .iter()
+                .filter(|(_, l)| *l > level)
+                .max_by_key(|(s, l)| (*l, *s))
+                .map(|(s, _)| *s);
+            let top_id = top.and_then(|s| st.alerts.get(&s).map(|e| e.rec.doc.alert.id.clone()));
+            let changed = match st.alerts.get_mut(&seq) {
+                Some(e) if e.rec.doc.superseded_by != top_id => {
+                    e.rec.doc.superseded_by = top_id;
+                    true
+                }
+                _ => false,
+            };
+            if changed {
+                self.touch(st, seq, true);
+            }
+        }
+    }
+
+    fn close(&self, st: &mut BookState, seq: u64, value: Option<f64>, ts_ms: i64, note: &str) {
+        let Some(e) = st.alerts.get_mut(&seq) else {
+            return;
+        };
+        let device = e.device;
+        let level = e.rec.doc.alert.level;
+        let key: (Arc<str>, DeviceIdx) = (e.rec.doc.alert.rule.as_str().into(), device);
+        let quantity = e.rec.doc.alert.quantity.clone();
+        e.rec.doc.alert.state = AlertState::Cleared;
+        if let Some(v) = value {
+            e.rec.doc.alert.value = Some(v);
+        }
+        e.rec.doc.alert.ts = rfc(ts_ms);
+        e.rec.doc.cleared_at = Some(rfc(ts_ms));
+        e.rec.doc.superseded_by = None;
+        if !note.is_empty() {
+            e.rec.doc.alert.message = format!("{} ({note})", e.rec.doc.alert.message);
+        }
+        st.open.remove(&key);
+        if let Some(v) = st.open_by_device.get_mut(&device) {
+            v.retain(|s| *s != seq);
+            if v.is_empty() {
+                st.open_by_device.remove(&device);
+            }
+        }
+        st.closed += 1;
+        self.touch(st, seq, true);
+        self.metrics.cleared[level_idx(level)].fetch_add(1, Relaxed);
+        self.escalate(st, device, quantity.as_deref());
+    }
+
+    /// Writes and publishes what changed. Returns false when the write failed (the changes
+    /// stay pending and are tried again).
+    pub async fn flush(&self) -> bool {
+        let now = crate::pipeline::now_ms();
+        let (batch, generation) = {
+            let mut st = self.state.lock();
+            if st.dirty.is_empty() {
+                return true;
+            }
+            let dirty = std::mem::take(&mut st.dirty);
+            let mut batch = Vec::with_capacity(dirty.len());
+            for seq in dirty {
+                let Some(e) = st.alerts.get_mut(&seq) else {
+                    continue;
+                };
+                if e.changed {
+                    e.changed = false;
+                    e.rec.doc.revision += 1;
+                    if e.rec.doc.revision == 1 {
+                        e.rec.first_sent_ms = Some(now);
+                    } else {
+                        e.rec.prev_sent_ms = Some(e.rec.rev_sent_ms);
+                    }
+                    e.rec.rev_sent_ms = now;
+                }
+                batch.push(e.rec.clone());
+            }
+            let generation = st.generation;
+            st.generation += 1;
+            (batch, generation)
+        };
+        let store = self.store.clone();
+        let to_write = batch.clone();
+        let written = tokio::task::spawn_blocking(move || store.save(&to_write)).await;
+        let error = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("writer task failed: {e}")),
+        };
+        if let Some(e) = error {
+            self.metrics.persist_errors.fetch_add(1, Relaxed);
+            tracing::error!("alerts not stored, retrying: {e}");
+            let mut st = self.state.lock();
+            for rec in &batch {
+                st.dirty.insert(rec.seq);
+            }
+            return false;
+        }
+        for rec in &batch {
+            let a = &rec.doc.alert;
+            let topic = Topic::Alert {
+                level: a.level,
+                device: &a.device,
+            }
+            .to_string();
+            match serde_json::to_vec(&rec.doc) {
+                Ok(bytes) => {
+                    self.outlet.publish(&topic, Bytes::from(bytes), false);
+                    self.metrics.published.fetch_add(1, Relaxed);
+                }
+                Err(e) => tracing::error!(alert = %a.id, "alert not serializable: {e}"),
+            }
+        }
+        let _ = self.flushed.send(generation);
+        self.prune();
+        true
+    }
+
+    /// Drops the oldest cleared alerts from memory beyond [`CLOSED_IN_MEMORY`].
+    fn prune(&self) {
+        let mut st = self.state.lock();
+        if st.closed <= CLOSED_IN_MEMORY {
+            return;
+        }
+        let mut excess = st.closed - CLOSED_IN_MEMORY;
+        let victims: Vec<u64> = st
+            .alerts
+            .iter()
+            .filter(|(s, e)| !e.rec.is_open() && !st.dirty.contains(s))
+            .map(|(s, _)| *s)
+            .take(excess)
+            .collect();
+        for s in victims {
+            if let Some(e) = st.alerts.remove(&s) {
+                st.by_id.remove(&e.rec.doc.alert.id);
+                excess -= 1;
+            }
+        }
+        st.closed = CLOSED_IN_MEMORY + excess;
+    }
+
+    /// The writer: flushes state changes at once and value repeats every [`COALESCE`], until
+    /// `stop` turns true; then flushes what is left.
+    pub async fn run_writer(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(COALESCE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = tick.tick() => false,
+                r = stop.wait_for(|s| *s) => { let _ = r; true }
+            };
+            let ok = self.flush().await;
+            if stopping {
+                if !ok {
+                    // One more try before giving up at shutdown.
+                    self.flush().await;
+                }
+                break;
+            }
+        }
+    }
+
+    /// Renders the `hub_alerts_*` metrics.
+    pub fn write_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let m = &self.metrics;
+        out.push_str("# HELP hub_alerts_raised_total Alerts raised by level.\n# TYPE hub_alerts_raised_total counter\n");
+        for l in AlertLevel::ALL {
+            let _ = writeln!(
+                out,
+                "hub_alerts_raised_total{{level=\"{l}\"}} {}",
+                m.raised[level_idx(l)].load(Relaxed)
+            );
+        }
+        out.push_str("# HELP hub_alerts_cleared_total Alerts cleared by level.\n# TYPE hub_alerts_cleared_total counter\n");
+        for l in AlertLevel::ALL {
+            let _ = writeln!(
+                out,
+                "hub_alerts_cleared_total{{level=\"{l}\"}} {}",
+                m.cleared[level_idx(l)].load(Relaxed)
+            );
+        }
+        let mut open = [[0u64; 2]; 4];
+        {
+            let st = self.state.lock();
+            for seq in st.open.values() {
+                if let Some(e) = st.alerts.get(seq) {
+                    let s = usize::from(e.rec.doc.alert.state == AlertState::Acknowledged);
+                    open[level_idx(e.rec.doc.alert.level)][s] += 1;
+                }
+            }
+        }
+        out.push_str("# HELP hub_alerts_open Open alerts by level and state.\n# TYPE hub_alerts_open gauge\n");
+        for l in AlertLevel::ALL {
+            for (s, name) in ["active", "acknowledged"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "hub_alerts_open{{level=\"{l}\",state=\"{name}\"}} {}",
+                    open[level_idx(l)][s]
+                );
+            }
+        }
+        for (name, help, v) in [
+            (
+                "hub_alerts_acknowledged_total",
+                "Alerts acknowledged by operators.",
+                &m.acknowledged,
+            ),
+            (
+                "hub_alerts_published_total",
+                "Alert changes written and published.",
+                &m.published,
+            ),
+            (
+                "hub_alerts_persist_errors_total",
+                "Failed writes of the alert file (retried).",
+                &m.persist_errors,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
+}
+
+impl AlertSink for AlertBook {
+    fn firing(&self, f: &Firing<'_>) {
+        let rule = f.rule;
+        let d = self.registry.device(f.device);
+        let message = rule.message(&d.id, f.value);
+        let mut st = self.state.lock();
+        let key = (rule.id.clone(), f.device);
+        if let Some(&seq) = st.open.get(&key) {
+            // A repeat (or a start racing a reload or restart): update, never duplicate.
+            if let Some(e) = st.alerts.get_mut(&seq) {
+                if f.ts_ms < e.rec.reading_ts_ms {
+                    return;
+                }
+                let a = &mut e.rec.doc.alert;
+                if a.value == Some(f.value) && e.rec.reading_ts_ms == f.ts_ms {
+                    return;
+                }
+                a.value = Some(f.value);
+                a.ts = rfc(f.ts_ms);
+                a.message = message;
+                e.rec.reading_ts_ms = f.ts_ms;
+                self.touch(&mut st, seq, false);
+            }
+            return;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let id = format!("{}.{}.{seq}", d.id, rule.id);
+        let quantity = rule.quantity.map(|q| q.name().to_string());
+        let rec = StoredAlert {
+            seq,
+            doc: AlertDoc {
+                alert: Alert {
+                    id: id.clone(),
+                    rule: rule.id.to_string(),
+                    device: d.id.to_string(),
+                    kind: d.kind.to_string(),
+                    quantity: quantity.clone(),
+                    level: rule.level,
+                    state: AlertState::Active,
+                    value: Some(f.value),
+                    threshold: Some(rule.condition.threshold()),
+                    ts: rfc(f.ts_ms),
+                    message,
+                },
+                dept: d.config.dept.clone(),
+                unit: rule.unit(),
+                raised_at: rfc(f.ts_ms),
+                acked_at: None,
+                acked_by: None,
+                cleared_at: None,
+                superseded_by: None,
+                revision: 0,
+            },
+            reading_ts_ms: f.ts_ms,
+            raised_ms: f.ts_ms,
+            first_sent_ms: None,
+            rev_sent_ms: 0,
+            prev_sent_ms: None,
+            rule_fingerprint: fingerprint(&rule.config),
+            category: rule
+                .config
+                .category
+                .clone()
+                .unwrap_or_else(|| cap::default_category(rule.quantity).to_string()),
+            event: event_name(rule),
+            certainty: match rule.condition {
+                Condition::Rise { .. } => "Likely",
+                _ => "Observed",
+            }
+            .to_string(),
+            radius_km: rule.config.radius_km.unwrap_or(0.5),
+        };
+        st.by_id.insert(id, seq);
+        st.open.insert(key, seq);
+        st.open_by_device.entry(f.device).or_default().push(seq);
+        st.alerts.insert(
+            seq,
+            Entry {
+                rec,
+                device: f.device,
+                changed: true,
+            },
+        );
+        self.touch(&mut st, seq, true);
+        self.metrics.raised[level_idx(rule.level)].fetch_add(1, Relaxed);
+        self.escalate(&mut st, f.device, quantity.as_deref());
+    }
+
+    fn cleared(&self, rule: &Rule, device: DeviceIdx, value: Option<f64>, ts_ms: i64) {
+        let mut st = self.state.lock();
+        if let Some(&seq) = st.open.get(&(rule.id.clone(), device)) {
+            self.close(&mut st, seq, value, ts_ms, "");
+        }
+    }
+
+    fn open_since(&self, rule: &str, device: DeviceIdx) -> Option<i64> {
+        let st = self.state.lock();
+        let seq = st.open.get(&(Arc::<str>::from(rule), device))?;
+        st.alerts.get(seq).map(|e| e.rec.reading_ts_ms)
+    }
+
+    fn retire(&self, rule: &str, reason: &str, now_ms: i64) {
+        let mut st = self.state.lock();
+        let seqs: Vec<u64> = st
+            .open
+            .iter()
+            .filter(|((r, _), _)| &**r == rule)
+            .map(|(_, s)| *s)
+            .collect();
+        for seq in seqs {
+            self.close(&mut st, seq, None, now_ms, &format!("cleared: {reason}"));
+        }
+    }
+}
+
+/// The CAP `event` of a rule: what happened, in words.
+fn event_name(rule: &Rule) -> String {
+    let q = rule
+        .quantity
+        .map(|q| q.name().replace('_', " "))
+        .unwrap_or_default();
+    match &rule.condition {
+        Condition::Above { .. } => format!("{q} high"),
+        Condition::Below { .. } => format!("{q} low"),
+        Condition::Rise { .. } => format!("{q} rising fast"),
+        Condition::Equals(_) => match rule.quantity {
+            Some(Quantity::Motion) => "motion detected".to_string(),
+            Some(quantity) => format!(
+                "{q} {}",
+                rule.config
+                    .equals
+                    .as_ref()
+                    .and_then(|s| s.to_value(quantity))
+                    .map(|v| match v {
+                        protocols::Value::State(i) => match quantity.kind() {
+                            protocols::ValueKind::Enum(states) => states
+                                .get(i as usize)
+                                .map_or_else(|| i.to_string(), |s| s.replace('_', " ")),
+                            _ => i.to_string(),
+                        },
+                        protocols::Value::Bool(b) => b.to_string(),
+                        protocols::Value::Number(n) => crate::rules::number_text(n),
+                    })
+                    .unwrap_or_default()
+            ),
+            None => q,
+        },
+        Condition::Silent { .. } => "device silent".to_string(),
+    }
+}
