@@ -293,8 +293,9 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             c.readings_acked
         };
         let dt = last.1.elapsed().as_secs_f64();
+        let (r50, r99, rmax) = load.take_recent();
         eprintln!(
-            "bench: t={:>5.1}s {:>10.0} readings/s {}, {} resent, {} window stalls",
+            "bench: t={:>5.1}s {:>10.0} readings/s {}, latency p50 {r50:.2} p99 {r99:.2} max {rmax:.2} ms, {} resent, {} window stalls",
             t0.elapsed().as_secs_f64(),
             (done - last.0) as f64 / dt.max(1e-9),
             if matches!(mode, Mode::Relay) {

@@ -70,6 +70,8 @@ pub struct Shared {
     pub send_times: SendTimes,
     /// From first send to acknowledgement.
     pub ack_latency: Histogram,
+    /// Latency at the probe since the last progress report (reset by the reporter).
+    pub recent: Histogram,
 }
 
 struct Pending {

@@ -135,6 +135,7 @@ impl Load {
             counters: Counters::default(),
             send_times: SendTimes::new(plan.agents.len(), started),
             ack_latency: Histogram::default(),
+            recent: Histogram::default(),
         });
         let probe_latency = Arc::new(Histogram::default());
         let (phase, phase_rx) = watch::channel(Phase::Run);
@@ -216,6 +217,14 @@ impl Load {
     /// First send to acknowledgement.
     pub fn ack_latency(&self) -> &Histogram {
         &self.shared.ack_latency
+    }
+
+    /// Probe latency since the last call of this (for progress reports): p50, p99, max in ms.
+    pub fn take_recent(&self) -> (f64, f64, f64) {
+        let h = &self.shared.recent;
+        let r = (h.quantile_ms(0.5), h.quantile_ms(0.99), h.max_ms());
+        h.reset();
+        r
     }
 
     /// First send to arrival at the probe.

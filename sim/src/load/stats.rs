@@ -87,6 +87,16 @@ impl Histogram {
         self.max_us.load(Relaxed) as f64 / 1000.0
     }
 
+    /// Forgets everything (racing recorders may leave a few counts behind: for progress
+    /// displays, not for results).
+    pub fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Relaxed);
+        }
+        self.count.store(0, Relaxed);
+        self.max_us.store(0, Relaxed);
+    }
+
     /// The largest duration recorded, in milliseconds.
     pub fn max_ms(&self) -> f64 {
         self.max_us.load(Relaxed) as f64 / 1000.0
