@@ -1,22 +1,449 @@
-//! `sim bench`: benchmarks (a later issue builds them).
+//! `sim bench ingest`: readings through the whole hub (or a plain broker), with feed latency.
+//!
+//! By default it starts an embedded hub (the same [`hub::server::Server`] the `hub` binary
+//! runs, data in a temporary directory), drives it with the load generator
+//! ([`crate::load`]) and ends with one JSON line on stdout:
+//! `{"readings_per_s":..,"msgs_per_s":..,"p50_ms":..,"p99_ms":..,"sent":..,"stored":..,"lost":..}`
+//! plus details. Progress and the hub's logs go to stderr.
+//!
+//! - `readings_per_s`, `msgs_per_s`: readings and batches stored, divided by the time from the
+//!   first send until the last batch was acknowledged (the drain included).
+//! - `p50_ms`, `p99_ms`: from the first send of a batch to the arrival of each of its feed
+//!   messages at an app subscribed to `v1/feeds/#` (relay mode: to the arrival of the batch at
+//!   the subscriber).
+//! - `sent`: readings sent (first sends; redeliveries are not counted again); `stored`: readings
+//!   in the store (embedded hub), acknowledged by the hub (`--target`), or received by the
+//!   subscriber (`--relay-only`); `lost = sent - stored` after the drain.
+//!
+//! Targets: none (embedded hub); `mqtt://HOST:PORT` (a running hub: its hub.toml must hold the
+//! load's agents, see `--write-config` / `--hub-config`); `null` (a built-in null sink that only
+//! acknowledges: the generator's own ceiling); with `--relay-only`, any broker (e.g. mosquitto):
+//! the same batches go to a plain subscriber of `v1/agents/+/batch`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hub::config::HubConfig;
+use hub::store::{Agg, Query, SeriesId, SeriesStore};
+
+use crate::load::plan::{FleetPlan, ProbeApp};
+use crate::load::{
+    AckMode, Load, LoadOptions, ProbeKind, ProbeSpec, fresh_stream, null_sink::NullSink,
+    readings_per_batch,
+};
 
 /// Arguments of `sim bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// What to measure (e.g. `ingest`).
-    pub what: Option<String>,
-    /// Target, e.g. `mqtt://HOST:PORT` (an embedded hub by default).
-    #[arg(long)]
-    pub target: Option<String>,
-    /// Measure plain broker relay instead of the hub.
-    #[arg(long)]
-    pub relay_only: bool,
-    /// How long to run, e.g. `10s`.
-    #[arg(long)]
-    pub duration: Option<String>,
+    /// What to measure.
+    #[command(subcommand)]
+    pub what: What,
 }
 
-/// Not built yet.
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`sim bench` is not built yet")
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum What {
+    /// Readings per second through the whole hub, feed latency, nothing lost.
+    Ingest(IngestArgs),
+}
+
+/// Arguments of `sim bench ingest`.
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// `mqtt://HOST:PORT` of a running hub (or, with --relay-only, any broker); `null` for a
+    /// built-in null sink. Without it, an embedded hub is started.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Measure plain publish-to-subscriber relay of the same batches through the target broker.
+    #[arg(long)]
+    pub relay_only: bool,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Simulated agents (one MQTT connection each).
+    #[arg(long, default_value_t = 64)]
+    pub agents: usize,
+    /// Devices behind each agent.
+    #[arg(long, default_value_t = 100)]
+    pub devices_per_agent: usize,
+    /// Devices in each batch (round-robin over the agent's devices).
+    #[arg(long, default_value_t = 20)]
+    pub devices_per_batch: usize,
+    /// Polls of each device in each batch.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Target readings per second in total; as fast as the hub acknowledges when absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Unacknowledged batches per agent.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// An agent sends a batch again when unacknowledged this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: Duration,
+    /// Longest wait for the last acknowledgements after sending stops.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    /// Threads of the load generator's runtime.
+    #[arg(long, default_value_t = 1)]
+    pub load_threads: usize,
+    /// Read agents, devices and the probe app from this hub.toml (for --target) instead of
+    /// generating them.
+    #[arg(long, value_name = "FILE")]
+    pub hub_config: Option<PathBuf>,
+    /// Write the generated hub.toml here (load it into the hub given by --target).
+    #[arg(long, value_name = "FILE")]
+    pub write_config: Option<PathBuf>,
+    /// Data directory of the embedded hub (a temporary one by default).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seeds the generated secrets.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Embedded hub: count every stored series' points afterwards and compare with `stored`.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// Runs a benchmark.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    match args.what {
+        What::Ingest(a) => ingest(a).await,
+    }
+}
+
+/// The probe app of a generated plan.
+pub fn probe_app(seed: u64) -> ProbeApp {
+    ProbeApp {
+        id: "bench-feeds".into(),
+        secret: format!(
+            "feeds-{:016x}",
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5eed
+        ),
+    }
+}
+
+/// `mqtt://HOST:PORT` or `HOST:PORT` to `HOST:PORT`.
+pub fn host_port(target: &str) -> anyhow::Result<String> {
+    let t = target.strip_prefix("mqtt://").unwrap_or(target);
+    if t.contains("://") || !t.contains(':') {
+        bail!("`{target}`: expected mqtt://HOST:PORT");
+    }
+    Ok(t.to_string())
+}
+
+enum Mode {
+    Embedded,
+    External,
+    Null,
+    Relay,
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded-hub",
+            Mode::External => "hub",
+            Mode::Null => "null-sink",
+            Mode::Relay => "relay",
+        }
+    }
+}
+
+/// A probe app with a plain secret and a grant covering every feed, from a hub.toml.
+fn feed_app(cfg: &HubConfig) -> Option<ProbeApp> {
+    cfg.apps
+        .iter()
+        .find(|a| {
+            a.secret.is_some()
+                && a.grants
+                    .iter()
+                    .any(|g| g == "#" || g == "feeds/#" || g == "v1/feeds/#")
+        })
+        .map(|a| ProbeApp {
+            id: a.id.clone(),
+            secret: a.secret.clone().unwrap_or_default(),
+        })
+}
+
+async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
+    if a.agents == 0 || a.devices_per_agent == 0 {
+        bail!("--agents and --devices-per-agent must be at least 1");
+    }
+    let mode = match (&a.target, a.relay_only) {
+        (None, true) => bail!("--relay-only needs --target mqtt://HOST:PORT of the broker"),
+        (Some(_), true) => Mode::Relay,
+        (Some(t), false) if t == "null" => Mode::Null,
+        (Some(_), false) => Mode::External,
+        (None, false) => Mode::Embedded,
+    };
+    let (plan, probe) = match &a.hub_config {
+        Some(path) => {
+            let cfg = HubConfig::load(path).with_context(|| format!("{}", path.display()))?;
+            (FleetPlan::from_hub_config(&cfg)?, feed_app(&cfg))
+        }
+        None => (
+            FleetPlan::generate(a.agents, a.devices_per_agent, a.seed),
+            Some(probe_app(a.seed)),
+        ),
+    };
+    let probe_for_config = probe.clone().unwrap_or_else(|| probe_app(a.seed));
+    if let Some(path) = &a.write_config {
+        let text = toml::to_string(&plan.hub_config(&probe_for_config))?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+
+    // The system under test.
+    let mut tmp = None;
+    let mut server = None;
+    let mut sink = None;
+    let target = match mode {
+        Mode::Embedded => {
+            let dir = match &a.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let t = tempfile::Builder::new().prefix("sim-bench-").tempdir()?;
+                    let p = t.path().to_path_buf();
+                    tmp = Some(t);
+                    p
+                }
+            };
+            let mut cfg = plan.hub_config(&probe_for_config);
+            cfg.hub.data_dir = dir;
+            cfg.hub.mqtt_listen = vec!["127.0.0.1:0".into()];
+            cfg.hub.http_listen = "127.0.0.1:0".into();
+            let s = hub::server::Server::start(cfg)
+                .await
+                .context("starting the embedded hub")?;
+            let addr = s.mqtt_addrs()[0].to_string();
+            server = Some(s);
+            addr
+        }
+        Mode::Null => {
+            let s = NullSink::start("127.0.0.1:0").await?;
+            let addr = s.addr().to_string();
+            sink = Some(s);
+            addr
+        }
+        Mode::External | Mode::Relay => host_port(a.target.as_deref().unwrap_or_default())?,
+    };
+
+    let mut opts = LoadOptions::new(&target);
+    opts.threads = a.load_threads;
+    opts.settings.devices_per_batch = a.devices_per_batch;
+    opts.settings.samples_per_device = a.samples;
+    opts.settings.window = a.window.max(1);
+    opts.settings.ack_timeout = a.ack_timeout;
+    opts.settings.stream = fresh_stream();
+    if matches!(mode, Mode::Relay) {
+        opts.settings.ack = AckMode::PubAck;
+    }
+    let per_batch = readings_per_batch(&plan, &opts.settings);
+    if let Some(rate) = a.rate {
+        if rate <= 0.0 {
+            bail!("--rate must be positive");
+        }
+        let batches_per_agent = rate / per_batch / plan.agents.len() as f64;
+        opts.settings.batch_interval = Some(Duration::from_secs_f64(1.0 / batches_per_agent));
+    }
+    opts.probe = match mode {
+        Mode::Embedded | Mode::External => probe.as_ref().map(|p| ProbeSpec {
+            kind: ProbeKind::Feeds,
+            client_id: p.id.clone(),
+            credentials: Some((p.id.clone(), p.secret.clone())),
+        }),
+        Mode::Relay => Some(ProbeSpec {
+            kind: ProbeKind::Relay,
+            client_id: "bench-relay-subscriber".into(),
+            credentials: None,
+        }),
+        Mode::Null => None,
+    };
+    if opts.probe.is_none() && !matches!(mode, Mode::Null) {
+        eprintln!(
+            "bench: no app with a plain secret and a feeds/# grant in the hub config: latency is \
+             measured to the acknowledgement instead of the feed"
+        );
+    }
+    eprintln!(
+        "bench: {} against {target}: {} agents, {} devices, {:.0} readings per batch, {}",
+        mode.name(),
+        plan.agents.len(),
+        plan.device_count(),
+        per_batch,
+        match a.rate {
+            Some(r) => format!("{r:.0} readings/s"),
+            None => "as fast as acknowledged".into(),
+        }
+    );
+
+    let mut load = Load::start(&plan, opts).await?;
+    let t0 = load.started();
+    let mut last = (0u64, Instant::now());
+    while t0.elapsed() < a.duration {
+        let left = a.duration.saturating_sub(t0.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        let c = load.counters();
+        let done = if matches!(mode, Mode::Relay) {
+            c.probe_readings
+        } else {
+            c.readings_acked
+        };
+        let dt = last.1.elapsed().as_secs_f64();
+        let (r50, r99, rmax) = load.take_recent();
+        eprintln!(
+            "bench: t={:>5.1}s {:>10.0} readings/s {}, latency p50 {r50:.2} p99 {r99:.2} max {rmax:.2} ms, {} resent, {} window stalls",
+            t0.elapsed().as_secs_f64(),
+            (done - last.0) as f64 / dt.max(1e-9),
+            if matches!(mode, Mode::Relay) {
+                "relayed"
+            } else {
+                "acknowledged"
+            },
+            c.resent,
+            c.window_stalls,
+        );
+        last = (done, Instant::now());
+    }
+    let sending_s = t0.elapsed().as_secs_f64();
+    let drained = load.drain(a.drain).await;
+    let mut end = Instant::now();
+    if !drained {
+        eprintln!(
+            "bench: not everything was acknowledged within {:?}",
+            a.drain
+        );
+    }
+    let c = load.counters();
+    let expected_probe = match mode {
+        Mode::Relay => c.batches_sent,
+        _ => c.groups_sent,
+    };
+    if !matches!(mode, Mode::Null) {
+        load.settle_probe(expected_probe, Duration::from_secs(2))
+            .await;
+        if matches!(mode, Mode::Relay) {
+            end = Instant::now();
+        }
+    }
+    let elapsed = end.duration_since(t0).as_secs_f64();
+    let c = load.counters();
+
+    let mut verified = None;
+    let stored = match (&mode, &server) {
+        (Mode::Embedded, Some(s)) => {
+            let stats = s.store().stats()?;
+            if a.verify {
+                verified = Some(count_points(s.store().as_ref(), &plan)?);
+            }
+            stats.points_appended
+        }
+        (Mode::Relay, _) => c.probe_readings,
+        _ => c.readings_acked,
+    };
+    let stored_batches = match mode {
+        Mode::Relay => c.probe_messages,
+        _ => c.batches_acked,
+    };
+    let (p50, p99, pmax, latency_of) = if load.probe_latency().count() > 0 {
+        let h = load.probe_latency();
+        (
+            h.quantile_ms(0.5),
+            h.quantile_ms(0.99),
+            h.max_ms(),
+            if matches!(mode, Mode::Relay) {
+                "relayed_batch"
+            } else {
+                "feed"
+            },
+        )
+    } else {
+        let h = load.ack_latency();
+        (h.quantile_ms(0.5), h.quantile_ms(0.99), h.max_ms(), "ack")
+    };
+    let ack = load.ack_latency();
+    let (ack_p50, ack_p99) = (ack.quantile_ms(0.5), ack.quantile_ms(0.99));
+    load.stop().await;
+    if let Some(s) = server.take() {
+        s.shutdown().await.context("stopping the embedded hub")?;
+    }
+    drop(sink);
+    drop(tmp);
+
+    let lost = c.readings_sent as i64 - stored as i64;
+    // The contract's fields first, in its order; details after.
+    let mut details = serde_json::json!({
+        "mode": mode.name(),
+        "latency_of": latency_of,
+        "max_ms": round3(pmax),
+        "ack_p50_ms": round3(ack_p50),
+        "ack_p99_ms": round3(ack_p99),
+        "rate_target": a.rate,
+        "sending_s": round3(sending_s),
+        "elapsed_s": round3(elapsed),
+        "agents": plan.agents.len(),
+        "devices": plan.device_count(),
+        "readings_per_batch": (per_batch * 10.0).round() / 10.0,
+        "batches_sent": c.batches_sent,
+        "batches_acked": c.batches_acked,
+        "probe_messages": c.probe_messages,
+        "probe_expected": expected_probe,
+        "resent": c.resent,
+        "reconnects": c.reconnects,
+        "window_stalls": c.window_stalls,
+    });
+    if let Some(v) = verified {
+        details["verified_points"] = v.into();
+    }
+    let details = details.to_string();
+    println!(
+        "{{\"readings_per_s\":{},\"msgs_per_s\":{},\"p50_ms\":{},\"p99_ms\":{},\"sent\":{},\"stored\":{},\"lost\":{},{}",
+        (stored as f64 / elapsed).round(),
+        (stored_batches as f64 / elapsed).round(),
+        round3(p50),
+        round3(p99),
+        c.readings_sent,
+        stored,
+        lost,
+        &details[1..]
+    );
+    if lost != 0 {
+        bail!("{lost} readings sent but not stored");
+    }
+    if let Some(v) = verified
+        && v != stored
+    {
+        bail!("the store's series hold {v} points, the store counted {stored}");
+    }
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Every point of every series of the plan, counted by querying the store.
+fn count_points(store: &impl SeriesStore, plan: &FleetPlan) -> anyhow::Result<u64> {
+    let mut n = 0u64;
+    for a in &plan.agents {
+        for d in &a.devices {
+            for q in d.kind.quantities() {
+                let r = store.query(&Query {
+                    series: SeriesId {
+                        device: Arc::clone(&d.id),
+                        quantity: *q,
+                    },
+                    from_ms: 0,
+                    to_ms: i64::MAX,
+                    step_ms: Some(i64::MAX / 2),
+                    agg: Agg::Count,
+                })?;
+                n += r.iter().map(|(_, c)| *c as u64).sum::<u64>();
+            }
+        }
+    }
+    Ok(n)
 }

@@ -27,6 +27,7 @@ pub mod bench;
 pub mod device;
 pub mod district;
 pub mod fleet;
+pub mod load;
 pub mod modbus_device;
 pub mod modbus_tcp;
 pub mod node;
