@@ -6,6 +6,7 @@
 //! topic, desired state may be written with a grant matching `v1/twin/{id}/desired`, and the
 //! stream carries only topics inside the grants. Every error is JSON `{"error","detail"}`.
 
+mod dashboard;
 mod devices;
 mod series;
 mod stream;
@@ -50,6 +51,7 @@ pub struct ApiState<S> {
 /// The router with every route of the contract this issue covers.
 pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::<S>))
         .route("/api/v1/devices", get(devices::list::<S>))
