@@ -44,6 +44,8 @@ pub struct DemoOptions {
     pub start: Option<TimeOfDay>,
     /// Print the story (scenario events, lighting) on stdout.
     pub narrate: bool,
+    /// Play the scripted incidents (failures, outages, the discharge); storms always come.
+    pub incidents: bool,
 }
 
 impl DemoOptions {
@@ -56,6 +58,7 @@ impl DemoOptions {
             speed: 1.0,
             start: None,
             narrate: true,
+            incidents: true,
         }
     }
 
@@ -273,7 +276,7 @@ impl Demo {
             direct_sites.insert(d.id.clone(), world.site(&d.id));
         }
         // The physics first, so the devices' first samples are already right.
-        let mut scenario = Scenario::new(layout.clone(), clock, narrator.clone());
+        let mut scenario = Scenario::new(layout.clone(), clock, narrator.clone(), opts.incidents);
         scenario.settle(&world, &sites);
 
         let mut profiles: HashMap<Model, DeviceProfile> = HashMap::new();

@@ -145,9 +145,16 @@ pub fn cycle(n: u64, layout: &Layout, speed: f64) -> Vec<Event> {
     let fault_lamp = pick(&lamps, 10 + 7 * n);
     let broken_lamp = pick(&lamps, 2 + 11 * n);
     let manhole = pick(&manholes, 3 + 3 * n);
-    let cabinet = pick(&cabinets, 1 + n);
-    // A controller on another street than the cut cabinet.
     let rebooted = pick(&lamps, 21 + 5 * n);
+    // The cut cabinet is one whose devices have no other incident, so those show at once.
+    let busy: Vec<&str> = [&fault_lamp, &broken_lamp, &manhole, &rebooted]
+        .iter()
+        .filter_map(|id| layout.field_device(id).map(|d| d.agent.as_str()))
+        .collect();
+    let cabinet = (0..cabinets.len() as u64)
+        .map(|k| pick(&cabinets, 4 + n + k))
+        .find(|c| !busy.contains(&c.as_str()))
+        .unwrap_or_else(|| pick(&cabinets, 4 + n));
     let gauge = pick(&gauges, 1 + n);
     let sonde = pick(&sondes, 1 + n);
     let (peak, minutes) = [(55.0, 50.0), (40.0, 40.0), (70.0, 60.0)][(n % 3) as usize];
@@ -288,13 +295,14 @@ pub struct Scenario {
     /// Station index -> (gauge id, sonde id).
     station_devices: Vec<(Option<String>, Option<String>)>,
     pending: Vec<Event>,
+    incidents: bool,
     next_cycle: u64,
     last_t: f64,
 }
 
 impl Scenario {
-    /// A scenario over a layout.
-    pub fn new(layout: Layout, clock: DemoClock, narrator: Narrator) -> Scenario {
+    /// A scenario over a layout; without `incidents` only the weather happens.
+    pub fn new(layout: Layout, clock: DemoClock, narrator: Narrator, incidents: bool) -> Scenario {
         let rivers = layout
             .stations
             .iter()
@@ -322,6 +330,7 @@ impl Scenario {
             quality,
             station_devices,
             pending: Vec::new(),
+            incidents,
             next_cycle: 0,
             last_t: 0.0,
         }
@@ -366,7 +375,11 @@ impl Scenario {
     async fn due_events(&mut self, field: &Field, t: f64) {
         while self.next_cycle as f64 * CYCLE_S <= t + 60.0 {
             let more = cycle(self.next_cycle, &self.layout, self.clock.speed());
-            self.pending.extend(more);
+            let incidents = self.incidents;
+            self.pending.extend(
+                more.into_iter()
+                    .filter(|e| incidents || matches!(e.action, Action::Storm(_))),
+            );
             self.pending.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
             self.next_cycle += 1;
         }
