@@ -202,8 +202,11 @@ pub struct Layout {
     pub stations: Vec<Station>,
 }
 
-/// Streets: name, start (lat, lon), end (lat, lon), rated lamp power.
-const STREETS: [(&str, (f64, f64), (f64, f64), f64); 5] = [
+/// A point (lat, lon).
+type LatLon = (f64, f64);
+
+/// Streets: name, start, end, rated lamp power (W).
+const STREETS: [(&str, LatLon, LatLon, f64); 5] = [
     (
         "Wenhua Road",
         (30.4222, 120.2905),
