@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to: a broker and clients nobody here wrote (mosquitto),
 # Modbus servers and tools (pymodbus, mbpoll), video tools (ffmpeg, GStreamer RTSP server),
-# and a CAP schema validator (xmllint) with the OASIS CAP 1.2 schema. Also nasm, so OpenH264's
-# bundled build (edge-agent cameras) gets its SIMD code. Idempotent: skips what is already there.
+# a CAP schema validator (xmllint) with the OASIS CAP 1.2 schema, and a headless browser for the
+# dashboard test (chromium). Also nasm, so OpenH264's bundled build (edge-agent cameras) gets its
+# SIMD code. Idempotent: skips what is already there.
 set -euo pipefail
 
 need_apt=()
@@ -12,7 +13,7 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 for p in mosquitto mosquitto-clients mbpoll libmodbus-dev ffmpeg libxml2-utils \
          gstreamer1.0-tools gstreamer1.0-rtsp gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
          gstreamer1.0-plugins-ugly gstreamer1.0-libav gir1.2-gst-rtsp-server-1.0 python3-gi \
-         socat iproute2 openssl nasm; do
+         socat iproute2 openssl nasm chromium; do
   pkg_installed "$p" || need_apt+=("$p")
 done
 

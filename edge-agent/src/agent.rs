@@ -101,8 +101,27 @@ struct Shared {
     updating: std::sync::atomic::AtomicBool,
 }
 
-/// Runs the agent until a signal or a reboot request.
+/// Runs the agent until a signal (Ctrl-C, SIGTERM) or a reboot request.
 pub async fn run(config: AgentConfig) -> Result<Exit, AgentError> {
+    run_until(config, stop_signal()).await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// [`run`] for an agent embedded in another program (the simulated district, tests): it stops
+/// as cleanly as on a signal when `stop` completes, and ignores signals itself.
+pub async fn run_until(
+    config: AgentConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Exit, AgentError> {
     let a = config.file.agent.clone();
     // A freshly installed version is on trial until it reaches the hub (see update::boot_check).
     let installed_at = update::install_dir_of_running_binary();
@@ -206,8 +225,7 @@ pub async fn run(config: AgentConfig) -> Result<Exit, AgentError> {
         });
     }
 
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut stop = std::pin::pin!(stop);
     let exit = loop {
         tokio::select! {
             cmd = cmd_rx.recv() => match cmd {
@@ -215,8 +233,7 @@ pub async fn run(config: AgentConfig) -> Result<Exit, AgentError> {
                 None => break Exit::Stopped,
             },
             _ = reboot_rx.recv() => break Exit::Reboot,
-            _ = tokio::signal::ctrl_c() => break Exit::Stopped,
-            _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break Exit::Stopped,
+            _ = &mut stop => break Exit::Stopped,
         }
     };
 

@@ -8,7 +8,6 @@
 
 mod hub_e2e_support;
 
-use std::time::Duration;
 
 use base64::Engine as _;
 use hub_e2e_support::*;

@@ -19,6 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::node::SimNode;
+use crate::peripherals::pins::LampCircuit;
 use crate::world::Site;
 
 /// Connections one device serves at once; more are refused (a real gateway has a limit too).
@@ -121,6 +122,8 @@ pub struct RunningDevice {
     pub site: Site,
     /// Requests without a transport.
     pub handle: DeviceHandle,
+    /// Streetlights: the lamp circuit the firmware drives (PWM duty, relay).
+    pub lamp: Option<LampCircuit>,
     task: JoinHandle<()>,
 }
 
@@ -258,9 +261,15 @@ async fn accept(
 fn start(
     spec: &DeviceSpec,
     listener: Option<TcpListener>,
-) -> anyhow::Result<(DeviceHandle, JoinHandle<()>, &'static str)> {
+) -> anyhow::Result<(
+    DeviceHandle,
+    JoinHandle<()>,
+    &'static str,
+    Option<LampCircuit>,
+)> {
     let device = Device::build(spec).with_context(|| format!("device {}", spec.id))?;
     let model = device.node.model();
+    let lamp = device.node.lamp_circuit();
     let (tx, rx) = mpsc::channel(64);
     let handle = DeviceHandle { tx };
     let task = tokio::spawn(run(
@@ -270,7 +279,7 @@ fn start(
         handle.clone(),
         spec.sample_interval,
     ));
-    Ok((handle, task, model))
+    Ok((handle, task, model, lamp))
 }
 
 /// Starts a device serving Modbus TCP on `listen` (port 0 picks a free port).
@@ -279,7 +288,7 @@ pub async fn spawn_tcp(spec: DeviceSpec, listen: SocketAddr) -> anyhow::Result<R
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
-    let (handle, task, model) = start(&spec, Some(listener))?;
+    let (handle, task, model, lamp) = start(&spec, Some(listener))?;
     info!(device = %spec.id, model, %addr, unit = spec.unit, "modbus tcp device up");
     Ok(RunningDevice {
         id: spec.id,
@@ -289,6 +298,7 @@ pub async fn spawn_tcp(spec: DeviceSpec, listen: SocketAddr) -> anyhow::Result<R
         pty_path: None,
         site: spec.site,
         handle,
+        lamp,
         task,
     })
 }
@@ -298,7 +308,7 @@ pub async fn spawn_tcp(spec: DeviceSpec, listen: SocketAddr) -> anyhow::Result<R
 pub async fn spawn_rtu_pty(spec: DeviceSpec) -> anyhow::Result<RunningDevice> {
     let pty = crate::rtu_pty::Pty::open().context("opening a pseudo-terminal")?;
     let path = pty.path().to_path_buf();
-    let (handle, device_task, model) = start(&spec, None)?;
+    let (handle, device_task, model, lamp) = start(&spec, None)?;
     let serve = crate::rtu_pty::serve(pty, handle.clone());
     // One task owns both: the pty loop, and the device task aborted with it.
     let task = tokio::spawn(async move {
@@ -322,6 +332,7 @@ pub async fn spawn_rtu_pty(spec: DeviceSpec) -> anyhow::Result<RunningDevice> {
         pty_path: Some(path),
         site: spec.site,
         handle,
+        lamp,
         task,
     })
 }

@@ -27,13 +27,21 @@ enum Command {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // The demo tells its story on stdout; its dozens of components log only problems unless
+    // RUST_LOG asks for more.
+    let default_filter = match cli.command {
+        // The scenario cuts links and powers devices off on purpose; those reconnect warnings
+        // would bury the story.
+        Command::Demo(_) => "warn,edge_agent::uplink=error,edge_agent::modbus=error",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -121,8 +121,11 @@ pub struct Pulses {
 
 /// A firmware node on simulated hardware.
 pub enum SimNode {
-    /// `generic-streetlight-v1`.
-    Streetlight(Box<StreetlightNode<SimI2c, SimPwm, SimRelay, SimInput>>),
+    /// `generic-streetlight-v1`, with the lamp circuit its PWM and relay drive.
+    Streetlight(
+        Box<StreetlightNode<SimI2c, SimPwm, SimRelay, SimInput>>,
+        LampCircuit,
+    ),
     /// `radar-level-rl10`.
     WaterLevel(Box<WaterLevelNode<GaugeUart, SimI2c, NoDelay>>),
     /// `wq-probe-5in1`.
@@ -157,7 +160,7 @@ impl SimNode {
                     LampConfig::default(),
                 );
                 node.init().map_err(BuildError::Init)?;
-                SimNode::Streetlight(Box::new(node))
+                SimNode::Streetlight(Box::new(node), circuit)
             }
             water_level::MODEL => {
                 let config = LevelConfig::default();
@@ -240,7 +243,7 @@ impl SimNode {
     /// The model name.
     pub fn model(&self) -> &'static str {
         match self {
-            SimNode::Streetlight(_) => streetlight::MODEL,
+            SimNode::Streetlight(..) => streetlight::MODEL,
             SimNode::WaterLevel(_) => water_level::MODEL,
             SimNode::WaterQuality(_) => water_quality::MODEL,
             SimNode::Manhole(_) => manhole::MODEL,
@@ -248,10 +251,19 @@ impl SimNode {
         }
     }
 
+    /// The lamp circuit (relay contact, PWM duty) of a streetlight controller: what the
+    /// firmware actually drives, for observers outside the Modbus interface.
+    pub fn lamp_circuit(&self) -> Option<LampCircuit> {
+        match self {
+            SimNode::Streetlight(_, circuit) => Some(circuit.clone()),
+            _ => None,
+        }
+    }
+
     /// One sampling cycle of the firmware at node time `now_ms`.
     pub fn sample(&mut self, now_ms: u64) -> Result<(), Part> {
         match self {
-            SimNode::Streetlight(n) => n.sample(now_ms),
+            SimNode::Streetlight(n, _) => n.sample(now_ms),
             SimNode::WaterLevel(n) => n.sample(now_ms),
             SimNode::WaterQuality(n) => n.sample(now_ms),
             SimNode::Manhole(n) => n.sample(now_ms),
@@ -280,7 +292,7 @@ impl SimNode {
     /// The Modbus tables the firmware serves.
     pub fn data_model(&mut self) -> &mut dyn DataModel {
         match self {
-            SimNode::Streetlight(n) => n.as_mut(),
+            SimNode::Streetlight(n, _) => n.as_mut(),
             SimNode::WaterLevel(n) => n.as_mut(),
             SimNode::WaterQuality(n) => n.as_mut(),
             SimNode::Manhole(n) => n.as_mut(),

@@ -9,6 +9,7 @@
 //! matching `v1/admin/rules` (e.g. `admin/#`). Every error is JSON `{"error","detail"}`.
 
 mod alerts;
+mod dashboard;
 mod devices;
 mod series;
 mod stream;
@@ -61,6 +62,7 @@ pub struct ApiState<S> {
 /// The router with every route of the contract this issue covers.
 pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::<S>))
         .route("/api/v1/devices", get(devices::list::<S>))

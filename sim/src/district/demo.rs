@@ -1,0 +1,461 @@
+//! The assembled district: the hub (embedded), the firmware devices over Modbus TCP on
+//! loopback, the agents (the real `edge_agent`, in-process, each behind its backhaul), the
+//! rain gauges and the lighting control (MQTT clients), and the scenario driving it all.
+//!
+//! `sim demo` runs [`Demo::start`] and waits for Ctrl-C; tests call it with ports 0 and a
+//! temporary directory ([`DemoOptions::local`]) and stop it with [`Demo::shutdown`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub::ingress::mqtt::BrokerError;
+use hub::server::{Server, ServerError};
+use protocols::profile::DeviceProfile;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::backhaul::Backhaul;
+use super::clock::{DemoClock, TimeOfDay};
+use super::field::Field;
+use super::layout::{Layout, Model, SiteKind};
+use super::provision::{self, COMMAND_CENTER, LIGHTING_CONTROL, Listen};
+use super::scenario::{Narrator, Scenario};
+use super::secrets::{Secrets, SecretsError};
+use super::{direct, lighting};
+use crate::device::{DeviceSpec, spawn_tcp};
+use crate::world::{SiteConditions, World};
+
+/// How the demo runs.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// MQTT listeners of the hub.
+    pub mqtt_listen: Vec<String>,
+    /// HTTP listener of the hub.
+    pub http_listen: String,
+    /// Where configs, secrets, the hub's store and the agents' queues live.
+    pub data_dir: PathBuf,
+    /// Demo seconds per real second.
+    pub speed: f64,
+    /// Demo time of day to start at (default: now).
+    pub start: Option<TimeOfDay>,
+    /// Print the story (scenario events, lighting) on stdout.
+    pub narrate: bool,
+    /// Play the scripted incidents (failures, outages, the discharge); storms always come.
+    pub incidents: bool,
+}
+
+impl DemoOptions {
+    /// The contract's defaults: MQTT on 1883 (IPv4 and IPv6), HTTP on 8080, `data/demo`.
+    pub fn defaults() -> DemoOptions {
+        DemoOptions {
+            mqtt_listen: vec!["0.0.0.0:1883".into(), "[::]:1883".into()],
+            http_listen: "0.0.0.0:8080".into(),
+            data_dir: PathBuf::from("data/demo"),
+            speed: 1.0,
+            start: None,
+            narrate: true,
+            incidents: true,
+        }
+    }
+
+    /// Free loopback ports and `dir`, silent (tests).
+    pub fn local(dir: &Path) -> DemoOptions {
+        DemoOptions {
+            mqtt_listen: vec!["127.0.0.1:0".into()],
+            http_listen: "127.0.0.1:0".into(),
+            data_dir: dir.to_path_buf(),
+            narrate: false,
+            ..DemoOptions::defaults()
+        }
+    }
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A port is taken.
+    #[error(
+        "{what} port {port} is already in use ({addr}); stop what holds it or pass {flag} 127.0.0.1:PORT"
+    )]
+    PortTaken {
+        /// `MQTT` or `HTTP`.
+        what: &'static str,
+        /// The port.
+        port: u16,
+        /// The address.
+        addr: String,
+        /// The flag that changes it.
+        flag: &'static str,
+    },
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Secrets.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// Configuration files.
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
+    /// The hub.
+    #[error("hub: {0}")]
+    Hub(ServerError),
+    /// The simulated devices or links.
+    #[error("starting the field: {0:#}")]
+    Field(anyhow::Error),
+}
+
+fn port_taken(e: ServerError) -> DemoError {
+    let in_use = |s: &std::io::Error| s.kind() == std::io::ErrorKind::AddrInUse;
+    match e {
+        ServerError::Broker(BrokerError::Bind { addr, ref source }) if in_use(source) => {
+            DemoError::PortTaken {
+                what: "MQTT",
+                port: addr.port(),
+                addr: addr.to_string(),
+                flag: "--mqtt-listen",
+            }
+        }
+        ServerError::Start(hub::StartError::Http {
+            ref addr,
+            ref source,
+        }) if in_use(source) => DemoError::PortTaken {
+            what: "HTTP",
+            port: addr
+                .parse::<SocketAddr>()
+                .map(|a| a.port())
+                .unwrap_or_default(),
+            addr: addr.clone(),
+            flag: "--http-listen",
+        },
+        other => DemoError::Hub(other),
+    }
+}
+
+/// A loopback address for a bound address (clients cannot connect to `0.0.0.0`).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// The initial conditions of a device's site.
+fn conditions(layout: &Layout, kind: SiteKind) -> SiteConditions {
+    let mut c = SiteConditions::default();
+    match kind {
+        SiteKind::Lamp { rated_w } => c.lamp_rated_power = rated_w,
+        SiteKind::Gauge { station } => c.water_level = layout.stations[station].reach.base_level,
+        SiteKind::Sonde { station } => {
+            let q = layout.stations[station].quality;
+            c.turbidity = q.turbidity;
+            c.ph = q.ph;
+            c.conductivity = q.conductivity;
+            c.dissolved_oxygen = q.dissolved_oxygen;
+            c.water_temperature = q.water_temperature;
+        }
+        SiteKind::Cover { battery } => c.battery_level = battery,
+        SiteKind::Mast => {}
+    }
+    c
+}
+
+type AgentTask = JoinHandle<Result<edge_agent::agent::Exit, edge_agent::agent::AgentError>>;
+
+/// The running district.
+pub struct Demo {
+    server: Option<Server>,
+    field: Arc<Field>,
+    layout: Layout,
+    secrets: Secrets,
+    clock: DemoClock,
+    dir: PathBuf,
+    mqtt_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    agents: Vec<(String, AgentTask)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Demo {
+    /// Writes the configuration and starts everything.
+    pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
+        let dir = opts.data_dir.clone();
+        std::fs::create_dir_all(dir.join("agents")).map_err(|source| DemoError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let layout = Layout::district();
+        let secrets = Secrets::load_or_create(&dir, provision::client_ids(&layout))?;
+        provision::write_profiles(&dir)?;
+        let listen = Listen {
+            mqtt: opts.mqtt_listen.clone(),
+            http: opts.http_listen.clone(),
+        };
+        let hub_config =
+            provision::write_hub_config(&dir, &provision::hub_config(&layout, &secrets, &listen))?;
+
+        let server = Server::start(hub_config).await.map_err(port_taken)?;
+        let mqtt_addr = server
+            .mqtt_addrs()
+            .iter()
+            .copied()
+            .min_by_key(|a| a.is_ipv6())
+            .map(reachable)
+            .ok_or_else(|| DemoError::Hub(ServerError::Broker(BrokerError::NoListener)))?;
+        let http_addr = reachable(server.http_addr());
+        match Demo::start_field(&opts, &dir, layout.clone(), &secrets, mqtt_addr).await {
+            Ok((field, agents, tasks, stop, clock)) => {
+                info!(
+                    devices = layout.field.len() + layout.direct.len(),
+                    agents = layout.agents.len(),
+                    "district running"
+                );
+                Ok(Demo {
+                    server: Some(server),
+                    field,
+                    layout,
+                    secrets,
+                    clock,
+                    dir,
+                    mqtt_addr,
+                    http_addr,
+                    stop,
+                    agents,
+                    tasks,
+                })
+            }
+            Err(e) => {
+                if let Err(se) = server.shutdown().await {
+                    error!("hub shutdown: {se}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn start_field(
+        opts: &DemoOptions,
+        dir: &Path,
+        layout: Layout,
+        secrets: &Secrets,
+        hub: SocketAddr,
+    ) -> Result<
+        (
+            Arc<Field>,
+            Vec<(String, AgentTask)>,
+            Vec<JoinHandle<()>>,
+            watch::Sender<bool>,
+            DemoClock,
+        ),
+        DemoError,
+    > {
+        let field_err = DemoError::Field;
+        let clock = DemoClock::new(opts.speed, opts.start);
+        let narrator = Narrator::new(clock, opts.narrate);
+        let world = World::default();
+        let mut sites = HashMap::new();
+        for d in &layout.field {
+            sites.insert(
+                d.id.clone(),
+                world.site_with(&d.id, conditions(&layout, d.site)),
+            );
+        }
+        let mut direct_sites = HashMap::new();
+        for d in &layout.direct {
+            direct_sites.insert(d.id.clone(), world.site(&d.id));
+        }
+        // The physics first, so the devices' first samples are already right.
+        let mut scenario = Scenario::new(layout.clone(), clock, narrator.clone(), opts.incidents);
+        scenario.settle(&world, &sites);
+
+        let mut profiles: HashMap<Model, DeviceProfile> = HashMap::new();
+        for m in Model::ALL {
+            let p = DeviceProfile::from_toml(m.profile_text())
+                .map_err(|e| field_err(anyhow::anyhow!("profile {}: {e}", m.profile_file())))?;
+            profiles.insert(m, p);
+        }
+        let mut devices = Vec::new();
+        for d in &layout.field {
+            let spec = DeviceSpec::new(
+                d.id.clone(),
+                profiles[&d.model].clone(),
+                1,
+                sites[&d.id].clone(),
+            );
+            let running = spawn_tcp(
+                spec.clone(),
+                "127.0.0.1:0"
+                    .parse()
+                    .map_err(|e| field_err(anyhow::anyhow!("{e}")))?,
+            )
+            .await
+            .map_err(field_err)?;
+            devices.push((running, spec));
+        }
+        let endpoints: HashMap<String, SocketAddr> = devices
+            .iter()
+            .filter_map(|(d, _)| Some((d.id.clone(), d.addr?)))
+            .collect();
+
+        let mut backhauls = HashMap::new();
+        for a in &layout.agents {
+            let (_, _, link) = provision::agent_paths(dir, &a.id);
+            let b = Backhaul::start(hub, link)
+                .await
+                .map_err(|e| field_err(anyhow::anyhow!("backhaul of {}: {e}", a.id)))?;
+            backhauls.insert(a.id.clone(), b);
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut agents = Vec::new();
+        for a in &layout.agents {
+            let via = backhauls[&a.id].addr();
+            let cfg = provision::write_agent_config(dir, &layout, &a.id, secrets, via, |id| {
+                endpoints.get(id).copied()
+            })?;
+            let mut stop = stop_rx.clone();
+            let task = tokio::spawn(edge_agent::agent::run_until(cfg, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+            agents.push((a.id.clone(), task));
+        }
+
+        let mut direct_links = HashMap::new();
+        let mut tasks = Vec::new();
+        for d in &layout.direct {
+            let (link, link_rx) = watch::channel(true);
+            direct_links.insert(d.id.clone(), link);
+            let gauge = direct::Gauge {
+                id: d.id.clone(),
+                secret: secrets.get(&d.id).to_string(),
+                hub,
+                site: direct_sites[&d.id].clone(),
+            };
+            tasks.push(tokio::spawn(direct::run(gauge, link_rx, stop_rx.clone())));
+        }
+
+        let field = Arc::new(Field::new(
+            world,
+            devices,
+            direct_sites,
+            backhauls,
+            direct_links,
+        ));
+        let lamps = layout.lamps().map(|d| d.id.clone()).collect();
+        let app = lighting::App {
+            id: LIGHTING_CONTROL.to_string(),
+            secret: secrets.get(LIGHTING_CONTROL).to_string(),
+            hub,
+        };
+        tasks.push(tokio::spawn(lighting::run(
+            app,
+            lamps,
+            clock,
+            narrator,
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(scenario.run(
+            field.clone(),
+            Duration::from_millis(500),
+            stop_rx,
+        )));
+        Ok((field, agents, tasks, stop, clock))
+    }
+
+    /// Where the hub's MQTT listener is reachable.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// Where the hub's HTTP API is reachable.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The `command-center` app's id and secret.
+    pub fn command_center(&self) -> (&str, &str) {
+        (COMMAND_CENTER, self.secrets.get(COMMAND_CENTER))
+    }
+
+    /// The dashboard URL with the command center's credentials in the fragment (never sent
+    /// to the server).
+    pub fn dashboard_url(&self) -> String {
+        let (app, secret) = self.command_center();
+        format!("http://{}/#app={app}&secret={secret}", self.http_addr)
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The field (sites, devices, links), to look at or to act on.
+    pub fn field(&self) -> &Arc<Field> {
+        &self.field
+    }
+
+    /// The demo clock.
+    pub fn clock(&self) -> DemoClock {
+        self.clock
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The embedded hub.
+    pub fn server(&self) -> Option<&Server> {
+        self.server.as_ref()
+    }
+
+    /// Stops everything: the agents first (they flush their queues and say goodbye through
+    /// their links), the gauges and apps, then the hub (which drains its pipeline) and the
+    /// devices.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        for (id, task) in self.agents.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(15), task).await {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(e))) => warn!(agent = %id, "agent ended with: {e}"),
+                Ok(Err(e)) => warn!(agent = %id, "agent task failed: {e}"),
+                Err(_) => warn!(agent = %id, "agent did not stop within 15 s"),
+            }
+        }
+        for t in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                warn!("a district task did not stop within 5 s");
+            }
+        }
+        if let Some(server) = self.server.take()
+            && let Err(e) = server.shutdown().await
+        {
+            error!("hub shutdown: {e}");
+        }
+        self.field.stop_devices().await;
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // Without shutdown (a test that panicked): at least stop everything that listens.
+        self.stop.send_replace(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

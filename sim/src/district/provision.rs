@@ -1,0 +1,446 @@
+//! The district's configuration on disk, as an integrator would write it: `DIR/hub.toml`
+//! (devices, agents, apps, rules), `DIR/agents/{id}.toml` (one per cabinet and station) and
+//! `DIR/profiles/*.toml` (the device models). The demo runs exactly these files: it writes
+//! them, then loads them back through the hub's and the agent's own loaders.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hub::config::{AgentConfig, AppConfig, DeviceConfig, HubConfig, HubSettings, RuleConfig};
+use protocols::config::HumanDuration;
+use protocols::messages::Scalar;
+use protocols::topic::AlertLevel;
+use serde::Serialize;
+
+use super::layout::{Layout, Model};
+use super::secrets::Secrets;
+
+/// The app the dashboard and operators use.
+pub const COMMAND_CENTER: &str = "command-center";
+/// The app that switches and dims the lamps on schedule.
+pub const LIGHTING_CONTROL: &str = "lighting-control";
+
+/// Every client id that needs a secret: agents, direct devices, apps.
+pub fn client_ids(layout: &Layout) -> Vec<&str> {
+    layout
+        .agents
+        .iter()
+        .map(|a| a.id.as_str())
+        .chain(layout.direct.iter().map(|d| d.id.as_str()))
+        .chain([COMMAND_CENTER, LIGHTING_CONTROL])
+        .collect()
+}
+
+/// Why the configuration could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// A file could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serializing failed (a bug).
+    #[error("serializing {what}: {detail}")]
+    Serialize {
+        /// Which file.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// The hub refused the written hub.toml (a bug in the layout).
+    #[error(transparent)]
+    Hub(#[from] hub::config::LoadError),
+    /// The agent refused its written config (a bug in the layout).
+    #[error(transparent)]
+    Agent(#[from] edge_agent::config::LoadError),
+}
+
+fn write(path: &Path, text: &str) -> Result<(), ProvisionError> {
+    let err = |source| ProvisionError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    std::fs::write(path, text).map_err(err)
+}
+
+/// Writes `DIR/profiles/*.toml`.
+pub fn write_profiles(dir: &Path) -> Result<(), ProvisionError> {
+    for m in Model::ALL {
+        write(
+            &dir.join("profiles").join(m.profile_file()),
+            m.profile_text(),
+        )?;
+    }
+    Ok(())
+}
+
+fn rule(id: &str, level: AlertLevel) -> RuleConfig {
+    RuleConfig {
+        id: id.to_string(),
+        kind: None,
+        device: None,
+        dept: None,
+        quantity: None,
+        above: None,
+        below: None,
+        clear_below: None,
+        clear_above: None,
+        hold: None,
+        rise_per_hour: None,
+        window: None,
+        silent_for: None,
+        equals: None,
+        active: None,
+        level,
+        message: None,
+        category: None,
+        radius_km: None,
+    }
+}
+
+/// The alert rules of the district (the alerts engine evaluates them; the config only
+/// declares them).
+pub fn rules() -> Vec<RuleConfig> {
+    let some = |s: &str| Some(s.to_string());
+    vec![
+        RuleConfig {
+            kind: some("water_level"),
+            quantity: some("water_level"),
+            above: Some(3.0),
+            clear_below: Some(2.8),
+            hold: Some(HumanDuration::secs(30)),
+            message: some("{device}: water level {value} m above the {threshold} m warning line"),
+            ..rule("water-level-high", AlertLevel::Orange)
+        },
+        RuleConfig {
+            kind: some("water_level"),
+            quantity: some("water_level"),
+            above: Some(3.5),
+            clear_below: Some(3.3),
+            hold: Some(HumanDuration::secs(30)),
+            message: some("{device}: water level {value} m above the {threshold} m danger line"),
+            ..rule("water-level-danger", AlertLevel::Red)
+        },
+        RuleConfig {
+            kind: some("water_level"),
+            quantity: some("water_level"),
+            rise_per_hour: Some(0.5),
+            message: some("{device}: water rising faster than {threshold} m/h"),
+            ..rule("water-rising-fast", AlertLevel::Yellow)
+        },
+        RuleConfig {
+            kind: some("water_quality"),
+            quantity: some("turbidity"),
+            above: Some(50.0),
+            clear_below: Some(40.0),
+            hold: Some(HumanDuration::secs(60)),
+            message: some("{device}: turbidity {value} NTU"),
+            ..rule("turbidity-high", AlertLevel::Yellow)
+        },
+        RuleConfig {
+            kind: some("water_quality"),
+            quantity: some("ph"),
+            below: Some(6.5),
+            clear_above: Some(6.7),
+            hold: Some(HumanDuration::secs(60)),
+            message: some("{device}: pH {value} below {threshold}"),
+            ..rule("ph-low", AlertLevel::Orange)
+        },
+        RuleConfig {
+            kind: some("water_quality"),
+            quantity: some("ph"),
+            above: Some(8.5),
+            clear_below: Some(8.3),
+            hold: Some(HumanDuration::secs(60)),
+            message: some("{device}: pH {value} above {threshold}"),
+            ..rule("ph-high", AlertLevel::Orange)
+        },
+        RuleConfig {
+            kind: some("manhole"),
+            quantity: some("cover_open"),
+            equals: Some(Scalar::Bool(true)),
+            message: some("{device}: manhole cover open"),
+            ..rule("manhole-cover-open", AlertLevel::Orange)
+        },
+        RuleConfig {
+            kind: some("manhole"),
+            quantity: some("battery_level"),
+            below: Some(20.0),
+            clear_above: Some(25.0),
+            message: some("{device}: battery at {value} %"),
+            ..rule("battery-low", AlertLevel::Blue)
+        },
+        RuleConfig {
+            kind: some("streetlight"),
+            quantity: some("lamp_voltage"),
+            below: Some(90.0),
+            hold: Some(HumanDuration::secs(30)),
+            message: some("{device}: no mains ({value} V)"),
+            ..rule("lamp-power-loss", AlertLevel::Yellow)
+        },
+        RuleConfig {
+            kind: some("streetlight"),
+            quantity: some("lamp_status"),
+            equals: Some(Scalar::Text("lamp_failure".into())),
+            message: some("{device}: lamp failure"),
+            ..rule("lamp-failure", AlertLevel::Yellow)
+        },
+        RuleConfig {
+            kind: some("*"),
+            silent_for: Some(HumanDuration::secs(120)),
+            message: some("{device}: nothing heard for {threshold}"),
+            ..rule("device-silent", AlertLevel::Blue)
+        },
+    ]
+}
+
+/// Listeners of the hub.
+#[derive(Clone, Debug)]
+pub struct Listen {
+    /// MQTT addresses.
+    pub mqtt: Vec<String>,
+    /// HTTP address.
+    pub http: String,
+}
+
+/// The hub configuration of the district.
+pub fn hub_config(layout: &Layout, secrets: &Secrets, listen: &Listen) -> HubConfig {
+    let mut devices = Vec::new();
+    for d in &layout.field {
+        devices.push(DeviceConfig {
+            id: d.id.clone(),
+            kind: d.model.kind().to_string(),
+            agent: Some(d.agent.clone()),
+            dept: Some(d.model.dept().to_string()),
+            name: Some(d.name.clone()),
+            lat: Some(d.lat),
+            lon: Some(d.lon),
+            profile: Some(Path::new("profiles").join(d.model.profile_file())),
+            ..DeviceConfig::default()
+        });
+    }
+    for d in &layout.direct {
+        devices.push(DeviceConfig {
+            id: d.id.clone(),
+            kind: "weather".to_string(),
+            secret: Some(secrets.get(&d.id).to_string()),
+            dept: Some("weather".to_string()),
+            name: Some(d.name.clone()),
+            lat: Some(d.lat),
+            lon: Some(d.lon),
+            ..DeviceConfig::default()
+        });
+    }
+    let agents = layout
+        .agents
+        .iter()
+        .map(|a| AgentConfig {
+            id: a.id.clone(),
+            secret: Some(secrets.get(&a.id).to_string()),
+            secret_hash: None,
+            dept: Some(a.dept.to_string()),
+        })
+        .collect();
+    let apps = vec![
+        AppConfig {
+            id: COMMAND_CENTER.to_string(),
+            secret: Some(secrets.get(COMMAND_CENTER).to_string()),
+            secret_hash: None,
+            grants: ["feeds/#", "twin/#", "alerts/#", "status/#", "deadletter/#"]
+                .map(String::from)
+                .to_vec(),
+        },
+        AppConfig {
+            id: LIGHTING_CONTROL.to_string(),
+            secret: Some(secrets.get(LIGHTING_CONTROL).to_string()),
+            secret_hash: None,
+            // Reads the lamps' twins and writes their desired dimming.
+            grants: vec!["twin/#".to_string()],
+        },
+    ];
+    HubConfig {
+        hub: HubSettings {
+            mqtt_listen: listen.mqtt.clone(),
+            http_listen: listen.http.clone(),
+            data_dir: PathBuf::from("."),
+            ..HubSettings::default()
+        },
+        devices,
+        agents,
+        apps,
+        rules: rules(),
+        source: None,
+    }
+}
+
+const HUB_HEADER: &str = "\
+# The hub configuration `sim demo` ran with (rewritten on every start).
+# Run the same hub alone with: hub --config THIS_FILE
+# Secrets come from secrets.toml beside this file (generated on the first run).
+";
+
+const HUB_NOTES: &str = "
+# CAMERAS: the video integration adds camera devices here, e.g.
+# [[devices]]
+# id = \"CAM-0001\"
+# kind = \"camera\"
+# agent = \"AG-WS03\"
+# gb_id = \"33011000001320000001\"
+# and a [[camera]] entry with source = \"synthetic:...\" in that agent's config.
+";
+
+/// Writes `DIR/hub.toml` and loads it back with the hub's own loader (paths resolved).
+pub fn write_hub_config(dir: &Path, cfg: &HubConfig) -> Result<HubConfig, ProvisionError> {
+    let text = toml::to_string(cfg).map_err(|e| ProvisionError::Serialize {
+        what: "hub.toml".into(),
+        detail: e.to_string(),
+    })?;
+    let path = dir.join("hub.toml");
+    write(&path, &format!("{HUB_HEADER}\n{text}{HUB_NOTES}"))?;
+    Ok(HubConfig::load(&path)?)
+}
+
+#[derive(Serialize)]
+struct AgentToml<'a> {
+    agent: AgentSectionToml<'a>,
+    modbus: Vec<ModbusToml<'a>>,
+}
+
+#[derive(Serialize)]
+struct AgentSectionToml<'a> {
+    id: &'a str,
+    secret: &'a str,
+    hub: String,
+    data_dir: String,
+    health_interval: &'a str,
+    batch_max_age: &'a str,
+    link_source: String,
+}
+
+#[derive(Serialize)]
+struct ModbusToml<'a> {
+    device: &'a str,
+    profile: String,
+    transport: String,
+    unit: u8,
+    interval: &'a str,
+    deadband: f64,
+    heartbeat: &'a str,
+    timeout: &'a str,
+}
+
+/// Where an agent's files are: its config, its queue directory, its modem status file.
+pub fn agent_paths(dir: &Path, agent: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let agents = dir.join("agents");
+    (
+        agents.join(format!("{agent}.toml")),
+        agents.join(agent),
+        agents.join(format!("{agent}.link")),
+    )
+}
+
+/// Writes `DIR/agents/{agent}.toml`: the agent reaches the hub at `hub` (its backhaul link)
+/// and polls its devices at `endpoint(device id)`; loads it back with the agent's loader.
+pub fn write_agent_config(
+    dir: &Path,
+    layout: &Layout,
+    agent: &str,
+    secrets: &Secrets,
+    hub: SocketAddr,
+    endpoint: impl Fn(&str) -> Option<SocketAddr>,
+) -> Result<edge_agent::config::AgentConfig, ProvisionError> {
+    let (path, _, link) = agent_paths(dir, agent);
+    let modbus = layout
+        .field
+        .iter()
+        .filter(|d| d.agent == agent)
+        .filter_map(|d| {
+            let addr = endpoint(&d.id)?;
+            Some(ModbusToml {
+                device: &d.id,
+                profile: format!("../profiles/{}", d.model.profile_file()),
+                transport: format!("tcp://{addr}"),
+                unit: 1,
+                interval: d.model.poll_interval(),
+                deadband: 0.0,
+                heartbeat: "60s",
+                timeout: "1s",
+            })
+        })
+        .collect();
+    let file = AgentToml {
+        agent: AgentSectionToml {
+            id: agent,
+            secret: secrets.get(agent),
+            hub: format!("mqtt://{hub}"),
+            data_dir: agent.to_string(),
+            // Often, so the dashboard shows a device dropping off within seconds.
+            health_interval: "5s",
+            batch_max_age: "250ms",
+            link_source: link.display().to_string(),
+        },
+        modbus,
+    };
+    let text = toml::to_string(&file).map_err(|e| ProvisionError::Serialize {
+        what: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    // CAMERAS: the video integration appends this agent's [[camera]] entries here.
+    write(
+        &path,
+        &format!(
+            "# Agent `{agent}` of the simulated district (rewritten by `sim demo` on every start:\n\
+             # the devices' Modbus ports and the backhaul port change).\n{text}"
+        ),
+    )?;
+    Ok(edge_agent::config::AgentConfig::load(&path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_hub_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::district();
+        let secrets = Secrets::load_or_create(dir.path(), client_ids(&layout)).unwrap();
+        write_profiles(dir.path()).unwrap();
+        let listen = Listen {
+            mqtt: vec!["127.0.0.1:0".into()],
+            http: "127.0.0.1:0".into(),
+        };
+        let cfg = write_hub_config(dir.path(), &hub_config(&layout, &secrets, &listen)).unwrap();
+        assert_eq!(cfg.hub.data_dir, dir.path().join("."));
+        assert_eq!(cfg.devices.len(), layout.field.len() + layout.direct.len());
+        assert!(cfg.devices[0].profile.as_ref().unwrap().exists());
+        let ids: Vec<&str> = cfg.rules.iter().map(|r| r.id.as_str()).collect();
+        for want in [
+            "water-level-high",
+            "water-rising-fast",
+            "turbidity-high",
+            "ph-low",
+            "manhole-cover-open",
+            "device-silent",
+        ] {
+            assert!(ids.contains(&want), "{want}");
+        }
+        let agent = write_agent_config(
+            dir.path(),
+            &layout,
+            "AG-LC01",
+            &secrets,
+            "127.0.0.1:1883".parse().unwrap(),
+            |_| Some("127.0.0.1:5020".parse().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(agent.file.modbus.len(), 10);
+        assert_eq!(agent.file.agent.data_dir, dir.path().join("agents/AG-LC01"));
+    }
+}
