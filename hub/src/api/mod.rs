@@ -45,6 +45,8 @@ pub struct ApiState<S> {
     pub outlet: Outlet,
     /// Turns `true` when the hub stops; open streams end then.
     pub shutdown: watch::Receiver<bool>,
+    /// Cameras: catalog, events, snapshots.
+    pub video: Arc<crate::video::Video>,
 }
 
 /// The router with every route of the contract this issue covers.
@@ -57,6 +59,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/devices/{id}/desired", patch(devices::desired::<S>))
         .route("/api/v1/series", get(series::query::<S>))
         .route("/api/v1/stream", get(stream::handler::<S>))
+        .merge(crate::video::api::routes::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
