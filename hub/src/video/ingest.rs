@@ -22,6 +22,8 @@ use crate::store::{Origin, WriteBatch};
 
 /// Largest event message.
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Most bytes of a refused message quoted in its dead letter (a refused snapshot can be MiBs).
+const QUOTE_MAX: usize = 64 * 1024;
 
 fn dead_letter<S>(ctx: &Context<S>, msg: &Inbound, topic: &str, label: &'static str, detail: &str) {
     deadletter::send(
@@ -32,7 +34,7 @@ fn dead_letter<S>(ctx: &Context<S>, msg: &Inbound, topic: &str, label: &'static 
         topic,
         label,
         detail,
-        &msg.payload,
+        &msg.payload[..msg.payload.len().min(QUOTE_MAX)],
         msg.received_ms,
     );
 }
