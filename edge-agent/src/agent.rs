@@ -10,6 +10,8 @@ use protocols::messages::Command;
 use tokio::sync::{RwLock, mpsc, oneshot, watch};
 
 use crate::batcher::{BatchLimits, Batcher, BatcherControl};
+use crate::camera::CameraSupervisor;
+use crate::camera_feed::{CameraFeed, CameraHealth};
 use crate::commands::{self, AgentCommand, UpdateOffer};
 use crate::config::{AgentConfig, AgentSection};
 use crate::metrics::Metrics;
@@ -41,6 +43,9 @@ pub enum AgentError {
     /// The uplink.
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    /// The cameras.
+    #[error(transparent)]
+    Camera(#[from] crate::camera::CameraError),
     /// The metrics listener.
     #[error("metrics_listen {addr}: {source}")]
     Metrics {
@@ -99,6 +104,9 @@ struct Shared {
     health_interval: watch::Sender<Duration>,
     reboot: mpsc::Sender<()>,
     updating: std::sync::atomic::AtomicBool,
+    /// The running cameras (`None` once stopped).
+    cameras: tokio::sync::Mutex<Option<CameraSupervisor>>,
+    camera_health: Arc<CameraHealth>,
 }
 
 /// Runs the agent until a signal (Ctrl-C, SIGTERM) or a reboot request.
@@ -160,6 +168,7 @@ pub async fn run_until(
     let (sample_tx, sample_rx) = mpsc::channel(4096);
     let (ctl_tx, ctl_rx) = mpsc::channel(8);
     let (committed_tx, committed_rx) = watch::channel(stats.next_seq - 1);
+    let committed_watch = committed_tx.clone();
     let batcher = Batcher {
         agent: a.id.clone(),
         queue: queue.clone(),
@@ -197,6 +206,21 @@ pub async fn run_until(
 
     let pollers = Pollers::start(&config, sample_tx.clone(), metrics.clone());
     metrics.set_devices(pollers.stats());
+    // Cameras: events and snapshots straight into the queue, readings into the batches.
+    let camera_health = CameraHealth::new();
+    let (camera_tx, camera_rx) = mpsc::channel(256);
+    let cameras = crate::camera::start_cameras(&config.file.camera, camera_tx)?;
+    let camera_task = tokio::spawn(
+        CameraFeed {
+            queue: queue.clone(),
+            committed: committed_watch.clone(),
+            uplink: uplink.clone(),
+            samples: sample_tx.clone(),
+            health: camera_health.clone(),
+            metrics: metrics.clone(),
+        }
+        .run(camera_rx),
+    );
     let (health_interval, health_rx) = watch::channel(a.health_interval.0);
     let (reboot_tx, mut reboot_rx) = mpsc::channel(1);
     let shared = Arc::new(Shared {
@@ -210,6 +234,8 @@ pub async fn run_until(
         health_interval,
         reboot: reboot_tx,
         updating: Default::default(),
+        cameras: tokio::sync::Mutex::new(Some(cameras)),
+        camera_health,
     });
     let health_task = tokio::spawn(health_loop(shared.clone(), health_rx));
     if let (true, Some(dir)) = (on_trial, installed_at) {
@@ -242,7 +268,17 @@ pub async fn run_until(
     if let Some(t) = metrics_task {
         t.abort();
     }
-    // Stop polling, commit what is open, say goodbye, make the queue durable.
+    // Stop the cameras (their last events and snapshots still go into the queue), stop
+    // polling, commit what is open, say goodbye, make the queue durable.
+    if let Some(cameras) = shared.cameras.lock().await.take() {
+        cameras.shutdown().await;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), camera_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("camera outputs not all committed at exit");
+    }
     {
         let mut p = shared.pollers.write().await;
         let old = std::mem::replace(&mut *p, Pollers::empty());
@@ -272,6 +308,8 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = interval.changed() => continue,
+            // A camera went on- or offline: tell the hub now, not at the next interval.
+            _ = shared.camera_health.changed() => {}
         }
         let source = shared.config.read().await.file.agent.link_source.clone();
         let link = crate::health::read_link(source.as_deref()).await;
@@ -281,11 +319,13 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
             .ok()
             .flatten();
         let agent = shared.config.read().await.file.agent.id.clone();
+        let mut devices = shared.metrics.devices();
+        devices.extend(shared.camera_health.list());
         let h = crate::health::build(
             &agent,
             shared.metrics.uptime(),
             stats.as_ref(),
-            &shared.metrics.devices(),
+            &devices,
             link,
             crate::now_ms(),
         );
@@ -373,7 +413,17 @@ async fn reload(shared: &Arc<Shared>) -> Result<usize, String> {
             changed.join(", agent.")
         ));
     }
-    let n = new.file.modbus.len();
+    let n = new.file.modbus.len() + new.file.camera.len();
+    if let Some(cameras) = shared.cameras.lock().await.as_mut() {
+        let r = cameras
+            .reload(&new.file.camera)
+            .await
+            .map_err(|e| format!("reload refused, cameras: {e}"))?;
+        if !(r.started.is_empty() && r.stopped.is_empty() && r.restarted.is_empty()) {
+            tracing::info!(started = ?r.started, stopped = ?r.stopped, restarted = ?r.restarted, "cameras reloaded");
+        }
+        shared.camera_health.retain(&cameras.ids());
+    }
     {
         let mut pollers = shared.pollers.write().await;
         let old = std::mem::replace(&mut *pollers, Pollers::empty());

@@ -233,7 +233,7 @@ impl Batcher {
                         "queue budget full: dropped the oldest entries"
                     );
                 }
-                self.committed.send_replace(a.seq);
+                crate::camera_feed::advance(&self.committed, a.seq);
                 None
             }
             Ok((Err(e), devices)) => {

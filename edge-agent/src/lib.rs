@@ -6,6 +6,8 @@
 //!
 //! The flow, one direction, each stage owning its state:
 //! [`modbus`] pollers -> [`batcher`] -> [`queue`] (redb, fsync) -> [`uplink`] (MQTT) -> hub;
+//! [`camera`]s -> [`camera_feed`] -> events and snapshots into [`queue`], readings into
+//! [`batcher`];
 //! the hub's acks and commands come back through [`uplink`] to [`queue`] and [`commands`].
 //! [`agent`] wires the stages together; [`health`] and [`metrics`] watch them.
 
@@ -15,6 +17,7 @@ pub mod agent;
 pub mod backoff;
 pub mod batcher;
 pub mod camera;
+pub mod camera_feed;
 pub mod commands;
 pub mod config;
 pub mod health;

@@ -94,6 +94,14 @@ pub struct Metrics {
     pub commands_failed: AtomicU64,
     /// Health messages published.
     pub health_published: AtomicU64,
+    /// Camera snapshots published (first sends and re-sends).
+    pub snapshots_sent: AtomicU64,
+    /// Camera events committed to the queue.
+    pub camera_events: AtomicU64,
+    /// Camera snapshots committed to the queue.
+    pub camera_snapshots: AtomicU64,
+    /// Camera events or snapshots that could not be committed (disk trouble); retried.
+    pub camera_commit_errors: AtomicU64,
     /// Modbus devices (replaced on reload).
     pub devices: std::sync::Mutex<Vec<Arc<DeviceStats>>>,
     started: std::sync::OnceLock<Instant>,
@@ -243,7 +251,37 @@ impl Metrics {
             "Health messages published.",
             c(&self.health_published),
         );
+        metric(
+            "camera_events_total",
+            "counter",
+            "Camera events committed to the queue.",
+            c(&self.camera_events),
+        );
+        metric(
+            "camera_snapshots_total",
+            "counter",
+            "Camera snapshots committed to the queue.",
+            c(&self.camera_snapshots),
+        );
+        metric(
+            "camera_commit_errors_total",
+            "counter",
+            "Camera events or snapshots that failed to commit (retried).",
+            c(&self.camera_commit_errors),
+        );
+        metric(
+            "snapshots_sent_total",
+            "counter",
+            "Camera snapshots published (first sends and re-sends).",
+            c(&self.snapshots_sent),
+        );
         if let Some(q) = queue {
+            metric(
+                "queue_snapshots",
+                "gauge",
+                "Camera snapshots waiting for the hub's ack.",
+                q.snapshots as f64,
+            );
             metric(
                 "queue_depth",
                 "gauge",

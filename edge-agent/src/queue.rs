@@ -10,7 +10,8 @@
 //!
 //! Entries carry a kind so the queue can hold more than reading batches: camera events share
 //! the seq numbering (acknowledged like batches), and JPEG snapshots live in their own table,
-//! acknowledged by event id (`Ack::snapshots`).
+//! acknowledged by event id (`Ack::snapshots`) and counted against the same budget; when it is
+//! full the oldest snapshots go first, then the oldest entries.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -24,11 +25,16 @@ use redb::{
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// Snapshots by when they were stored, to drop the oldest first: (stored ms, event id) -> bytes
+/// counted against the budget.
+const SNAPSHOT_ORDER: TableDefinition<(i64, &str), u64> = TableDefinition::new("snapshot_order");
 
 /// Bytes counted per entry on top of its payload (key, header, B-tree slot).
 const ENTRY_OVERHEAD: u64 = 32;
 /// Header of a stored entry: kind (1), enqueued at (8, epoch ms LE), readings (4, LE).
 const HEADER: usize = 13;
+/// Header of a stored snapshot: stored at (8, epoch ms LE), then the JPEG.
+const SNAPSHOT_HEADER: usize = 8;
 
 /// The file name of the queue inside `data_dir`.
 pub const QUEUE_FILE: &str = "queue.redb";
@@ -88,6 +94,21 @@ pub struct QueueStats {
     pub dropped_readings: u64,
     /// Readings waiting.
     pub readings: u64,
+    /// Camera snapshots waiting for the hub's ack.
+    pub snapshots: u64,
+    /// Snapshots dropped for the budget since the queue was created.
+    pub dropped_snapshots: u64,
+}
+
+/// What storing a snapshot did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotStored {
+    /// Its size against the budget.
+    pub bytes: u64,
+    /// Older snapshots dropped to make room.
+    pub dropped_snapshots: u64,
+    /// Older entries dropped to make room (only when no snapshot was left to drop).
+    pub dropped: u64,
 }
 
 /// What an append did.
@@ -170,6 +191,65 @@ struct Counters {
     readings: u64,
     dropped: u64,
     dropped_readings: u64,
+    snapshots: u64,
+    dropped_snapshots: u64,
+}
+
+impl Counters {
+    fn evicted(&mut self, ev: &Evicted) {
+        self.bytes = self.bytes.saturating_sub(ev.bytes);
+        self.depth = self.depth.saturating_sub(ev.entries);
+        self.readings = self.readings.saturating_sub(ev.readings);
+        self.snapshots = self.snapshots.saturating_sub(ev.snapshots);
+        self.dropped += ev.entries;
+        self.dropped_readings += ev.readings;
+        self.dropped_snapshots += ev.snapshots;
+    }
+}
+
+/// What making room in a full queue dropped.
+#[derive(Debug, Default)]
+struct Evicted {
+    bytes: u64,
+    entries: u64,
+    readings: u64,
+    snapshots: u64,
+}
+
+/// Drops the oldest snapshots, then the oldest entries, until `need` more bytes fit in `room`
+/// bytes of budget already holding `used`. Snapshots go first: they are the largest and least
+/// vital part (their event record, kept, still says what happened).
+fn make_room(
+    tx: &redb::WriteTransaction,
+    used: u64,
+    need: u64,
+    room: u64,
+) -> Result<Evicted, QueueError> {
+    let mut ev = Evicted::default();
+    if used + need <= room {
+        return Ok(ev);
+    }
+    let mut order = tx.open_table(SNAPSHOT_ORDER)?;
+    let mut snaps = tx.open_table(SNAPSHOTS)?;
+    while used - ev.bytes + need > room {
+        let Some((k, v)) = order.pop_first()? else {
+            break;
+        };
+        let (_, id) = k.value();
+        snaps.remove(id)?;
+        ev.bytes += v.value();
+        ev.snapshots += 1;
+    }
+    let mut entries = tx.open_table(ENTRIES)?;
+    while used.saturating_sub(ev.bytes) + need > room {
+        let Some((_, v)) = entries.pop_first()? else {
+            break;
+        };
+        ev.bytes += entry_size(v.value());
+        ev.readings += entry_readings(v.value());
+        ev.entries += 1;
+    }
+    Ok(ev)
 }
 
 /// The durable queue. Methods block on disk I/O: call them from a blocking thread.
@@ -203,6 +283,14 @@ fn entry_readings(stored: &[u8]) -> u64 {
         .get(9..13)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
         .unwrap_or(0)
+}
+
+fn snapshot_stored_ms(stored: &[u8]) -> i64 {
+    let mut ms = [0u8; 8];
+    if let Some(b) = stored.get(..SNAPSHOT_HEADER) {
+        ms.copy_from_slice(b);
+    }
+    i64::from_le_bytes(ms)
 }
 
 fn parse_entry(seq: u64, stored: &[u8]) -> Result<StoredEntry, QueueError> {
@@ -246,6 +334,7 @@ impl Queue {
                 let mut meta = tx.open_table(META)?;
                 let entries = tx.open_table(ENTRIES)?;
                 tx.open_table(SNAPSHOTS)?;
+                let order = tx.open_table(SNAPSHOT_ORDER)?;
                 let mut stream = meta_get(&meta, "stream")?;
                 if stream == 0 {
                     // 0 means "not created yet"; a stream id is never 0.
@@ -262,6 +351,10 @@ impl Queue {
                     bytes += entry_size(v.value());
                     readings += entry_readings(v.value());
                 }
+                for item in order.iter()? {
+                    let (_, v) = item?;
+                    bytes += v.value();
+                }
                 Counters {
                     stream,
                     next_seq,
@@ -270,6 +363,8 @@ impl Queue {
                     readings,
                     dropped: meta_get(&meta, "dropped")?,
                     dropped_readings: meta_get(&meta, "dropped_readings")?,
+                    snapshots: order.len()?,
+                    dropped_snapshots: meta_get(&meta, "dropped_snapshots")?,
                 }
             };
             tx.commit()?;
@@ -346,38 +441,27 @@ impl Queue {
         }
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        let (mut bytes, mut depth, mut total_readings) = (c.bytes, c.depth, c.readings);
-        let (mut dropped, mut dropped_readings, mut dropped_now) =
-            (c.dropped, c.dropped_readings, 0u64);
+        let ev = make_room(&tx, c.bytes, size, self.max_bytes)?;
         {
             let mut entries = tx.open_table(ENTRIES)?;
-            while bytes + size > self.max_bytes {
-                let Some((_, v)) = entries.pop_first()? else {
-                    break;
-                };
-                let (b, r) = (entry_size(v.value()), entry_readings(v.value()));
-                bytes = bytes.saturating_sub(b);
-                total_readings = total_readings.saturating_sub(r);
-                depth = depth.saturating_sub(1);
-                dropped += 1;
-                dropped_readings += r;
-                dropped_now += 1;
-            }
             entries.insert(seq, stored.as_slice())?;
             let mut meta = tx.open_table(META)?;
             meta.insert("next_seq", seq + 1)?;
-            if dropped_now > 0 {
-                meta.insert("dropped", dropped)?;
-                meta.insert("dropped_readings", dropped_readings)?;
+            if ev.entries > 0 {
+                meta.insert("dropped", c.dropped + ev.entries)?;
+                meta.insert("dropped_readings", c.dropped_readings + ev.readings)?;
+            }
+            if ev.snapshots > 0 {
+                meta.insert("dropped_snapshots", c.dropped_snapshots + ev.snapshots)?;
             }
         }
         tx.commit()?;
         c.next_seq = seq + 1;
-        c.bytes = bytes + size;
-        c.depth = depth + 1;
-        c.readings = total_readings + readings as u64;
-        c.dropped = dropped;
-        c.dropped_readings = dropped_readings;
+        c.evicted(&ev);
+        c.bytes += size;
+        c.depth += 1;
+        c.readings += readings as u64;
+        let dropped_now = ev.entries;
         Ok(Appended {
             seq,
             bytes: size,
@@ -416,11 +500,14 @@ impl Queue {
         got.map(|v| parse_entry(seq, v.value())).transpose()
     }
 
-    /// Deletes what the hub's ack covers, if it is for this stream. Not fsynced (see the
-    /// module docs); [`Queue::sync`] makes it durable.
+    /// Deletes what the hub's ack covers: entries if the ack is for this stream, snapshots by
+    /// event id whatever its stream (an event id names one snapshot of this agent, and the hub
+    /// may acknowledge a snapshot before it has seen any entry of the stream). Not fsynced (see
+    /// the module docs); [`Queue::sync`] makes it durable.
     pub fn ack(&self, ack: &Ack) -> Result<Acked, QueueError> {
         let mut c = self.counters();
-        if ack.stream != c.stream {
+        let foreign = ack.stream != c.stream;
+        if foreign && ack.snapshots.is_empty() {
             return Ok(Acked {
                 foreign: true,
                 ..Acked::default()
@@ -432,7 +519,7 @@ impl Queue {
         let mut snapshots_deleted = 0;
         {
             let mut entries = tx.open_table(ENTRIES)?;
-            for &(first, last) in &ack.seqs {
+            for &(first, last) in ack.seqs.iter().filter(|_| !foreign) {
                 // Clip to what can exist so a wild range costs nothing.
                 let last = last.min(c.next_seq.saturating_sub(1));
                 if first > last {
@@ -446,9 +533,13 @@ impl Queue {
                 })?;
             }
             let mut snaps = tx.open_table(SNAPSHOTS)?;
+            let mut order = tx.open_table(SNAPSHOT_ORDER)?;
             for id in &ack.snapshots {
                 if let Some(v) = snaps.remove(id.as_str())? {
-                    freed += v.value().len() as u64 + ENTRY_OVERHEAD;
+                    let stored = snapshot_stored_ms(v.value());
+                    if let Some(size) = order.remove((stored, id.as_str()))? {
+                        freed += size.value();
+                    }
                     snapshots_deleted += 1;
                 }
             }
@@ -457,11 +548,103 @@ impl Queue {
         c.bytes = c.bytes.saturating_sub(freed);
         c.depth = c.depth.saturating_sub(deleted);
         c.readings = c.readings.saturating_sub(readings);
+        c.snapshots = c.snapshots.saturating_sub(snapshots_deleted);
         Ok(Acked {
             deleted,
             snapshots_deleted,
-            foreign: false,
+            foreign,
         })
+    }
+
+    /// Stores a camera snapshot (fsync) under its event id, until an ack names the id. The
+    /// same id again replaces it. When the budget is full the oldest snapshots are dropped
+    /// first, then the oldest entries.
+    pub fn put_snapshot(
+        &self,
+        event_id: &str,
+        jpeg: &[u8],
+        now_ms: i64,
+    ) -> Result<SnapshotStored, QueueError> {
+        let mut c = self.counters();
+        let size = (SNAPSHOT_HEADER + jpeg.len()) as u64 + ENTRY_OVERHEAD;
+        if size > self.max_bytes {
+            return Err(QueueError::TooLarge {
+                size,
+                max: self.max_bytes,
+            });
+        }
+        let mut stored = Vec::with_capacity(SNAPSHOT_HEADER + jpeg.len());
+        stored.extend_from_slice(&now_ms.to_le_bytes());
+        stored.extend_from_slice(jpeg);
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        // A replaced snapshot gives its room back first.
+        let mut replaced = 0u64;
+        let mut had = false;
+        {
+            let mut snaps = tx.open_table(SNAPSHOTS)?;
+            let mut order = tx.open_table(SNAPSHOT_ORDER)?;
+            if let Some(old) = snaps.remove(event_id)? {
+                let at = snapshot_stored_ms(old.value());
+                if let Some(b) = order.remove((at, event_id))? {
+                    replaced = b.value();
+                }
+                had = true;
+            }
+        }
+        let used = c.bytes.saturating_sub(replaced);
+        let ev = make_room(&tx, used, size, self.max_bytes)?;
+        {
+            let mut snaps = tx.open_table(SNAPSHOTS)?;
+            snaps.insert(event_id, stored.as_slice())?;
+            let mut order = tx.open_table(SNAPSHOT_ORDER)?;
+            order.insert((now_ms, event_id), size)?;
+            let mut meta = tx.open_table(META)?;
+            if ev.entries > 0 {
+                meta.insert("dropped", c.dropped + ev.entries)?;
+                meta.insert("dropped_readings", c.dropped_readings + ev.readings)?;
+            }
+            if ev.snapshots > 0 {
+                meta.insert("dropped_snapshots", c.dropped_snapshots + ev.snapshots)?;
+            }
+        }
+        tx.commit()?;
+        c.bytes = used;
+        if had {
+            c.snapshots = c.snapshots.saturating_sub(1);
+        }
+        c.evicted(&ev);
+        c.bytes += size;
+        c.snapshots += 1;
+        Ok(SnapshotStored {
+            bytes: size,
+            dropped_snapshots: ev.snapshots,
+            dropped: ev.entries,
+        })
+    }
+
+    /// The JPEG of a stored snapshot, if still queued.
+    pub fn snapshot(&self, event_id: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        let tx = self.db.begin_read()?;
+        let snaps = tx.open_table(SNAPSHOTS)?;
+        let got = snaps.get(event_id)?;
+        Ok(got.map(|v| {
+            v.value()
+                .get(SNAPSHOT_HEADER..)
+                .unwrap_or_default()
+                .to_vec()
+        }))
+    }
+
+    /// Event ids of the queued snapshots, oldest first.
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, QueueError> {
+        let tx = self.db.begin_read()?;
+        let order = tx.open_table(SNAPSHOT_ORDER)?;
+        let mut out = Vec::new();
+        for item in order.iter()? {
+            out.push(item?.0.value().1.to_string());
+        }
+        Ok(out)
     }
 
     /// Makes every earlier non-durable commit (ack deletions) durable.
@@ -496,6 +679,8 @@ impl Queue {
             dropped: c.dropped,
             dropped_readings: c.dropped_readings,
             readings: c.readings,
+            snapshots: c.snapshots,
+            dropped_snapshots: c.dropped_snapshots,
         })
     }
 
@@ -623,5 +808,72 @@ mod tests {
         let _q = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap();
         let e = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap_err();
         assert!(matches!(e, QueueError::Locked(_)), "{e}");
+    }
+
+    #[test]
+    fn snapshots_wait_for_their_ack_whatever_the_stream() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap();
+        q.put_snapshot("CAM-1.1000.1", b"\xff\xd8one\xff\xd9", 1000)
+            .unwrap();
+        q.put_snapshot("CAM-1.2000.2", b"\xff\xd8two\xff\xd9", 2000)
+            .unwrap();
+        // The same id again replaces, never duplicates.
+        q.put_snapshot("CAM-1.1000.1", b"\xff\xd8uno\xff\xd9", 1500)
+            .unwrap();
+        assert_eq!(q.snapshot_ids().unwrap(), ["CAM-1.1000.1", "CAM-1.2000.2"]);
+        assert_eq!(
+            q.snapshot("CAM-1.1000.1").unwrap().unwrap(),
+            b"\xff\xd8uno\xff\xd9"
+        );
+        let s = q.stats().unwrap();
+        assert_eq!((s.snapshots, s.depth), (2, 0));
+        let bytes = s.bytes;
+        drop(q);
+        let q = Queue::open(d.path(), 1 << 20, 1 << 16).unwrap();
+        let s = q.stats().unwrap();
+        assert_eq!((s.snapshots, s.bytes), (2, bytes));
+        // An ack for another stream still deletes the snapshots it names, not entries.
+        q.append_batch("AG-1", readings(1, 0.0), 1).unwrap();
+        let a = q
+            .ack(&Ack {
+                stream: q.stream().wrapping_add(1),
+                seqs: vec![(1, 1)],
+                snapshots: vec!["CAM-1.1000.1".into(), "CAM-9.1.1".into()],
+            })
+            .unwrap();
+        assert_eq!((a.deleted, a.snapshots_deleted, a.foreign), (0, 1, true));
+        assert_eq!(q.snapshot_ids().unwrap(), ["CAM-1.2000.2"]);
+        assert!(q.snapshot("CAM-1.1000.1").unwrap().is_none());
+        let s = q.stats().unwrap();
+        assert_eq!((s.snapshots, s.depth), (1, 1));
+    }
+
+    #[test]
+    fn a_full_budget_drops_the_oldest_snapshots_before_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let budget = 64 * 1024;
+        let q = Queue::open(d.path(), budget, 1 << 16).unwrap();
+        for i in 0..5 {
+            q.append_batch("AG-1", readings(10, i as f64), 1).unwrap();
+        }
+        let jpeg = vec![7u8; 20_000];
+        let mut dropped = 0;
+        for i in 0..6 {
+            let r = q.put_snapshot(&format!("CAM-1.{i}.{i}"), &jpeg, i).unwrap();
+            assert_eq!(r.dropped, 0, "entries stay while snapshots can go");
+            dropped += r.dropped_snapshots;
+        }
+        let s = q.stats().unwrap();
+        assert!(s.bytes <= budget, "{} > {budget}", s.bytes);
+        assert_eq!(s.depth, 5);
+        assert_eq!(s.dropped_snapshots, dropped);
+        assert_eq!(s.snapshots + dropped, 6);
+        let ids = q.snapshot_ids().unwrap();
+        assert_eq!(ids.last().unwrap(), "CAM-1.5.5", "the newest is kept");
+        assert!(
+            q.put_snapshot("big", &vec![0u8; budget as usize], 9)
+                .is_err()
+        );
     }
 }

@@ -12,6 +12,10 @@
 //! Live data is not starved by a backlog, nor the backlog by live data: when both wait, entries
 //! committed during this session and old work (resends first, then the backlog from oldest to
 //! newest) take turns for the free slots of the same window.
+//!
+//! Camera snapshots (JPEGs, acknowledged by event id) have a window of their own
+//! ([`SNAPSHOT_WINDOW`]) so a few large pictures never hold up readings and events: each is
+//! sent as soon as it is stored, again after `ack_timeout` or a reconnect, until acked.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -37,6 +41,9 @@ use crate::queue::{EntryKind, Queue, StoredEntry};
 /// Largest MQTT packet either way: a batch may be up to 1 MiB (`MAX_BATCH_BYTES`), far above
 /// rumqttc's 10 KiB default.
 pub const MAX_PACKET_BYTES: usize = 2 << 20;
+
+/// Snapshots in flight at once (each up to a few hundred KiB).
+pub const SNAPSHOT_WINDOW: usize = 4;
 
 /// How the agent reaches the hub.
 #[derive(Clone, Debug)]
@@ -85,6 +92,7 @@ pub struct Topics {
     pub health: String,
     /// `v1/status/{id}`.
     pub status: String,
+    agent: String,
 }
 
 impl Topics {
@@ -98,7 +106,17 @@ impl Topics {
             cmd_result: Topic::AgentCmdResult(agent).to_string(),
             health: Topic::AgentHealth(agent).to_string(),
             status: Topic::Status(agent).to_string(),
+            agent: agent.to_string(),
         }
+    }
+
+    /// `v1/agents/{id}/snapshots/{event}`.
+    pub fn snapshot(&self, event: &str) -> String {
+        Topic::AgentSnapshot {
+            agent: &self.agent,
+            event,
+        }
+        .to_string()
     }
 }
 
@@ -203,6 +221,7 @@ pub struct Uplink {
     client: AsyncClient,
     topics: Topics,
     connected: watch::Receiver<bool>,
+    snapshots: mpsc::UnboundedSender<String>,
 }
 
 /// The running uplink's tasks.
@@ -233,6 +252,7 @@ impl Uplink {
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (connected_tx, connected) = watch::channel(false);
+        let (snapshots, snapshots_rx) = mpsc::unbounded_channel();
         let connection = tokio::spawn(run_connection(
             eventloop,
             topics.clone(),
@@ -257,13 +277,15 @@ impl Uplink {
             last_committed: 0,
             max_sent: 0,
             live_turn: true,
+            snaps: Snapshots::default(),
         };
-        let forwarder = tokio::spawn(forwarder.run(link_rx, committed));
+        let forwarder = tokio::spawn(forwarder.run(link_rx, committed, snapshots_rx));
         Ok((
             Uplink {
                 client,
                 topics,
                 connected,
+                snapshots,
             },
             UplinkTasks {
                 connection,
@@ -295,6 +317,12 @@ impl Uplink {
     pub async fn until_connected(&self) -> bool {
         let mut rx = self.connected.clone();
         rx.wait_for(|c| *c).await.is_ok()
+    }
+
+    /// Tells the forwarder a snapshot was stored in the queue under `event_id`: it is sent at
+    /// once if the session is up (and on every reconnect until acknowledged).
+    pub fn snapshot_stored(&self, event_id: String) {
+        let _ = self.snapshots.send(event_id);
     }
 
     /// Publishes a command result (QoS 1).
@@ -464,6 +492,32 @@ struct Forwarder {
     max_sent: u64,
     /// Whose turn it is when live and old work both wait.
     live_turn: bool,
+    snaps: Snapshots,
+}
+
+/// Snapshots to send and in flight, by event id.
+#[derive(Default)]
+struct Snapshots {
+    /// To send, in order.
+    waiting: VecDeque<String>,
+    /// Sent, unacked: id -> when sent.
+    inflight: BTreeMap<String, Instant>,
+    /// Every id waiting or in flight.
+    known: std::collections::HashSet<String>,
+}
+
+impl Snapshots {
+    fn clear(&mut self) {
+        self.waiting.clear();
+        self.inflight.clear();
+        self.known.clear();
+    }
+
+    fn add(&mut self, id: String) {
+        if self.known.insert(id.clone()) {
+            self.waiting.push_back(id);
+        }
+    }
 }
 
 impl Forwarder {
@@ -471,6 +525,7 @@ impl Forwarder {
         mut self,
         mut link: mpsc::UnboundedReceiver<LinkEvent>,
         mut committed: watch::Receiver<u64>,
+        mut snapshots: mpsc::UnboundedReceiver<String>,
     ) {
         let check_every = (self.ack_timeout / 4).max(Duration::from_millis(50));
         let mut ticker = tokio::time::interval(check_every);
@@ -498,9 +553,16 @@ impl Forwarder {
                     }
                     self.last_committed = self.last_committed.max(seq);
                 }
+                Some(id) = snapshots.recv() => {
+                    // While down, the reconnect reloads every stored snapshot anyway.
+                    if self.connected {
+                        self.snaps.add(id);
+                    }
+                }
                 _ = ticker.tick() => self.check_timeouts(),
             }
             self.pump().await;
+            self.pump_snapshots().await;
         }
     }
 
@@ -526,6 +588,13 @@ impl Forwarder {
         self.last_committed = s.next_seq - 1;
         self.connected = true;
         self.metrics.inflight.store(0, Relaxed);
+        self.snaps.clear();
+        let q = self.queue.clone();
+        match tokio::task::spawn_blocking(move || q.snapshot_ids()).await {
+            Ok(Ok(ids)) => ids.into_iter().for_each(|id| self.snaps.add(id)),
+            Ok(Err(e)) => tracing::error!("queue: cannot list snapshots: {e}"),
+            Err(_) => {}
+        }
         if s.depth > 0 {
             tracing::info!(
                 entries = s.depth,
@@ -537,6 +606,7 @@ impl Forwarder {
 
     fn on_down(&mut self) {
         self.connected = false;
+        self.snaps.clear();
         self.inflight.clear();
         self.resend.clear();
         self.live.clear();
@@ -555,7 +625,14 @@ impl Forwarder {
             }
             Err(_) => return,
         };
-        if outcome.foreign {
+        for id in &ack.snapshots {
+            if self.snaps.inflight.remove(id).is_some() {
+                self.snaps.known.remove(id);
+            } else if self.snaps.known.remove(id) {
+                self.snaps.waiting.retain(|w| w != id);
+            }
+        }
+        if outcome.foreign && !ack.seqs.is_empty() {
             self.metrics.acks_foreign.fetch_add(1, Relaxed);
             tracing::warn!(
                 stream = ack.stream,
@@ -586,6 +663,17 @@ impl Forwarder {
 
     fn check_timeouts(&mut self) {
         let now = Instant::now();
+        let late: Vec<String> = self
+            .snaps
+            .inflight
+            .iter()
+            .filter(|(_, sent)| now.duration_since(**sent) >= self.ack_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in late.into_iter().rev() {
+            self.snaps.inflight.remove(&id);
+            self.snaps.waiting.push_front(id);
+        }
         let expired: Vec<u64> = self
             .inflight
             .iter()
@@ -654,6 +742,43 @@ impl Forwarder {
         self.metrics
             .inflight
             .store(self.inflight.len() as u64, Relaxed);
+    }
+
+    /// Fills the snapshot window.
+    async fn pump_snapshots(&mut self) {
+        while self.connected && self.snaps.inflight.len() < SNAPSHOT_WINDOW {
+            let Some(id) = self.snaps.waiting.pop_front() else {
+                break;
+            };
+            let q = self.queue.clone();
+            let key = id.clone();
+            let jpeg = match tokio::task::spawn_blocking(move || q.snapshot(&key)).await {
+                Ok(Ok(Some(j))) => j,
+                Ok(Ok(None)) => {
+                    // Acked or dropped for the budget meanwhile.
+                    self.snaps.known.remove(&id);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("queue: cannot read snapshot {id}: {e}");
+                    self.snaps.known.remove(&id);
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let topic = self.topics.snapshot(&id);
+            if let Err(err) = self
+                .client
+                .publish(topic, QoS::AtLeastOnce, false, jpeg)
+                .await
+            {
+                tracing::warn!("cannot hand snapshot {id} to the MQTT client: {err}");
+                self.snaps.waiting.push_front(id);
+                return;
+            }
+            self.metrics.snapshots_sent.fetch_add(1, Relaxed);
+            self.snaps.inflight.insert(id, Instant::now());
+        }
     }
 
     async fn send(&mut self, e: StoredEntry) -> bool {

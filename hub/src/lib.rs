@@ -31,6 +31,7 @@ pub mod rules;
 pub mod server;
 pub mod store;
 pub mod twin;
+pub mod video;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +67,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(#[from] protocols::config::ConfigError),
+    /// The video archive could not be opened.
+    #[error(transparent)]
+    Video(#[from] video::VideoError),
     /// The twin file could not be opened.
     #[error(transparent)]
     Twins(#[from] twin::persist::PersistError),
@@ -242,8 +246,27 @@ impl<S: SeriesStore> Hub<S> {
         for d in registry.devices() {
             twins.publish(d.idx);
         }
+        let video = {
+            let (c, r, t, o) = (
+                config.clone(),
+                registry.clone(),
+                twins.clone(),
+                outlet.clone(),
+            );
+            tokio::task::spawn_blocking(move || video::Video::open(&c, r, t, o))
+                .await
+                .map_err(|e| video::VideoError::Task(e.to_string()))??
+        };
+        video.start_retention();
+        let weak_video = Arc::downgrade(&video);
+        metrics.add_source(Arc::new(move |out: &mut String| {
+            if let Some(v) = weak_video.upgrade() {
+                v.write_prometheus(out);
+            }
+        }));
         let ctx = Arc::new(Context {
             registry: registry.clone(),
+            video: video.clone(),
             twins: twins.clone(),
             status: StatusBoard::new(registry.clone(), twins.clone(), outlet.clone()),
             outlet: outlet.clone(),
@@ -262,6 +285,7 @@ impl<S: SeriesStore> Hub<S> {
         let router = api::router(Arc::new(ApiState {
             registry,
             auth,
+            video,
             twins: twins.clone(),
             store,
             metrics,

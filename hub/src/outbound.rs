@@ -21,6 +21,8 @@ pub enum LiveKind {
     Twin,
     /// An alert change.
     Alert,
+    /// A camera event (live stream only; MQTT apps get it in the camera's feed).
+    Event,
 }
 
 impl LiveKind {
@@ -30,6 +32,7 @@ impl LiveKind {
             LiveKind::Feed => "feed",
             LiveKind::Twin => "twin",
             LiveKind::Alert => "alert",
+            LiveKind::Event => "event",
         }
     }
 
@@ -89,6 +92,18 @@ impl Outlet {
             payload,
             retain,
         });
+    }
+
+    /// Sends a document to live stream subscribers only (grants are checked against
+    /// `topic`), not over MQTT.
+    pub fn publish_live(&self, kind: LiveKind, topic: &str, payload: Bytes) {
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(LiveUpdate {
+                kind,
+                topic: topic.into(),
+                payload,
+            });
+        }
     }
 
     /// A new subscription to live updates.

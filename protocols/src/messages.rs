@@ -408,19 +408,19 @@ pub struct CameraEntry {
     pub gb_id: String,
     /// Display name.
     pub name: String,
-    /// Latitude.
-    pub lat: f64,
-    /// Longitude.
-    pub lon: f64,
+    /// Latitude (`null` when hub.toml does not place the camera).
+    pub lat: Option<f64>,
+    /// Longitude (`null` when hub.toml does not place the camera).
+    pub lon: Option<f64>,
     /// Owning department.
     pub dept: String,
     /// Stream alive.
     pub online: bool,
     /// Stream URL as the agent sees it.
     pub stream: String,
-    /// Frames per second received.
+    /// Frames per second received (latest `camera_fps` reading; 0 while offline).
     pub fps: f64,
-    /// Bitrate received.
+    /// Bitrate received, kbit/s (latest `camera_bitrate` reading; 0 while offline).
     pub bitrate_kbps: f64,
 }
 

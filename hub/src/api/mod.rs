@@ -57,6 +57,8 @@ pub struct ApiState<S> {
     pub rules: Arc<Rules>,
     /// The config file rules are reloaded from.
     pub config_source: Option<std::path::PathBuf>,
+    /// Cameras: catalog, events, snapshots.
+    pub video: Arc<crate::video::Video>,
 }
 
 /// The router with every route of the contract this issue covers.
@@ -76,6 +78,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/alerts/{id}/cap", get(alerts::cap::<S>))
         .route("/api/v1/rules", get(alerts::rules::<S>))
         .route("/api/v1/rules/reload", post(alerts::reload::<S>))
+        .merge(crate::video::api::routes::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

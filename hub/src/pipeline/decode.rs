@@ -132,6 +132,7 @@ impl<'a> Builder<'a> {
             groups: self.groups,
             values: self.values,
             feeds: Bytes::copy_from_slice(&self.scratch.feed),
+            video: None,
         }
     }
 }
@@ -193,15 +194,12 @@ pub fn handle<S: crate::store::SeriesStore>(
             command_result(ctx, msg, &topic_text)
         }
         (Topic::AgentEvents(a), Principal::Agent(me)) if a == me => {
-            // Camera events and snapshots belong to the video issue; accepted, not processed.
             ctx.metrics.message_in(TopicKind::Events);
-            msg.finish(Disposition::Accepted);
-            Decoded::Handled
+            crate::video::ingest::event(ctx, &ctx.video, msg, &topic_text)
         }
-        (Topic::AgentSnapshot { agent, .. }, Principal::Agent(me)) if agent == me => {
+        (Topic::AgentSnapshot { agent, event }, Principal::Agent(me)) if agent == me => {
             ctx.metrics.message_in(TopicKind::Snapshot);
-            msg.finish(Disposition::Accepted);
-            Decoded::Handled
+            crate::video::ingest::snapshot(ctx, &ctx.video, msg, &topic_text, event)
         }
         (Topic::Status(id), _) if id == principal.id() => {
             // Online state follows connections (and wills through them); nothing to do.

@@ -43,7 +43,10 @@ pub async fn run<S: SeriesStore>(
                     let batch = std::mem::take(&mut p.batch);
                     in_flight.push(async move {
                         let started = Instant::now();
-                        let result = store.append(batch).await;
+                        let result = match p.video.as_mut() {
+                            Some(work) => crate::video::persist_then_append(work, &*store, batch).await,
+                            None => store.append(batch).await,
+                        };
                         metrics.append_latency.observe(started.elapsed());
                         metrics.store_queue.taken.fetch_add(1, Relaxed);
                         Stored { prepared: p, result }

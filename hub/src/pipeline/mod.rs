@@ -52,6 +52,8 @@ pub fn now_ms() -> i64 {
 pub struct Context<S> {
     /// The catalog.
     pub registry: Arc<Registry>,
+    /// Camera events and snapshots.
+    pub video: Arc<crate::video::Video>,
     /// The twins.
     pub twins: Arc<Twins>,
     /// Online state.
@@ -84,6 +86,8 @@ pub struct Prepared {
     pub values: Vec<NormValue>,
     /// Feed documents of all groups, back to back.
     pub feeds: Bytes,
+    /// Camera work made durable before the origin is appended (events, snapshots).
+    pub video: Option<Box<crate::video::Work>>,
 }
 
 /// A prepared message with the store's answer.

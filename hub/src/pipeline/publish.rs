@@ -101,6 +101,11 @@ fn handle<S>(
     if let Some((agent, stream, seq)) = prepared.ack {
         acks.add(agent, stream, seq);
     }
+    if let Some(work) = &prepared.video
+        && let Some((agent, event)) = work.after_durable(appended == Appended::Duplicate)
+    {
+        acks.add_snapshot(agent, event);
+    }
     if appended == Appended::Duplicate {
         ctx.metrics.duplicates.fetch_add(1, Relaxed);
         return;

@@ -1,0 +1,467 @@
+//! Video sensing at the hub: camera events and snapshots from agents, the camera catalog.
+//!
+//! ```text
+//! v1/agents/{id}/events ─▶ decode (ingest::event: parse, check camera ∈ agent) ─▶ store stage:
+//!   archive.record_event (fsync) then the origin (agent, stream, seq) into the series store's
+//!   dedup ─▶ publish stage: seq in the coalesced Ack.seqs; feed v1/feeds/camera/{id} (motion)
+//!   and the live `event`
+//! v1/agents/{id}/snapshots/{event} ─▶ decode (ingest::snapshot: a whole JPEG, its size) ─▶
+//!   store stage: archive.store_snapshot (file + index, fsync) ─▶ publish stage: event id in
+//!   Ack.snapshots; the live `event` again, now with its snapshot
+//! ```
+//! Events share the agent's sequence numbers with batches, so they are deduplicated by the
+//! same origin index as batches (the series store's), which keeps that index's watermark
+//! contiguous. Recording an event is idempotent (phases merge), so a crash between the archive
+//! commit and the origin commit only means the redelivery is merged again.
+//!
+//! The catalog and the HTTP routes are in [`catalog`] and [`api`]; an app sees a camera
+//! (catalog entry, snapshots, events) only with a grant matching `v1/feeds/camera/{id}`.
+
+pub mod api;
+pub mod archive;
+pub mod catalog;
+pub mod events;
+pub mod ingest;
+pub mod snapshots;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocols::messages::{CameraEvent, EventPhase};
+use protocols::{Quality, Quantity, Value};
+
+use crate::config::HubConfig;
+use crate::feeds::{NormValue, write_feed};
+use crate::outbound::{LiveKind, Outlet};
+use crate::registry::{AgentIdx, DeviceIdx, Registry};
+use crate::twin::Twins;
+use archive::{Archive, Pruned};
+use events::EventRecord;
+
+/// The directory under `data_dir`.
+pub const VIDEO_DIR: &str = "video";
+/// Longest pause between retention passes.
+const PRUNE_EVERY_MAX: Duration = Duration::from_secs(600);
+
+/// A video failure.
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    /// A file operation failed.
+    #[error("video I/O: {0}")]
+    Io(String),
+    /// The archive database failed.
+    #[error("video archive: {0}")]
+    Db(String),
+    /// Another process holds the archive.
+    #[error("{0}: the video archive is open in another process")]
+    Locked(PathBuf),
+    /// An agent used one event id for two cameras.
+    #[error("event id `{id}` already belongs to camera `{camera}`")]
+    IdClash {
+        /// The id.
+        id: String,
+        /// The camera it belongs to.
+        camera: String,
+    },
+    /// A blocking task failed.
+    #[error("video task: {0}")]
+    Task(String),
+}
+
+impl VideoError {
+    fn db(e: impl std::fmt::Display) -> VideoError {
+        VideoError::Db(e.to_string())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    events: AtomicU64,
+    events_unchanged: AtomicU64,
+    snapshots: AtomicU64,
+    snapshots_redelivered: AtomicU64,
+    snapshot_bytes: AtomicU64,
+    pruned_events: AtomicU64,
+    pruned_snapshots: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// The video service: archive, catalog state and publishing of camera events.
+pub struct Video {
+    registry: Arc<Registry>,
+    twins: Arc<Twins>,
+    outlet: Outlet,
+    archive: Archive,
+    event_retention: Duration,
+    snapshot_retention: Duration,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Video {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Video")
+            .field("archive", &self.archive)
+            .finish()
+    }
+}
+
+/// Hub time, epoch ms.
+fn now_ms() -> i64 {
+    crate::pipeline::now_ms()
+}
+
+impl Video {
+    /// Opens the archive under `data_dir/video` (blocking: call from a blocking thread or at
+    /// start). Events are kept for `[hub] retention`, snapshots for `[hub] snapshot_retention`.
+    pub fn open(
+        config: &HubConfig,
+        registry: Arc<Registry>,
+        twins: Arc<Twins>,
+        outlet: Outlet,
+    ) -> Result<Arc<Video>, VideoError> {
+        let dir = config.hub.data_dir.join(VIDEO_DIR);
+        let cameras: Vec<&str> = registry
+            .devices()
+            .iter()
+            .filter(|d| catalog::is_camera(d))
+            .map(|d| &*d.id)
+            .collect();
+        let archive = Archive::open(&dir, cameras)?;
+        Ok(Arc::new(Video {
+            registry,
+            twins,
+            outlet,
+            archive,
+            event_retention: config.hub.retention.0,
+            snapshot_retention: config.hub.snapshot_retention.0,
+            counters: Counters::default(),
+        }))
+    }
+
+    /// The archive.
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Applies retention once: events older than `retention`, snapshots older than
+    /// `snapshot_retention` (blocking).
+    pub fn prune(&self, now_ms: i64) -> Result<Pruned, VideoError> {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        let p = self.archive.prune(
+            now_ms.saturating_sub(ms(self.event_retention)),
+            now_ms.saturating_sub(ms(self.snapshot_retention)),
+        )?;
+        self.counters.pruned_events.fetch_add(p.events, Relaxed);
+        self.counters
+            .pruned_snapshots
+            .fetch_add(p.snapshots, Relaxed);
+        if p != Pruned::default() {
+            tracing::info!(
+                events = p.events,
+                snapshots = p.snapshots,
+                "video retention"
+            );
+        }
+        Ok(p)
+    }
+
+    /// Runs retention now and then every `min(snapshot_retention / 4, 10 min)` (at least 1 s)
+    /// until the service is dropped.
+    pub fn start_retention(self: &Arc<Video>) -> tokio::task::JoinHandle<()> {
+        let every = (self.snapshot_retention.min(self.event_retention) / 4)
+            .clamp(Duration::from_secs(1), PRUNE_EVERY_MAX);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(v) = weak.upgrade() else { return };
+                match tokio::task::spawn_blocking(move || v.prune(now_ms())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!("video retention: {e}"),
+                    Err(e) => tracing::error!("video retention task: {e}"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Appends the video counters in the Prometheus text format.
+    pub fn write_prometheus(&self, out: &mut String) {
+        let c = &self.counters;
+        let mut metric = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP hub_video_{name} {help}\n# TYPE hub_video_{name} counter\nhub_video_{name} {v}"
+            );
+        };
+        metric(
+            "events_total",
+            "Camera event phases recorded.",
+            c.events.load(Relaxed),
+        );
+        metric(
+            "events_unchanged_total",
+            "Camera event phases that changed nothing (redeliveries).",
+            c.events_unchanged.load(Relaxed),
+        );
+        metric(
+            "snapshots_total",
+            "Snapshots stored.",
+            c.snapshots.load(Relaxed),
+        );
+        metric(
+            "snapshots_redelivered_total",
+            "Snapshots received again after they were stored.",
+            c.snapshots_redelivered.load(Relaxed),
+        );
+        metric(
+            "snapshot_bytes_total",
+            "Bytes of snapshots stored.",
+            c.snapshot_bytes.load(Relaxed),
+        );
+        metric(
+            "pruned_events_total",
+            "Events removed by retention.",
+            c.pruned_events.load(Relaxed),
+        );
+        metric(
+            "pruned_snapshots_total",
+            "Snapshots removed by retention.",
+            c.pruned_snapshots.load(Relaxed),
+        );
+        metric(
+            "failures_total",
+            "Events or snapshots that could not be stored (left unacknowledged).",
+            c.failures.load(Relaxed),
+        );
+    }
+
+    /// Publishes an event change: the feed `v1/feeds/camera/{id}` with the motion value and
+    /// the event, and the live `event` with the whole record.
+    fn publish_event(&self, device: DeviceIdx, ev: &CameraEvent, record: &EventRecord) {
+        let d = self.registry.device(device);
+        if ev.event_type == "motion" {
+            let mut doc = Vec::with_capacity(512);
+            let motion = NormValue {
+                quantity: Quantity::Motion,
+                value: Value::Bool(ev.phase != EventPhase::End),
+                quality: Quality::Good,
+            };
+            write_feed(&mut doc, d, ev.ts, ev.seq, &[motion]);
+            // Reopen the document to add what moved.
+            doc.pop();
+            doc.extend_from_slice(b",\"event\":");
+            let event = serde_json::json!({
+                "id": record.id,
+                "type": ev.event_type,
+                "phase": ev.phase,
+                "score": ev.score,
+                "boxes": ev.boxes,
+            });
+            let _ = serde_json::to_writer(&mut doc, &event);
+            doc.push(b'}');
+            self.outlet.publish(&d.feed_topic, Bytes::from(doc), false);
+        }
+        self.publish_live(device, record);
+    }
+
+    fn publish_live(&self, device: DeviceIdx, record: &EventRecord) {
+        let d = self.registry.device(device);
+        if let Ok(bytes) = serde_json::to_vec(record) {
+            self.outlet
+                .publish_live(LiveKind::Event, &d.feed_topic, Bytes::from(bytes));
+        }
+    }
+
+    /// The camera's twin is the source of its online state and latest stream readings.
+    pub fn twins(&self) -> &Arc<Twins> {
+        &self.twins
+    }
+}
+
+/// Work for the store and publish stages of the pipeline, carried in its `Prepared`.
+pub enum Work {
+    /// An event phase to record.
+    Event {
+        /// The service.
+        video: Arc<Video>,
+        /// The sending agent (the camera's).
+        agent: AgentIdx,
+        /// The camera.
+        device: DeviceIdx,
+        /// The event id.
+        id: String,
+        /// The checked phase.
+        event: CameraEvent,
+        /// The record once stored, if the phase changed it.
+        stored: Option<EventRecord>,
+    },
+    /// A snapshot to store.
+    Snapshot {
+        /// The service.
+        video: Arc<Video>,
+        /// The sending agent.
+        agent: AgentIdx,
+        /// The event id.
+        id: String,
+        /// The JPEG.
+        jpeg: Bytes,
+        /// Its size.
+        size: (u32, u32),
+        /// The event with its snapshot, once stored and if the event is known.
+        stored: Option<EventRecord>,
+    },
+    /// A refused snapshot (dead-lettered): acknowledged so the agent stops sending it.
+    Refused {
+        /// The sending agent.
+        agent: AgentIdx,
+        /// The event id.
+        id: String,
+    },
+}
+
+impl Work {
+    /// Makes the work durable (blocking I/O on the blocking pool). The pipeline appends the
+    /// message's origin only after this succeeded.
+    pub async fn persist(&mut self) -> Result<(), VideoError> {
+        match self {
+            Work::Event {
+                video,
+                agent,
+                id,
+                event,
+                stored,
+                ..
+            } => {
+                let v = video.clone();
+                let agent = v.registry.agent(*agent).id.clone();
+                let (i, e) = (id.clone(), event.clone());
+                let r = tokio::task::spawn_blocking(move || v.archive.record_event(&agent, &i, &e))
+                    .await
+                    .map_err(|e| VideoError::Task(e.to_string()))?;
+                match r {
+                    Ok(r) if r.changed => {
+                        video.counters.events.fetch_add(1, Relaxed);
+                        *stored = Some(r.record);
+                    }
+                    Ok(_) => {
+                        video.counters.events_unchanged.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        video.counters.failures.fetch_add(1, Relaxed);
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+            Work::Snapshot {
+                video,
+                agent,
+                id,
+                jpeg,
+                size,
+                stored,
+            } => {
+                let v = video.clone();
+                let a = v.registry.agent(*agent).id.clone();
+                let (i, j, s) = (id.clone(), jpeg.clone(), *size);
+                let r = tokio::task::spawn_blocking(move || {
+                    v.archive.store_snapshot(&a, &i, &j, s, now_ms())
+                })
+                .await
+                .map_err(|e| VideoError::Task(e.to_string()))?;
+                match r {
+                    Ok(r) if r.fresh => {
+                        video.counters.snapshots.fetch_add(1, Relaxed);
+                        video
+                            .counters
+                            .snapshot_bytes
+                            .fetch_add(jpeg.len() as u64, Relaxed);
+                        *stored = r.record;
+                    }
+                    Ok(_) => {
+                        video.counters.snapshots_redelivered.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        video.counters.failures.fetch_add(1, Relaxed);
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+            Work::Refused { .. } => Ok(()),
+        }
+    }
+
+    /// After durable: publishes what changed (not for a duplicate) and returns the snapshot
+    /// acknowledgement owed to the agent, if any.
+    pub fn after_durable(&self, duplicate: bool) -> Option<(AgentIdx, String)> {
+        match self {
+            Work::Event {
+                video,
+                device,
+                event,
+                stored,
+                ..
+            } => {
+                if let (false, Some(record)) = (duplicate, stored) {
+                    video.publish_event(*device, event, record);
+                }
+                None
+            }
+            Work::Snapshot {
+                video,
+                agent,
+                id,
+                stored,
+                ..
+            } => {
+                if let Some(record) = stored
+                    && let Some(d) = video.registry.device_by_id(&record.camera)
+                {
+                    video.publish_live(d.idx, record);
+                }
+                Some((*agent, id.clone()))
+            }
+            Work::Refused { agent, id } => Some((*agent, id.clone())),
+        }
+    }
+}
+
+/// The store stage's step for a message with video work: make the work durable, then append
+/// the message's origin (deduplication of agent seqs). A write with neither origin nor points
+/// (a snapshot) is not sent to the store.
+pub async fn persist_then_append<S: crate::store::SeriesStore>(
+    work: &mut Work,
+    store: &S,
+    batch: crate::store::WriteBatch,
+) -> Result<crate::store::Appended, crate::store::StoreError> {
+    match work.persist().await {
+        Ok(()) => {}
+        Err(VideoError::IdClash { id, camera }) => {
+            // The agent can never fix this: drop the phase, still record and acknowledge it.
+            tracing::warn!(
+                id,
+                camera,
+                "event id reused for another camera; phase dropped"
+            );
+        }
+        Err(e) => {
+            return Err(crate::store::StoreError::Io(std::io::Error::other(
+                e.to_string(),
+            )));
+        }
+    }
+    if batch.origin.is_none() && batch.series.is_empty() {
+        return Ok(crate::store::Appended::Stored);
+    }
+    store.append(batch).await
+}
