@@ -248,26 +248,7 @@ impl Transport {
     }
 }
 
-/// What an agent.toml problem is, with the file it came from.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is invalid.
-    #[error("{path}: {error}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The first problem.
-        error: ConfigError,
-    },
-}
+pub use protocols::config::LoadError;
 
 /// A loaded, validated agent configuration with its profiles.
 #[derive(Clone, Debug)]
@@ -285,15 +266,10 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Reads, resolves and validates an agent.toml and the profiles it names.
     pub fn load(path: &Path) -> Result<AgentConfig, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = protocols::config::read_config_file(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut cfg = AgentConfig::from_toml(&text, base).map_err(|error| LoadError::Invalid {
-            path: path.to_owned(),
-            error,
-        })?;
+        let mut cfg =
+            AgentConfig::from_toml(&text, base).map_err(|error| LoadError::invalid(path, error))?;
         cfg.path = Some(path.to_owned());
         Ok(cfg)
     }

@@ -452,39 +452,14 @@ pub struct RuleConfig {
     pub radius_km: Option<f64>,
 }
 
-/// What a hub.toml problem is, with the file it came from.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is invalid.
-    #[error("{path}: {error}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The first problem.
-        error: ConfigError,
-    },
-}
+pub use protocols::config::LoadError;
 
 impl HubConfig {
     /// Reads and validates a hub.toml. Relative paths inside (data_dir, profiles) are resolved
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<HubConfig, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let invalid = |error| LoadError::Invalid {
-            path: path.to_owned(),
-            error,
-        };
+        let text = protocols::config::read_config_file(path)?;
+        let invalid = |error| LoadError::invalid(path, error);
         let mut cfg = HubConfig::from_toml(&text).map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);

@@ -8,7 +8,6 @@
 
 mod hub_e2e_support;
 
-
 use base64::Engine as _;
 use hub_e2e_support::*;
 use protocols::batch::{Ack, encode};

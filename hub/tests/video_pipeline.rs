@@ -177,7 +177,13 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn get(hub: &TestHub<TsStore>, app: &str, secret: &str, path: &str) -> reqwest::Response {
+async fn get(
+    hub: &TestHub<TsStore>,
+    app: &str,
+    secret: &str,
+    path: impl Into<String>,
+) -> reqwest::Response {
+    let path: String = path.into();
     http()
         .get(format!("{}{path}", hub.base_url()))
         .bearer_auth(format!("{app}:{secret}"))
@@ -607,14 +613,12 @@ async fn an_app_sees_only_the_cameras_its_grants_cover() {
         (gate.dept.as_str(), gate.stream.as_str()),
         ("traffic", "rtsp://10.0.0.5/main")
     );
-    let t_get = |path: &str| get(&hub, "traffic", "traffic-secret", path);
+    let t_get = |path: &str| get(&hub, "traffic", "traffic-secret", path.to_string());
     let r = t_get("/api/v1/cameras").await;
     assert_eq!(list(json_of(r).await), ["CAM-0001", "CAM-0003"]);
     let r = t_get("/api/v1/events").await;
-    let seen: Vec<String> = r
-        .json::<serde_json::Value>()
+    let seen: Vec<String> = json_of::<serde_json::Value>(r)
         .await
-        .unwrap()
         .as_array()
         .unwrap()
         .iter()
@@ -644,9 +648,8 @@ async fn an_app_sees_only_the_cameras_its_grants_cover() {
     assert!(list(json_of(r).await).is_empty());
     let r = get(&hub, "water", "water-secret", "/api/v1/events").await;
     assert!(
-        r.json::<serde_json::Value>()
+        json_of::<serde_json::Value>(r)
             .await
-            .unwrap()
             .as_array()
             .unwrap()
             .is_empty()

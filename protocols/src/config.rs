@@ -44,6 +44,46 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A configuration file that could not be used, with the file it came from (hub.toml,
+/// agent.toml): the one line a technician sees.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is invalid.
+    #[error("{path}: {error}")]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The first problem.
+        error: ConfigError,
+    },
+}
+
+impl LoadError {
+    /// The `Invalid` error of `path`.
+    pub fn invalid(path: &std::path::Path, error: ConfigError) -> LoadError {
+        LoadError::Invalid {
+            path: path.to_owned(),
+            error,
+        }
+    }
+}
+
+/// Reads a configuration file as text.
+pub fn read_config_file(path: &std::path::Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace()
         .collect::<alloc::vec::Vec<_>>()

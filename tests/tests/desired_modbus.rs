@@ -80,11 +80,7 @@ async fn twin(http: std::net::SocketAddr, device: &str) -> Twin {
 }
 
 /// Polls the twin until `check` holds.
-async fn twin_until(
-    http: std::net::SocketAddr,
-    what: &str,
-    check: impl Fn(&Twin) -> bool,
-) -> Twin {
+async fn twin_until(http: std::net::SocketAddr, what: &str, check: impl Fn(&Twin) -> bool) -> Twin {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let t = twin(http, "SL-0001").await;
@@ -115,7 +111,10 @@ async fn patch(http: std::net::SocketAddr, body: &str) -> (reqwest::StatusCode, 
         .await
         .unwrap();
     let s = resp.status();
-    (s, serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap())
+    (
+        s,
+        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +156,9 @@ grants = ["feeds/#", "twin/#", "alerts/#"]
     let p = DeviceProfile::from_toml(&std::fs::read_to_string(&profile).unwrap()).unwrap();
     let mut spec = DeviceSpec::new("SL-0001", p, 1, world.site("SL-0001"));
     spec.sample_interval = Duration::from_millis(100);
-    let device = spawn_tcp(spec, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let device = spawn_tcp(spec, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let modbus = device.addr.unwrap();
 
     let agent_cfg = edge_agent::config::AgentConfig::from_toml(

@@ -5,12 +5,12 @@
 //! message `references` the first and the previous one (`sender,identifier,sent`). The mapping
 //! from China's four warning levels is written down in docs/decisions/0011:
 //!
-//! | level | severity | urgency | CAP use |
-//! | --- | --- | --- | --- |
-//! | red (I) | Extreme | Immediate | |
-//! | orange (II) | Severe | Immediate | |
-//! | yellow (III) | Moderate | Expected | |
-//! | blue (IV) | Minor | Expected | |
+//! | level | severity | urgency |
+//! | --- | --- | --- |
+//! | red (I) | Extreme | Immediate |
+//! | orange (II) | Severe | Immediate |
+//! | yellow (III) | Moderate | Expected |
+//! | blue (IV) | Minor | Expected |
 //!
 //! A `Cancel` has urgency `Past` and responseType `AllClear`. Certainty is `Observed` (a
 //! sensor measured it), `Likely` for rates of rise (a trend). Times are local time at

@@ -50,12 +50,10 @@ pub enum ProvisionError {
         /// Why.
         detail: String,
     },
-    /// The hub refused the written hub.toml (a bug in the layout).
+    /// The hub or an agent refused its written config (a bug in the layout); the error
+    /// names the file.
     #[error(transparent)]
-    Hub(#[from] hub::config::LoadError),
-    /// The agent refused its written config (a bug in the layout).
-    #[error(transparent)]
-    Agent(#[from] edge_agent::config::LoadError),
+    Config(#[from] protocols::config::LoadError),
 }
 
 fn write(path: &Path, text: &str) -> Result<(), ProvisionError> {
