@@ -169,6 +169,31 @@ async fn wait_ack(hub: &TestHub<TsStore>, agent_id: &str, what: &str, ok: impl F
         .await;
 }
 
+/// Waits until the agent's acks, taken together, cover `seqs` of `stream` (acks are coalesced
+/// per drain of the publish stage, so how many seqs one ack carries depends on timing).
+async fn wait_acked(
+    hub: &TestHub<TsStore>,
+    agent_id: &str,
+    what: &str,
+    stream: u64,
+    seqs: std::ops::RangeInclusive<u64>,
+) {
+    let topic = format!("v1/agents/{agent_id}/ack");
+    hub.published
+        .wait_for(what, |msgs| {
+            let acks: Vec<Ack> = msgs
+                .iter()
+                .filter(|m| m.topic == topic)
+                .filter_map(|m| serde_json::from_slice::<Ack>(&m.payload).ok())
+                .filter(|a| a.stream == stream)
+                .collect();
+            seqs.clone()
+                .all(|s| acks.iter().any(|a| a.covers(s)))
+                .then_some(())
+        })
+        .await;
+}
+
 async fn json_of<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> T {
     serde_json::from_str(&r.text().await.unwrap()).unwrap()
 }
@@ -235,10 +260,7 @@ async fn events_are_merged_deduplicated_acknowledged_and_published() {
     )
     .await;
     assert_eq!(d, Disposition::Accepted);
-    wait_ack(&hub, "AG-CAM", "seqs 1..=4 acked", |a| {
-        a.stream == STREAM && (1..=4).all(|s| a.covers(s))
-    })
-    .await;
+    wait_acked(&hub, "AG-CAM", "seqs 1..=4 acked", STREAM, 1..=4).await;
     // Redelivered: acknowledged again, not published again.
     let feed = "v1/feeds/camera/CAM-0001";
     let feeds_before = hub.published.json_on(feed).len();
@@ -415,10 +437,7 @@ async fn what_does_not_belong_is_dead_lettered_and_still_acknowledged() {
     let mut bad = event("CAM-0001", "CAM-0001.1.1", EventPhase::Start, t, Some(3));
     bad.boxes = vec![[0.0; 4]; 100];
     send_event(&hub, "AG-CAM", &bad).await;
-    wait_ack(&hub, "AG-CAM", "refused events acked", |a| {
-        (1..=3).all(|s| a.covers(s))
-    })
-    .await;
+    wait_acked(&hub, "AG-CAM", "refused events acked", STREAM, 1..=3).await;
     // Garbage without a seq cannot be acknowledged: refused.
     let d = disposition(
         hub.send(agent("AG-CAM"), "v1/agents/AG-CAM/events", &b"{nope"[..])

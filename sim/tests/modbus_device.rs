@@ -436,11 +436,5 @@ fn a_profile_that_does_not_match_the_firmware_is_refused() {
         err.contains("does not match the firmware's register map"),
         "{err}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args(["demo"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
     let _ = std::fs::remove_dir_all(dir);
 }
