@@ -30,6 +30,10 @@ pub async fn run<S: SeriesStore>(
         tokio::select! {
             biased;
             Some(stored) = in_flight.next(), if !in_flight.is_empty() => {
+                // Durable, and nothing about it has left the hub yet: a crash here must
+                // neither lose nor double the batch (the crash tests abort here).
+                #[cfg(feature = "failpoints")]
+                super::failpoint::after_store(&stored);
                 ctx.metrics.publish_queue.sent.fetch_add(1, Relaxed);
                 if output.send(stored).await.is_err() {
                     tracing::error!("publish stage is gone; stopping the store stage");

@@ -19,6 +19,8 @@ pub mod ack;
 pub mod deadletter;
 pub mod decode;
 pub mod durable;
+#[cfg(feature = "failpoints")]
+pub mod failpoint;
 pub mod publish;
 pub mod status;
 
