@@ -370,11 +370,10 @@ impl Archive {
         let existing = {
             let tx = self.db.begin_read().map_err(VideoError::db)?;
             let snaps = tx.open_table(SNAPSHOTS).map_err(VideoError::db)?;
-            let got = snaps
+            snaps
                 .get((agent, id))
                 .map_err(VideoError::db)?
-                .and_then(|v| decode_meta(v.value()));
-            got
+                .and_then(|v| decode_meta(v.value()))
         };
         if let Some(m) = &existing
             && m.bytes == meta.bytes
