@@ -139,6 +139,9 @@ pub struct Metrics {
     pub readings_stored: AtomicU64,
     /// Agent messages that were redeliveries (re-acked, not stored again).
     pub duplicates: AtomicU64,
+    /// Of the duplicates, first redeliveries of messages made durable before a restart, whose
+    /// feeds were published (again) because the crash may have come before publishing.
+    pub recovered: AtomicU64,
     /// Appends that failed (the message stays unacknowledged).
     pub store_errors: AtomicU64,
     /// Feed messages published.
@@ -197,7 +200,7 @@ impl Metrics {
                 self.messages_in[k as usize].load(Relaxed)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "hub_readings_stored_total",
                 "Readings durably stored.",
@@ -207,6 +210,11 @@ impl Metrics {
                 "hub_duplicates_total",
                 "Redelivered agent messages, re-acknowledged and not stored again.",
                 &self.duplicates,
+            ),
+            (
+                "hub_recovered_total",
+                "Redeliveries of messages made durable before a restart, published again.",
+                &self.recovered,
             ),
             (
                 "hub_store_errors_total",

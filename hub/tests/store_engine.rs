@@ -190,10 +190,17 @@ async fn data_and_dedup_survive_restarts() {
     store.close().await.unwrap();
     let store = open(img.path(), opts()).await;
     assert_eq!(raw(&store, &level, 0, i64::MAX), expect);
+    // Its first redelivery is `Recovered` (replayed from the WAL: the hub republishes it),
+    // every later one a plain duplicate; neither writes anything.
+    assert_eq!(
+        put(&store, origin("agent-a", 7, 31), &level, vec![p]).await,
+        Appended::Recovered
+    );
     assert_eq!(
         put(&store, origin("agent-a", 7, 31), &level, vec![p]).await,
         Appended::Duplicate
     );
+    assert_eq!(raw(&store, &level, 0, i64::MAX), expect);
     store.close().await.unwrap();
 }
 
@@ -454,9 +461,10 @@ async fn torn_wal_tail_keeps_everything_before_it() {
         .unwrap();
     let store = open(torn.path(), opts()).await;
     assert_eq!(raw(&store, &s, 0, i64::MAX), expect[..29].to_vec());
+    // Replayed from the WAL: recovered (republished once), and never written again.
     assert_eq!(
         put(&store, origin("ag", 1, 29), &s, vec![pt(1, 1.0)]).await,
-        Appended::Duplicate
+        Appended::Recovered
     );
     assert_eq!(
         put(&store, origin("ag", 1, 30), &s, vec![pt(T0 + 29, 7.29)]).await,

@@ -106,13 +106,22 @@ fn handle<S>(
     {
         acks.add_snapshot(agent, event);
     }
-    if appended == Appended::Duplicate {
-        ctx.metrics.duplicates.fetch_add(1, Relaxed);
-        return;
+    match appended {
+        Appended::Duplicate => {
+            ctx.metrics.duplicates.fetch_add(1, Relaxed);
+            return;
+        }
+        // Durable before a crash, maybe never published: publish now (at-least-once).
+        Appended::Recovered => {
+            ctx.metrics.duplicates.fetch_add(1, Relaxed);
+            ctx.metrics.recovered.fetch_add(1, Relaxed);
+        }
+        Appended::Stored => {
+            ctx.metrics
+                .readings_stored
+                .fetch_add(prepared.readings as u64, Relaxed);
+        }
     }
-    ctx.metrics
-        .readings_stored
-        .fetch_add(prepared.readings as u64, Relaxed);
     let now = super::now_ms();
     for g in &prepared.groups {
         if ctx

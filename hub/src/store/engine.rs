@@ -14,7 +14,7 @@
 //!
 //! Queries read the heads under a short read lock, and redb through an MVCC read transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -367,6 +367,9 @@ impl TsStore {
 
         let mut registry = Registry::default();
         let mut index = OriginIndex::default();
+        // Origins replayed from the WAL: durable before a crash, but their feeds and rule
+        // evaluation may never have happened. Their first redelivery is `Recovered`.
+        let mut recovered: HashSet<(Arc<str>, u64, u64)> = HashSet::new();
         let mut state = State::default();
         {
             let txn = db.begin_read().map_err(db_err)?;
@@ -420,6 +423,7 @@ impl TsStore {
                 }
                 if let Some(o) = &rec.origin {
                     index.insert(&o.agent, o.stream, o.seq);
+                    recovered.insert((o.agent.clone(), o.stream, o.seq));
                 }
                 for (sid, mut pts) in rec.series {
                     replayed += pts.len() as u64;
@@ -493,6 +497,7 @@ impl TsStore {
             wal_dir: wal_dir.clone(),
             segment,
             index,
+            recovered,
             new_series,
             generation: next_gen,
             buf: Vec::with_capacity(1 << 20),
@@ -793,6 +798,8 @@ struct Writer {
     wal_dir: PathBuf,
     segment: Segment,
     index: OriginIndex,
+    /// Origins replayed from the WAL at open and not redelivered since (see `Appended`).
+    recovered: HashSet<(Arc<str>, u64, u64)>,
     /// Series defined since the last checkpoint, for its registry rows.
     new_series: Vec<(u32, Vec<u8>)>,
     /// The generation of chunks sealed now (committed by the next checkpoint).
@@ -894,7 +901,13 @@ impl Writer {
         for (batch, reply) in appends {
             if let Some(o) = &batch.origin {
                 if self.index.contains(&o.agent, o.stream, o.seq) {
-                    waiters.push((reply, Appended::Duplicate));
+                    let key = (o.agent.clone(), o.stream, o.seq);
+                    let r = if self.recovered.remove(&key) {
+                        Appended::Recovered
+                    } else {
+                        Appended::Duplicate
+                    };
+                    waiters.push((reply, r));
                     continue;
                 }
                 self.index.insert(&o.agent, o.stream, o.seq);

@@ -82,6 +82,11 @@ pub enum Appended {
     Stored,
     /// The origin was already stored; nothing was written.
     Duplicate,
+    /// The origin was already stored before the store's last restart (replayed from the
+    /// write-ahead log) and this is its first redelivery since: nothing was written, but the
+    /// hub died after making it durable and maybe before publishing it, so the pipeline
+    /// publishes it again (feeds and rules are at-least-once across a hub crash).
+    Recovered,
 }
 
 /// Aggregation of a bucketed query.
