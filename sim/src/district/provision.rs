@@ -62,6 +62,21 @@ pub fn scene_speed(scene: CameraScene, demo_speed: f64) -> f64 {
     }
 }
 
+/// Per-pixel difference that counts as changed for a camera watching a restricted area.
+pub const RESTRICTED_THRESHOLD: i64 = 15;
+
+/// The settings of a camera beyond the defaults (motion at 5 analysed pictures/s, offline
+/// after 5 s without a picture fit the demo). A restricted area's camera is more sensitive:
+/// a person in dark clothes on grey tarmac differs by about 20 luma levels, under the default
+/// threshold of 25 made for busy streets.
+pub fn camera_settings(camera: &Camera) -> toml::Table {
+    let mut t = toml::Table::new();
+    if camera.restricted {
+        t.insert("threshold".into(), RESTRICTED_THRESHOLD.into());
+    }
+    t
+}
+
 /// The `source` of a camera at a demo speed: `synthetic:SCENE?seed=..&size=..&fps=..&speed=..`.
 pub fn camera_source(camera: &Camera, demo_speed: f64) -> String {
     let (w, h) = CAMERA_SIZE;
@@ -482,8 +497,7 @@ pub fn write_agent_config(
         .map(|c| CameraSource {
             id: c.id.clone(),
             source: camera_source(c, demo_speed),
-            // The defaults fit: motion at 5 analysed pictures/s, a 5 s stall means offline.
-            settings: toml::Table::new(),
+            settings: camera_settings(c),
         })
         .collect();
     let file = AgentToml {
@@ -565,6 +579,19 @@ mod tests {
         .unwrap();
         assert_eq!(agent.file.modbus.len(), 10);
         assert_eq!(agent.file.agent.data_dir, dir.path().join("agents/AG-LC01"));
+        let ws01 = write_agent_config(
+            dir.path(),
+            &layout,
+            "AG-WS01",
+            &secrets,
+            "127.0.0.1:1883".parse().unwrap(),
+            |_| Some("127.0.0.1:5020".parse().unwrap()),
+            1.0,
+        )
+        .unwrap();
+        let restricted =
+            edge_agent::camera::CameraConfig::from_entry(&ws01.file.camera[0]).unwrap();
+        assert_eq!(restricted.settings.threshold, RESTRICTED_THRESHOLD as u8);
         assert_eq!(agent.file.camera.len(), 1);
         assert_eq!(agent.file.camera[0].id, "CAM-0002");
         assert_eq!(

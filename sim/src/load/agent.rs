@@ -271,10 +271,10 @@ impl Agent {
                     Incoming::Publish(p) => self.on_publish(p, &mut wbuf),
                     Incoming::PubAck(pid) if self.settings.ack == AckMode::PubAck => {
                         let now = Instant::now();
-                        if let Some(i) = self.window.iter().position(|p| pid_of(p.seq) == pid) {
-                            if let Some(p) = self.window.remove(i) {
-                                self.acked(&p, now);
-                            }
+                        if let Some(i) = self.window.iter().position(|p| pid_of(p.seq) == pid)
+                            && let Some(p) = self.window.remove(i)
+                        {
+                            self.acked(&p, now);
                         }
                     }
                     _ => {}
