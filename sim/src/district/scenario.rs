@@ -333,7 +333,7 @@ impl WatchedScene {
         let camera = &self.camera;
         Some(match (self.kind, now) {
             (CameraScene::Failing, true) => format!(
-                "{camera}: camera dark, its power failing again (no pictures: offline in the catalog within seconds)"
+                "{camera}: camera dark, its power supply failed (no pictures: offline in the catalog within seconds)"
             ),
             (CameraScene::Failing, false) => format!("{camera}: camera back, pictures again"),
             (_, true) => format!(
