@@ -1,8 +1,8 @@
 //! The district's configuration on disk, as an integrator would write it: `DIR/hub.toml`
 //! (devices and cameras, agents, apps, rules), `DIR/agents/{id}.toml` (one per cabinet and
 //! station: its Modbus devices and `[[camera]]`s) and `DIR/profiles/*.toml` (the device
-//! models). The demo runs exactly these files: it writes
-//! them, then loads them back through the hub's and the agent's own loaders.
+//! models). The demo runs exactly these files: it writes them, then loads them back through
+//! the hub's and the agent's own loaders.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -370,9 +370,7 @@ pub fn hub_config(
             secret: Some(secrets.get(FLOOD_CONTROL).to_string()),
             secret_hash: None,
             // The river's levels and the department's own cameras, nothing else.
-            grants: ["feeds/water_level/#", "twin/#"]
-                .map(String::from)
-                .into_iter()
+            grants: std::iter::once("feeds/water_level/#".to_string())
                 .chain(
                     layout
                         .cameras
@@ -553,6 +551,14 @@ mod tests {
         assert_eq!(cam.gb_id.as_deref(), Some(layout.cameras[0].gb_id.as_str()));
         let flood = cfg.apps.iter().find(|a| a.id == FLOOD_CONTROL).unwrap();
         assert!(flood.grants.contains(&"feeds/camera/CAM-0001".to_string()));
+        assert!(!flood.grants.iter().any(|g| g.starts_with("twin/")));
+        let night = cfg
+            .rules
+            .iter()
+            .find(|r| r.id == "restricted-area-motion")
+            .unwrap();
+        assert_eq!(night.active.map(|w| w.to_string()).as_deref(), Some(NIGHT));
+        assert_eq!(night.device.as_deref(), Some("CAM-0001"));
         assert!(!flood.grants.contains(&"feeds/camera/CAM-0002".to_string()));
         assert!(cfg.devices[0].profile.as_ref().unwrap().exists());
         let ids: Vec<&str> = cfg.rules.iter().map(|r| r.id.as_str()).collect();
