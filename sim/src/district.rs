@@ -3,7 +3,9 @@
 //! 62 devices around a centre at 30.42° N, 120.30° E: five streets with 40 lamps and 10
 //! manhole covers (a lighting cabinet agent per street), a river with five gauging stations
 //! (an agent each: level gauges, water-quality sondes, weather stations), and two rain gauges
-//! publishing JSON themselves. The devices run the real firmware over Modbus TCP on loopback;
+//! publishing JSON themselves; and 5 cameras (GB/T 28181 ids) watched by cabinets and
+//! stations, their synthetic scenes rendered in the agents: traffic, floodlights switching,
+//! a camera whose power keeps failing, a restricted area watched at night. The devices run the real firmware over Modbus TCP on loopback;
 //! the agents are the real `edge_agent`, in-process, publishing over real MQTT to the
 //! embedded hub through cuttable backhaul links; a lighting-control app switches and dims the
 //! lamps through the hub's desired state; a scenario on a demo clock brings dusk, storms,
@@ -95,8 +97,9 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
     let dir = demo.dir().display();
     let clock = demo.clock();
     println!(
-        "sim demo: a simulated district is running ({} devices, {} agents, embedded hub; started in {:.1} s)",
+        "sim demo: a simulated district is running ({} devices, {} cameras, {} agents, embedded hub; started in {:.1} s)",
         l.field.len() + l.direct.len(),
+        l.cameras.len(),
         l.agents.len(),
         took.as_secs_f64()
     );
@@ -105,6 +108,9 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
     println!("  app        {app} / {secret}");
     println!(
         "  HTTP API   curl -H 'Authorization: Bearer {app}:{secret}' http://{http}/api/v1/devices"
+    );
+    println!(
+        "  cameras    curl -H 'Authorization: Bearer {app}:{secret}' http://{http}/api/v1/cameras  (and /api/v1/events, /api/v1/cameras/ID/snapshot)"
     );
     println!(
         "  MQTT       mosquitto_sub -h {} -p {} -u {app} -P {secret} -i {app}.cli -t 'v1/feeds/#' -v",

@@ -31,9 +31,11 @@ fn main() {
     // The demo tells its story on stdout; its dozens of components log only problems unless
     // RUST_LOG asks for more.
     let default_filter = match cli.command {
-        // The scenario cuts links and powers devices off on purpose; those reconnect warnings
-        // would bury the story.
-        Command::Demo(_) => "warn,edge_agent::uplink=error,edge_agent::modbus=error",
+        // The scenario cuts links and powers devices off on purpose, and a camera fails on
+        // purpose; those warnings would bury the story (which tells them).
+        Command::Demo(_) => {
+            "warn,edge_agent::uplink=error,edge_agent::modbus=error,edge_agent::camera=error"
+        }
         _ => "info",
     };
     tracing_subscriber::fmt()

@@ -1,8 +1,8 @@
 //! The demo's assembly in-process on free ports: the whole district comes alive (feeds from
 //! every kind of device through the real agents and hub, twins online, the lighting control
-//! switching the lamps through desired state, a storm raising the river), the scripted
-//! incidents show up in what the hub publishes, it stops cleanly, and a second start in the
-//! same directory keeps its secrets.
+//! switching the lamps through desired state, a storm raising the river, the cameras sensing
+//! through the hub's video API), the scripted incidents show up in what the hub publishes, it
+//! stops cleanly, and a second start in the same directory keeps its secrets.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -10,6 +10,8 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use sim::district::demo::{Demo, DemoOptions};
+use sim::district::layout::CameraScene;
+use sim::district::provision::{self, FLOOD_CONTROL};
 use tokio::sync::mpsc;
 
 /// How long anything the tests wait for may take.
@@ -100,8 +102,270 @@ impl Watcher {
     }
 }
 
+/// The hub's HTTP API as one app.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+}
+
+impl Api {
+    fn new(demo: &Demo, app: &str, secret: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", demo.http_addr()),
+            auth: format!("Bearer {app}:{secret}"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("authorization", &self.auth)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    }
+
+    /// Asks `path` until `done` picks something out of the answer, or fails naming `what`.
+    async fn until<T>(&self, what: &str, path: &str, done: impl Fn(&Value) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let v = self.json(path).await;
+            if let Some(t) = done(&v) {
+                return t;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last {path}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Width and height from a JPEG's start-of-frame segment.
+fn jpeg_size(jpeg: &[u8]) -> Option<(u32, u32)> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) || !jpeg.ends_with(&[0xFF, 0xD9]) {
+        return None;
+    }
+    let mut i = 2;
+    while i + 9 < jpeg.len() {
+        if jpeg[i] != 0xFF {
+            return None;
+        }
+        let marker = jpeg[i + 1];
+        let len = u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]) as usize;
+        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
+            let h = u16::from_be_bytes([jpeg[i + 5], jpeg[i + 6]]) as u32;
+            let w = u16::from_be_bytes([jpeg[i + 7], jpeg[i + 8]]) as u32;
+            return Some((w, h));
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// District local time now (UTC+8, the hub's default `utc_offset`), minutes after midnight.
+fn district_minute_now() -> i64 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    (s + 8 * 3600).rem_euclid(86_400) / 60
+}
+
+/// The cameras through the hub's video API: the catalog with GB/T 28181 ids, motion events
+/// with JPEG snapshots of the configured size, the failing camera going offline, the
+/// floodlights' lighting changes raising nothing, grants, and the night rule on the
+/// restricted area.
+async fn cameras_sense(demo: &Demo, started: std::time::Instant) {
+    let layout = demo.layout().clone();
+    let speed = demo.clock().speed();
+    let (app, secret) = demo.command_center();
+    let cc = Api::new(demo, app, secret);
+    let by_scene = |s: CameraScene| layout.cameras.iter().find(|c| c.scene == s).unwrap();
+    let failing = by_scene(CameraScene::Failing).id.clone();
+    let floodlit = by_scene(CameraScene::Floodlights);
+    let restricted = layout.cameras.iter().find(|c| c.restricted).unwrap();
+
+    // The catalog: every camera with its GB/T 28181 id, place and department, each seen
+    // online (the failing one only between its outages).
+    let mut ever_online = HashSet::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let catalog = loop {
+        let v = cc.json("/api/v1/cameras").await;
+        let list = v.as_array().unwrap().clone();
+        for c in list.iter().filter(|c| c["online"] == true) {
+            ever_online.insert(c["id"].as_str().unwrap().to_string());
+        }
+        if list.len() == layout.cameras.len() && ever_online.len() == list.len() {
+            break list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every camera in the catalog online: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for c in &layout.cameras {
+        let e = catalog.iter().find(|e| e["id"] == c.id.as_str()).unwrap();
+        assert_eq!(e["gb_id"], c.gb_id.as_str(), "{e}");
+        let gb = protocols::gb28181::GbId::parse(e["gb_id"].as_str().unwrap()).unwrap();
+        assert!(gb.is_camera(), "{e}");
+        assert_eq!(
+            (e["name"].as_str(), e["dept"].as_str()),
+            (Some(c.name.as_str()), Some(c.dept))
+        );
+        assert_eq!(
+            (e["lat"].as_f64(), e["lon"].as_f64()),
+            (Some(c.lat), Some(c.lon))
+        );
+        assert_eq!(e["stream"], provision::camera_source(c, speed).as_str());
+    }
+
+    // A motion event with its snapshot: a JPEG of the configured size.
+    let event = cc
+        .until("a motion event with a snapshot", "/api/v1/events", |v| {
+            v.as_array()?
+                .iter()
+                .find(|e| e["type"] == "motion" && e["snapshot"].is_object())
+                .cloned()
+        })
+        .await;
+    let (w, h) = provision::CAMERA_SIZE;
+    assert_eq!(
+        (
+            event["snapshot"]["width"].as_u64(),
+            event["snapshot"]["height"].as_u64()
+        ),
+        (Some(w as u64), Some(h as u64)),
+        "{event}"
+    );
+    let camera = event["camera"].as_str().unwrap().to_string();
+    assert!(
+        layout
+            .cameras
+            .iter()
+            .any(|c| c.id == camera && c.scene == CameraScene::Street),
+        "{event}"
+    );
+    let url = event["snapshot"]["url"].as_str().unwrap();
+    for path in [
+        url.to_string(),
+        format!("/api/v1/cameras/{camera}/snapshot"),
+    ] {
+        let r = cc.get(&path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], "image/jpeg", "{path}");
+        let jpeg = r.bytes().await.unwrap();
+        assert_eq!(jpeg_size(&jpeg), Some((w, h)), "{path}: not a {w}x{h} JPEG");
+    }
+
+    // The failing camera goes dark: offline in the catalog.
+    cc.until(
+        "the failing camera offline",
+        &format!("/api/v1/cameras/{failing}"),
+        |v| (v["online"] == false).then_some(()),
+    )
+    .await;
+
+    // The floodlights switched off and on again (scene seconds 10 and 20; the scene runs from
+    // about when the demo started): lighting changes, never an event.
+    let floodlit_s =
+        started.elapsed().as_secs_f64() * provision::scene_speed(floodlit.scene, speed);
+    assert!(
+        floodlit_s > 21.0,
+        "the floodlights did not switch yet ({floodlit_s:.1} s)"
+    );
+    let none = cc
+        .json(&format!("/api/v1/events?camera={}", floodlit.id))
+        .await;
+    assert_eq!(
+        none,
+        Value::Array(vec![]),
+        "a lighting change raised an event"
+    );
+
+    // Grants: the water department's room sees its own cameras only.
+    let flood = Api::new(demo, FLOOD_CONTROL, demo.app_secret(FLOOD_CONTROL));
+    let seen = flood.json("/api/v1/cameras").await;
+    let mut seen: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    seen.sort();
+    let mut own: Vec<&str> = layout
+        .cameras
+        .iter()
+        .filter(|c| c.dept == provision::FLOOD_CONTROL_DEPT)
+        .map(|c| c.id.as_str())
+        .collect();
+    own.sort();
+    assert_eq!(seen, own);
+    let other = layout
+        .cameras
+        .iter()
+        .find(|c| c.dept != provision::FLOOD_CONTROL_DEPT)
+        .unwrap();
+    for path in [
+        format!("/api/v1/cameras/{}/snapshot", other.id),
+        format!("/api/v1/events?camera={}", other.id),
+    ] {
+        assert_eq!(flood.get(&path).await.status(), 403, "{path}");
+    }
+
+    // The restricted area: motion there raises an alert at night (district time) only. Wait
+    // for one of its events to end and the twin to report `motion` false after it, so the
+    // rule has seen the `true` before.
+    let ended = cc
+        .until(
+            "an event of the restricted camera ended",
+            &format!("/api/v1/events?camera={}", restricted.id),
+            |v| v.as_array()?.iter().find_map(|e| e["end"].as_i64()),
+        )
+        .await;
+    cc.until(
+        "the restricted camera's motion false after its event",
+        &format!("/api/v1/devices/{}", restricted.id),
+        |v| {
+            let m = &v["twin"]["reported"]["motion"];
+            let ts = protocols::time::parse_rfc3339(m["ts"].as_str()?).ok()?;
+            (m["value"] == false && ts >= ended).then_some(())
+        },
+    )
+    .await;
+    let alerts = cc
+        .json(&format!("/api/v1/alerts?device={}", restricted.id))
+        .await;
+    let raised = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["rule"] == "restricted-area-motion");
+    let minute = district_minute_now();
+    // Not near the window's edges (22:00, 06:00), where the answer depends on the instant.
+    if !((21 * 60 + 58..22 * 60 + 2).contains(&minute)
+        || (5 * 60 + 58..6 * 60 + 2).contains(&minute))
+    {
+        let night = !(6 * 60..22 * 60).contains(&minute);
+        assert_eq!(
+            raised, night,
+            "restricted-area alert at district minute {minute}: {alerts}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_district_comes_alive_and_the_storm_raises_the_river() {
+async fn the_district_comes_alive_cameras_sense_and_the_storm_raises_the_river() {
     let dir = tempfile::tempdir().unwrap();
     // Noon at 120x: the lighting control switches the lamps off (they power up lit), and the
     // storm (45 demo seconds in) reaches the downstream gauges within tens of real seconds.
@@ -172,6 +436,8 @@ async fn the_district_comes_alive_and_the_storm_raises_the_river() {
         .as_f64()
         .unwrap();
     assert!(rain > 0.0, "the rain gauges measured no rain");
+
+    cameras_sense(&demo, started).await;
 
     // Everything the demo wrote is a valid config for the hub binary.
     hub::config::HubConfig::load(&dir.path().join("hub.toml")).unwrap();

@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: headless Chromium (Debian `chromium`, installed by
 //! `scripts/setup-peers.sh`) loads `GET /` of the running demo with the command center's
 //! credentials in the URL fragment, and the test reads the page through the Chrome DevTools
-//! Protocol (Runtime.evaluate over the page's WebSocket) until it lists every device and its
-//! live-update counter keeps climbing from the server-sent event stream.
+//! Protocol (Runtime.evaluate over the page's WebSocket) until it lists every device, its
+//! live-update counter keeps climbing from the server-sent event stream, and its camera panel
+//! shows every camera with a snapshot and the latest camera events.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -126,6 +127,9 @@ const PROBE: &str = r#"JSON.stringify({
   updates: Number(document.body.dataset.updates || 0),
   gauge: ((document.querySelector('#devices tr[data-device="WL-0001"]') || {cells: []}).cells[4] || {}).textContent || '',
   dots: document.querySelectorAll('#svg circle').length,
+  cams: document.querySelectorAll('#cams .cam').length,
+  snapshots: [...document.querySelectorAll('#cams img')].filter(i => i.src.startsWith('blob:') && i.naturalWidth > 0).length,
+  camEvents: document.querySelectorAll('#cam-events tr').length,
   fragment: location.hash
 })"#;
 
@@ -217,6 +221,23 @@ async fn the_dashboard_lists_the_district_and_updates_live() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no live updates after {seen}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The camera panel: every camera, a snapshot decoded by the browser, the latest events.
+    let cams = demo.layout().cameras.len() as u64;
+    loop {
+        let s = probe().await;
+        if s["cams"] == cams
+            && s["snapshots"].as_u64().is_some_and(|n| n > 0)
+            && s["camEvents"].as_u64().is_some_and(|n| n > 0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the camera panel never showed {cams} cameras, a snapshot and events: {s}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -436,5 +436,15 @@ fn a_profile_that_does_not_match_the_firmware_is_refused() {
         err.contains("does not match the firmware's register map"),
         "{err}"
     );
+    // The demo refuses a bad speed before it binds anything (a plain `sim demo` would start the
+    // district on the default ports).
+    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["demo", "--speed", "0", "--data-dir"])
+        .arg(dir.join("demo"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--speed must be between 0 and 3600"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -201,8 +201,10 @@ impl Demo {
             mqtt: opts.mqtt_listen.clone(),
             http: opts.http_listen.clone(),
         };
-        let hub_config =
-            provision::write_hub_config(&dir, &provision::hub_config(&layout, &secrets, &listen))?;
+        let hub_config = provision::write_hub_config(
+            &dir,
+            &provision::hub_config(&layout, &secrets, &listen, opts.speed),
+        )?;
 
         let server = Server::start(hub_config).await.map_err(port_taken)?;
         let mqtt_addr = server
@@ -217,6 +219,7 @@ impl Demo {
             Ok((field, agents, tasks, stop, clock)) => {
                 info!(
                     devices = layout.field.len() + layout.direct.len(),
+                    cameras = layout.cameras.len(),
                     agents = layout.agents.len(),
                     "district running"
                 );
@@ -321,9 +324,15 @@ impl Demo {
         let mut agents = Vec::new();
         for a in &layout.agents {
             let via = backhauls[&a.id].addr();
-            let cfg = provision::write_agent_config(dir, &layout, &a.id, secrets, via, |id| {
-                endpoints.get(id).copied()
-            })?;
+            let cfg = provision::write_agent_config(
+                dir,
+                &layout,
+                &a.id,
+                secrets,
+                via,
+                |id| endpoints.get(id).copied(),
+                opts.speed,
+            )?;
             let mut stop = stop_rx.clone();
             let task = tokio::spawn(edge_agent::agent::run_until(cfg, async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -386,6 +395,12 @@ impl Demo {
     /// The `command-center` app's id and secret.
     pub fn command_center(&self) -> (&str, &str) {
         (COMMAND_CENTER, self.secrets.get(COMMAND_CENTER))
+    }
+
+    /// The secret of an app of the district (`command-center`, `flood-control`, ...); empty
+    /// for an unknown id.
+    pub fn app_secret(&self, app: &str) -> &str {
+        self.secrets.get(app)
     }
 
     /// The dashboard URL with the command center's credentials in the fragment (never sent

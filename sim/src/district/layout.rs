@@ -1,7 +1,8 @@
 //! Where everything stands: streets with their lamps and manholes, each street's lighting
 //! cabinet (one agent), the river with its gauging stations (one agent each, hosting a level
-//! gauge and some a water-quality sonde or a weather station), and rain gauges that publish
-//! JSON themselves. Deterministic: the same ids and places on every run.
+//! gauge and some a water-quality sonde or a weather station), rain gauges that publish JSON
+//! themselves, and cameras behind some of the agents (synthetic scenes rendered in the
+//! agent). Deterministic: the same ids and places on every run.
 
 use super::physics::{QualityBase, Reach};
 
@@ -187,6 +188,56 @@ pub struct Street {
     pub lamps: Vec<String>,
 }
 
+/// What a camera's synthetic scene shows (rendered in its agent: no camera needed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CameraScene {
+    /// A street in real time: a car, a pedestrian, two cars a minute, and a passing cloud
+    /// dimming the picture (a lighting change, never an event); `synthetic:street`.
+    Street,
+    /// Floodlights on a timer: the picture goes black and comes back, nothing moves (lighting
+    /// changes only, never an event); `synthetic:blackout`.
+    Floodlights,
+    /// A camera whose power keeps failing: it sends nothing for a while (offline in the
+    /// catalog), then comes back; `synthetic:dark`.
+    Failing,
+}
+
+impl CameraScene {
+    /// The scene's name in a `synthetic:NAME` source.
+    pub fn synthetic_name(self) -> &'static str {
+        match self {
+            CameraScene::Street => "street",
+            CameraScene::Floodlights => "blackout",
+            CameraScene::Failing => "dark",
+        }
+    }
+}
+
+/// A camera: a device of kind `camera` at the hub, a `[[camera]]` of its agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Camera {
+    /// Id at the hub.
+    pub id: String,
+    /// GB/T 28181 id (20 digits, type 132: network camera).
+    pub gb_id: String,
+    /// Display name.
+    pub name: String,
+    /// The agent that watches it.
+    pub agent: String,
+    /// Owning department.
+    pub dept: &'static str,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// What it sees.
+    pub scene: CameraScene,
+    /// Seed of its scene (another background and other timings per camera).
+    pub seed: u64,
+    /// It watches a restricted area: motion there at night raises an alert.
+    pub restricted: bool,
+}
+
 /// The whole district.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
@@ -200,6 +251,8 @@ pub struct Layout {
     pub streets: Vec<Street>,
     /// River stations, upstream first.
     pub stations: Vec<Station>,
+    /// Cameras.
+    pub cameras: Vec<Camera>,
 }
 
 /// A point (lat, lon).
@@ -253,6 +306,85 @@ const STATIONS: [(&str, (f64, f64)); 5] = [
     ("Dongmen outfall", (30.4166, 120.3135)),
 ];
 
+/// GB/T 28181 centre code of the district's cameras: Zhejiang (33), Hangzhou (01), district
+/// 10, grassroots unit 00.
+pub const GB_CENTRE: &str = "33011000";
+
+/// The GB/T 28181 id of a district network camera (type 132, network 0) of an industry
+/// (`21` water conservancy, `00` roads, `04` public places, `20` urban management).
+pub fn camera_gb_id(industry: &str, serial: u32) -> String {
+    format!("{GB_CENTRE}{industry}1320{serial:06}")
+}
+
+/// Cameras: id, name, agent, department, GB/T 28181 industry, place, scene, restricted.
+type CameraSite = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    LatLon,
+    CameraScene,
+    bool,
+);
+
+/// Where the cameras are: the sluice compound (restricted: nobody belongs there at night),
+/// a crossroads (behind its street's cabinet), the park by the weir, the underpass that floods
+/// (its camera fails; wired to the nearby bridge station, so the scripted cabinet link cuts
+/// never hide its own failure), the outfall.
+const CAMERAS: [CameraSite; 5] = [
+    (
+        "CAM-0001",
+        "Xishan sluice compound",
+        "AG-WS01",
+        "water",
+        "21",
+        (30.4131, 120.2858),
+        CameraScene::Street,
+        true,
+    ),
+    (
+        "CAM-0002",
+        "Wenhua Road / Xueyuan Street crossroads",
+        "AG-LC01",
+        "traffic",
+        "00",
+        (30.4224, 120.2954),
+        CameraScene::Street,
+        false,
+    ),
+    (
+        "CAM-0003",
+        "Central park lawn",
+        "AG-WS03",
+        "parks",
+        "04",
+        (30.4158, 120.3006),
+        CameraScene::Floodlights,
+        false,
+    ),
+    (
+        "CAM-0004",
+        "Binhe Avenue underpass",
+        "AG-WS04",
+        "drainage",
+        "20",
+        (30.4173, 120.3050),
+        CameraScene::Failing,
+        false,
+    ),
+    (
+        "CAM-0005",
+        "Dongmen outfall",
+        "AG-WS05",
+        "water",
+        "21",
+        (30.4164, 120.3138),
+        CameraScene::Street,
+        false,
+    ),
+];
+
 fn lerp(a: (f64, f64), b: (f64, f64), f: f64) -> (f64, f64) {
     (a.0 + (b.0 - a.0) * f, a.1 + (b.1 - a.1) * f)
 }
@@ -263,7 +395,8 @@ fn round6(x: f64) -> f64 {
 
 impl Layout {
     /// The demo district: 5 streets (40 lamps, 10 manholes, 5 cabinets), 5 river stations
-    /// (5 level gauges, 3 quality sondes, 2 weather stations), 2 rain gauges publishing JSON.
+    /// (5 level gauges, 3 quality sondes, 2 weather stations), 2 rain gauges publishing JSON,
+    /// 5 cameras behind cabinets and stations.
     pub fn district() -> Layout {
         let mut agents = Vec::new();
         let mut field = Vec::new();
@@ -394,24 +527,46 @@ impl Layout {
                 lon: 120.3040,
             },
         ];
-        // CAMERAS: the video integration adds camera devices here (kind `camera`, a 20-digit
-        // GB/T 28181 `gb_id`, behind a station or cabinet agent) and a `[[camera]]` entry with
-        // `source = "synthetic:..."` to that agent's config (see `provision::agent_file`).
+        let cameras = CAMERAS
+            .iter()
+            .enumerate()
+            .map(
+                |(i, (id, name, agent, dept, industry, (lat, lon), scene, restricted))| Camera {
+                    id: id.to_string(),
+                    gb_id: camera_gb_id(industry, i as u32 + 1),
+                    name: name.to_string(),
+                    agent: agent.to_string(),
+                    dept,
+                    lat: *lat,
+                    lon: *lon,
+                    scene: *scene,
+                    seed: 11 + 7 * i as u64,
+                    restricted: *restricted,
+                },
+            )
+            .collect();
         Layout {
             agents,
             field,
             direct,
             streets,
             stations,
+            cameras,
         }
     }
 
-    /// Every device id, Modbus and direct.
+    /// Every device id: Modbus, direct, cameras.
     pub fn device_ids(&self) -> impl Iterator<Item = &str> {
         self.field
             .iter()
             .map(|d| d.id.as_str())
             .chain(self.direct.iter().map(|d| d.id.as_str()))
+            .chain(self.cameras.iter().map(|c| c.id.as_str()))
+    }
+
+    /// The cameras an agent watches.
+    pub fn cameras_of<'a>(&'a self, agent: &'a str) -> impl Iterator<Item = &'a Camera> {
+        self.cameras.iter().filter(move |c| c.agent == agent)
     }
 
     /// The Modbus device with this id.
@@ -434,7 +589,7 @@ mod tests {
     fn the_district_has_every_kind_and_unique_ids() {
         let l = Layout::district();
         let ids: HashSet<&str> = l.device_ids().collect();
-        assert_eq!(ids.len(), l.field.len() + l.direct.len());
+        assert_eq!(ids.len(), l.field.len() + l.direct.len() + l.cameras.len());
         assert!(ids.len() >= 60, "{}", ids.len());
         for m in Model::ALL {
             assert!(l.field.iter().any(|d| d.model == m), "{m:?}");
@@ -447,5 +602,32 @@ mod tests {
         for m in Model::ALL {
             protocols::profile::DeviceProfile::from_toml(m.profile_text()).unwrap();
         }
+    }
+
+    #[test]
+    fn cameras_have_gb_ids_and_every_scene() {
+        let l = Layout::district();
+        assert!((4..=6).contains(&l.cameras.len()));
+        let mut gb = HashSet::new();
+        for c in &l.cameras {
+            let id = protocols::gb28181::GbId::parse(&c.gb_id).unwrap();
+            assert!(id.is_camera(), "{}", c.gb_id);
+            assert_eq!(id.center(), GB_CENTRE);
+            assert!(gb.insert(c.gb_id.clone()), "{} twice", c.gb_id);
+            assert!(l.agents.iter().any(|a| a.id == c.agent), "{}", c.id);
+            assert!((c.lat - CENTRE.0).abs() < 0.02 && (c.lon - CENTRE.1).abs() < 0.03);
+            protocols::id::validate_id(&c.id).unwrap();
+        }
+        for s in [
+            CameraScene::Street,
+            CameraScene::Floodlights,
+            CameraScene::Failing,
+        ] {
+            assert!(l.cameras.iter().any(|c| c.scene == s), "{s:?}");
+        }
+        assert_eq!(l.cameras.iter().filter(|c| c.restricted).count(), 1);
+        let water = protocols::gb28181::GbId::parse(&l.cameras[0].gb_id).unwrap();
+        assert_eq!(water.industry_name(), "water conservancy");
+        assert_eq!(water.serial(), "000001");
     }
 }

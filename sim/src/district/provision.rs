@@ -1,24 +1,34 @@
 //! The district's configuration on disk, as an integrator would write it: `DIR/hub.toml`
-//! (devices, agents, apps, rules), `DIR/agents/{id}.toml` (one per cabinet and station) and
-//! `DIR/profiles/*.toml` (the device models). The demo runs exactly these files: it writes
-//! them, then loads them back through the hub's and the agent's own loaders.
+//! (devices and cameras, agents, apps, rules), `DIR/agents/{id}.toml` (one per cabinet and
+//! station: its Modbus devices and `[[camera]]`s) and `DIR/profiles/*.toml` (the device
+//! models). The demo runs exactly these files: it writes them, then loads them back through
+//! the hub's and the agent's own loaders.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use hub::config::{AgentConfig, AppConfig, DeviceConfig, HubConfig, HubSettings, RuleConfig};
+use edge_agent::config::CameraSource;
+use hub::config::{
+    AgentConfig, AppConfig, DailyWindow, DeviceConfig, HubConfig, HubSettings, RuleConfig,
+};
 use protocols::config::HumanDuration;
 use protocols::messages::Scalar;
 use protocols::topic::AlertLevel;
 use serde::Serialize;
 
-use super::layout::{Layout, Model};
+use super::layout::{Camera, CameraScene, Layout, Model};
 use super::secrets::Secrets;
 
 /// The app the dashboard and operators use.
 pub const COMMAND_CENTER: &str = "command-center";
 /// The app that switches and dims the lamps on schedule.
 pub const LIGHTING_CONTROL: &str = "lighting-control";
+/// The water department's flood-control room: the river's levels and its own cameras only.
+pub const FLOOD_CONTROL: &str = "flood-control";
+/// The department whose cameras [`FLOOD_CONTROL`] sees.
+pub const FLOOD_CONTROL_DEPT: &str = "water";
+/// When motion in a restricted area raises an alert (district time, the hub's `utc_offset`).
+pub const NIGHT: &str = "22:00-06:00";
 
 /// Every client id that needs a secret: agents, direct devices, apps.
 pub fn client_ids(layout: &Layout) -> Vec<&str> {
@@ -27,8 +37,56 @@ pub fn client_ids(layout: &Layout) -> Vec<&str> {
         .iter()
         .map(|a| a.id.as_str())
         .chain(layout.direct.iter().map(|d| d.id.as_str()))
-        .chain([COMMAND_CENTER, LIGHTING_CONTROL])
+        .chain([COMMAND_CENTER, LIGHTING_CONTROL, FLOOD_CONTROL])
         .collect()
+}
+
+/// Picture size and rate of the demo's cameras: small, so five of them stay light on a
+/// 2-core machine (the detector analyses 100 rows anyway).
+pub const CAMERA_SIZE: (u32, u32) = (320, 180);
+/// Pictures per second of the demo's cameras (every one is analysed at the default
+/// `detect_fps`).
+pub const CAMERA_FPS: u32 = 5;
+
+/// How fast a camera's scene runs at a demo speed. Traffic moves in real time whatever the
+/// demo's speed (the detector judges real motion); the floodlight timer and the failing
+/// power follow the demo clock, at most in real time (1 scene second per second) so that a
+/// fast demo still shows each light and each outage for seconds.
+pub fn scene_speed(scene: CameraScene, demo_speed: f64) -> f64 {
+    match scene {
+        CameraScene::Street => 1.0,
+        CameraScene::Floodlights | CameraScene::Failing => {
+            let s = demo_speed / 30.0;
+            if s.is_nan() { 1.0 } else { s.clamp(0.05, 1.0) }
+        }
+    }
+}
+
+/// Per-pixel difference that counts as changed for a camera watching a restricted area.
+pub const RESTRICTED_THRESHOLD: i64 = 15;
+
+/// The settings of a camera beyond the defaults (motion at 5 analysed pictures/s, offline
+/// after 5 s without a picture fit the demo). A restricted area's camera is more sensitive:
+/// a person in dark clothes on grey tarmac differs by about 20 luma levels, under the default
+/// threshold of 25 made for busy streets.
+pub fn camera_settings(camera: &Camera) -> toml::Table {
+    let mut t = toml::Table::new();
+    if camera.restricted {
+        t.insert("threshold".into(), RESTRICTED_THRESHOLD.into());
+    }
+    t
+}
+
+/// The `source` of a camera at a demo speed: `synthetic:SCENE?seed=..&size=..&fps=..&speed=..`.
+pub fn camera_source(camera: &Camera, demo_speed: f64) -> String {
+    let (w, h) = CAMERA_SIZE;
+    format!(
+        "synthetic:{}?seed={}&size={w}x{h}&fps={CAMERA_FPS}&speed={}",
+        camera.scene.synthetic_name(),
+        camera.seed,
+        // Rounded, so the written config reads well.
+        (scene_speed(camera.scene, demo_speed) * 1000.0).round() / 1000.0
+    )
 }
 
 /// Why the configuration could not be written or read back.
@@ -104,9 +162,31 @@ fn rule(id: &str, level: AlertLevel) -> RuleConfig {
 
 /// The alert rules of the district (the alerts engine evaluates them; the config only
 /// declares them).
-pub fn rules() -> Vec<RuleConfig> {
+pub fn rules(layout: &Layout) -> Vec<RuleConfig> {
     let some = |s: &str| Some(s.to_string());
-    vec![
+    let night = DailyWindow::parse(NIGHT).ok();
+    let watched = layout.cameras.iter().filter(|c| c.restricted).count();
+    let restricted = layout.cameras.iter().filter(|c| c.restricted).map(|c| {
+        let id = if watched == 1 {
+            "restricted-area-motion".to_string()
+        } else {
+            format!("restricted-area-motion-{}", c.id)
+        };
+        RuleConfig {
+            kind: some("camera"),
+            device: Some(c.id.clone()),
+            quantity: some("motion"),
+            equals: Some(Scalar::Bool(true)),
+            active: night,
+            message: some(&format!(
+                "{{device}}: movement at night in the restricted {}",
+                c.name
+            )),
+            category: some("Security"),
+            ..rule(&id, AlertLevel::Orange)
+        }
+    });
+    let mut rules = vec![
         RuleConfig {
             kind: some("water_level"),
             quantity: some("water_level"),
@@ -195,7 +275,9 @@ pub fn rules() -> Vec<RuleConfig> {
             message: some("{device}: nothing heard for {threshold}"),
             ..rule("device-silent", AlertLevel::Blue)
         },
-    ]
+    ];
+    rules.extend(restricted);
+    rules
 }
 
 /// Listeners of the hub.
@@ -207,8 +289,14 @@ pub struct Listen {
     pub http: String,
 }
 
-/// The hub configuration of the district.
-pub fn hub_config(layout: &Layout, secrets: &Secrets, listen: &Listen) -> HubConfig {
+/// The hub configuration of the district; cameras are described by their sources at
+/// `demo_speed`.
+pub fn hub_config(
+    layout: &Layout,
+    secrets: &Secrets,
+    listen: &Listen,
+    demo_speed: f64,
+) -> HubConfig {
     let mut devices = Vec::new();
     for d in &layout.field {
         devices.push(DeviceConfig {
@@ -232,6 +320,20 @@ pub fn hub_config(layout: &Layout, secrets: &Secrets, listen: &Listen) -> HubCon
             name: Some(d.name.clone()),
             lat: Some(d.lat),
             lon: Some(d.lon),
+            ..DeviceConfig::default()
+        });
+    }
+    for c in &layout.cameras {
+        devices.push(DeviceConfig {
+            id: c.id.clone(),
+            kind: "camera".to_string(),
+            agent: Some(c.agent.clone()),
+            dept: Some(c.dept.to_string()),
+            name: Some(c.name.clone()),
+            lat: Some(c.lat),
+            lon: Some(c.lon),
+            gb_id: Some(c.gb_id.clone()),
+            stream: Some(camera_source(c, demo_speed)),
             ..DeviceConfig::default()
         });
     }
@@ -261,6 +363,21 @@ pub fn hub_config(layout: &Layout, secrets: &Secrets, listen: &Listen) -> HubCon
             // Reads the lamps' twins and writes their desired dimming.
             grants: vec!["twin/#".to_string()],
         },
+        AppConfig {
+            id: FLOOD_CONTROL.to_string(),
+            secret: Some(secrets.get(FLOOD_CONTROL).to_string()),
+            secret_hash: None,
+            // The river's levels and the department's own cameras, nothing else.
+            grants: std::iter::once("feeds/water_level/#".to_string())
+                .chain(
+                    layout
+                        .cameras
+                        .iter()
+                        .filter(|c| c.dept == FLOOD_CONTROL_DEPT)
+                        .map(|c| format!("feeds/camera/{}", c.id)),
+                )
+                .collect(),
+        },
     ];
     HubConfig {
         hub: HubSettings {
@@ -272,7 +389,7 @@ pub fn hub_config(layout: &Layout, secrets: &Secrets, listen: &Listen) -> HubCon
         devices,
         agents,
         apps,
-        rules: rules(),
+        rules: rules(layout),
         source: None,
     }
 }
@@ -284,13 +401,8 @@ const HUB_HEADER: &str = "\
 ";
 
 const HUB_NOTES: &str = "
-# CAMERAS: the video integration adds camera devices here, e.g.
-# [[devices]]
-# id = \"CAM-0001\"
-# kind = \"camera\"
-# agent = \"AG-WS03\"
-# gb_id = \"33011000001320000001\"
-# and a [[camera]] entry with source = \"synthetic:...\" in that agent's config.
+# Cameras (kind = \"camera\") are watched by the agent named in `agent`: see the [[camera]]
+# entries of agents/AGENT.toml; `stream` is their synthetic source, rendered in the agent.
 ";
 
 /// Writes `DIR/hub.toml` and loads it back with the hub's own loader (paths resolved).
@@ -308,6 +420,8 @@ pub fn write_hub_config(dir: &Path, cfg: &HubConfig) -> Result<HubConfig, Provis
 struct AgentToml<'a> {
     agent: AgentSectionToml<'a>,
     modbus: Vec<ModbusToml<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    camera: Vec<CameraSource>,
 }
 
 #[derive(Serialize)]
@@ -343,8 +457,9 @@ pub fn agent_paths(dir: &Path, agent: &str) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// Writes `DIR/agents/{agent}.toml`: the agent reaches the hub at `hub` (its backhaul link)
-/// and polls its devices at `endpoint(device id)`; loads it back with the agent's loader.
+/// Writes `DIR/agents/{agent}.toml`: the agent reaches the hub at `hub` (its backhaul link),
+/// polls its devices at `endpoint(device id)` and watches its cameras (scenes at
+/// `demo_speed`); loads it back with the agent's loader.
 pub fn write_agent_config(
     dir: &Path,
     layout: &Layout,
@@ -352,6 +467,7 @@ pub fn write_agent_config(
     secrets: &Secrets,
     hub: SocketAddr,
     endpoint: impl Fn(&str) -> Option<SocketAddr>,
+    demo_speed: f64,
 ) -> Result<edge_agent::config::AgentConfig, ProvisionError> {
     let (path, _, link) = agent_paths(dir, agent);
     let modbus = layout
@@ -372,6 +488,14 @@ pub fn write_agent_config(
             })
         })
         .collect();
+    let camera = layout
+        .cameras_of(agent)
+        .map(|c| CameraSource {
+            id: c.id.clone(),
+            source: camera_source(c, demo_speed),
+            settings: camera_settings(c),
+        })
+        .collect();
     let file = AgentToml {
         agent: AgentSectionToml {
             id: agent,
@@ -384,12 +508,12 @@ pub fn write_agent_config(
             link_source: link.display().to_string(),
         },
         modbus,
+        camera,
     };
     let text = toml::to_string(&file).map_err(|e| ProvisionError::Serialize {
         what: path.display().to_string(),
         detail: e.to_string(),
     })?;
-    // CAMERAS: the video integration appends this agent's [[camera]] entries here.
     write(
         &path,
         &format!(
@@ -414,9 +538,26 @@ mod tests {
             mqtt: vec!["127.0.0.1:0".into()],
             http: "127.0.0.1:0".into(),
         };
-        let cfg = write_hub_config(dir.path(), &hub_config(&layout, &secrets, &listen)).unwrap();
+        let cfg =
+            write_hub_config(dir.path(), &hub_config(&layout, &secrets, &listen, 1.0)).unwrap();
         assert_eq!(cfg.hub.data_dir, dir.path().join("."));
-        assert_eq!(cfg.devices.len(), layout.field.len() + layout.direct.len());
+        assert_eq!(
+            cfg.devices.len(),
+            layout.field.len() + layout.direct.len() + layout.cameras.len()
+        );
+        let cam = cfg.devices.iter().find(|d| d.kind == "camera").unwrap();
+        assert_eq!(cam.gb_id.as_deref(), Some(layout.cameras[0].gb_id.as_str()));
+        let flood = cfg.apps.iter().find(|a| a.id == FLOOD_CONTROL).unwrap();
+        assert!(flood.grants.contains(&"feeds/camera/CAM-0001".to_string()));
+        assert!(!flood.grants.iter().any(|g| g.starts_with("twin/")));
+        let night = cfg
+            .rules
+            .iter()
+            .find(|r| r.id == "restricted-area-motion")
+            .unwrap();
+        assert_eq!(night.active.map(|w| w.to_string()).as_deref(), Some(NIGHT));
+        assert_eq!(night.device.as_deref(), Some("CAM-0001"));
+        assert!(!flood.grants.contains(&"feeds/camera/CAM-0002".to_string()));
         assert!(cfg.devices[0].profile.as_ref().unwrap().exists());
         let ids: Vec<&str> = cfg.rules.iter().map(|r| r.id.as_str()).collect();
         for want in [
@@ -426,6 +567,7 @@ mod tests {
             "ph-low",
             "manhole-cover-open",
             "device-silent",
+            "restricted-area-motion",
         ] {
             assert!(ids.contains(&want), "{want}");
         }
@@ -436,9 +578,37 @@ mod tests {
             &secrets,
             "127.0.0.1:1883".parse().unwrap(),
             |_| Some("127.0.0.1:5020".parse().unwrap()),
+            60.0,
         )
         .unwrap();
         assert_eq!(agent.file.modbus.len(), 10);
         assert_eq!(agent.file.agent.data_dir, dir.path().join("agents/AG-LC01"));
+        let ws01 = write_agent_config(
+            dir.path(),
+            &layout,
+            "AG-WS01",
+            &secrets,
+            "127.0.0.1:1883".parse().unwrap(),
+            |_| Some("127.0.0.1:5020".parse().unwrap()),
+            1.0,
+        )
+        .unwrap();
+        let restricted =
+            edge_agent::camera::CameraConfig::from_entry(&ws01.file.camera[0]).unwrap();
+        assert_eq!(restricted.settings.threshold, RESTRICTED_THRESHOLD as u8);
+        assert_eq!(agent.file.camera.len(), 1);
+        assert_eq!(agent.file.camera[0].id, "CAM-0002");
+        assert_eq!(
+            agent.file.camera[0].source,
+            "synthetic:street?seed=18&size=320x180&fps=5&speed=1"
+        );
+    }
+
+    #[test]
+    fn scenes_follow_the_demo_clock_but_traffic_stays_real_time() {
+        assert_eq!(scene_speed(CameraScene::Street, 120.0), 1.0);
+        assert_eq!(scene_speed(CameraScene::Failing, 1.0), 0.05);
+        assert_eq!(scene_speed(CameraScene::Floodlights, 15.0), 0.5);
+        assert_eq!(scene_speed(CameraScene::Failing, 3600.0), 1.0);
     }
 }

@@ -17,6 +17,10 @@
 //! - 3 h the maintenance crew replaces the failed driver and lamp.
 //!
 //! Outages last at least a real minute or two whatever the speed, so they can be seen.
+//!
+//! The cameras' scenes are rendered in their agents, on their own timelines (see
+//! [`provision::scene_speed`]): the story only tells when the failing camera goes dark and
+//! when the floodlights switch, asking the same deterministic scene what it shows.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,9 +30,12 @@ use tracing::info;
 
 use super::clock::{DemoClock, hhmm, local_day_and_hour};
 use super::field::Field;
-use super::layout::{Layout, Model, SiteKind};
+use super::layout::{CameraScene, Layout, Model, SiteKind};
 use super::physics::{self, Quality, River, Sky, Storm};
+use super::provision;
 use crate::world::{Site, World};
+use edge_agent::camera::settings::SceneSpec;
+use edge_agent::camera::synthetic::Scene;
 
 /// Length of one scenario cycle, demo seconds.
 pub const CYCLE_S: f64 = 6.0 * 3600.0;
@@ -284,6 +291,59 @@ pub fn cycle(n: u64, layout: &Layout, speed: f64) -> Vec<Event> {
         .collect()
 }
 
+/// A camera scene the story follows: what the agent renders, asked for its state only.
+struct WatchedScene {
+    camera: String,
+    kind: CameraScene,
+    scene: Scene,
+    speed: f64,
+    /// Dark (failing camera) or black (floodlights off) at the last look.
+    last: Option<bool>,
+}
+
+impl WatchedScene {
+    /// The scenes worth telling about: the failing camera and the floodlights.
+    fn of(layout: &Layout, demo_speed: f64) -> Vec<WatchedScene> {
+        layout
+            .cameras
+            .iter()
+            .filter(|c| c.scene != CameraScene::Street)
+            .filter_map(|c| {
+                let source = provision::camera_source(c, demo_speed);
+                let spec = SceneSpec::parse(source.strip_prefix("synthetic:")?).ok()?;
+                Some(WatchedScene {
+                    camera: format!("{} ({})", c.id, c.name),
+                    kind: c.scene,
+                    scene: Scene::new(&spec),
+                    speed: spec.speed,
+                    last: None,
+                })
+            })
+            .collect()
+    }
+
+    /// What changed since the last look, `real_s` real seconds after the start.
+    fn look(&mut self, real_s: f64) -> Option<String> {
+        let state = self.scene.state(real_s * self.speed);
+        let now = state.dark || state.gain < 0.05;
+        let was = self.last.replace(now);
+        if was.is_none_or(|w| w == now) {
+            return None;
+        }
+        let camera = &self.camera;
+        Some(match (self.kind, now) {
+            (CameraScene::Failing, true) => format!(
+                "{camera}: camera dark, its power supply failed (no pictures: offline in the catalog within seconds)"
+            ),
+            (CameraScene::Failing, false) => format!("{camera}: camera back, pictures again"),
+            (_, true) => format!(
+                "{camera}: floodlights off, the picture goes black (a lighting change: no motion event)"
+            ),
+            (_, false) => format!("{camera}: floodlights on again (no motion event either)"),
+        })
+    }
+}
+
 /// The running scenario: physics state and the queue of events.
 pub struct Scenario {
     layout: Layout,
@@ -298,6 +358,7 @@ pub struct Scenario {
     incidents: bool,
     next_cycle: u64,
     last_t: f64,
+    scenes: Vec<WatchedScene>,
 }
 
 impl Scenario {
@@ -321,6 +382,7 @@ impl Scenario {
                 _ => {}
             }
         }
+        let scenes = WatchedScene::of(&layout, clock.speed());
         Scenario {
             layout,
             clock,
@@ -333,6 +395,7 @@ impl Scenario {
             incidents,
             next_cycle: 0,
             last_t: 0.0,
+            scenes,
         }
     }
 
@@ -363,6 +426,12 @@ impl Scenario {
             self.last_t = t;
             self.due_events(&field, t).await;
             self.apply_physics(&field.world, &field.sites, dt.max(1e-3));
+            let real_s = t / self.clock.speed();
+            for s in &mut self.scenes {
+                if let Some(line) = s.look(real_s) {
+                    self.narrator.say(&line);
+                }
+            }
             if last_signal.elapsed() >= Duration::from_secs(5) {
                 last_signal = Instant::now();
                 for b in field.backhauls.values() {
