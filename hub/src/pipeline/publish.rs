@@ -8,7 +8,8 @@
 //!
 //! While items are waiting, the stage drains them before flushing acks, so under load one ack
 //! covers many messages. Twin documents (retained state, heavier to serialize) are published
-//! at most every [`TWIN_FLUSH`] per device: live values travel in the feeds.
+//! at most every [`TWIN_FLUSH`] per device, in chunks between drains: live values travel in
+//! the feeds.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,12 +27,19 @@ use crate::store::Appended;
 const DRAIN_MAX: usize = 512;
 /// How often changed twins are published.
 pub const TWIN_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+/// Twins published between two drains of the queue (a round over 6,400 devices as one block
+/// held feeds up for ~13 ms: `sim bench ingest` p99 at 250,000 readings/s).
+const TWIN_CHUNK: usize = 256;
 
 /// Runs the stage until its input closes.
 pub async fn run<S>(ctx: Arc<Context<S>>, mut input: mpsc::Receiver<Stored>) {
     let mut acks = AckCoalescer::default();
     let mut dirty: Vec<DeviceIdx> = Vec::new();
     let mut is_dirty = vec![false; ctx.registry.devices().len()];
+    // The twins of one flush round, published TWIN_CHUNK at a time between drains so that a
+    // round over thousands of devices never holds up feeds and acks for long. A device stays
+    // marked dirty until its document is out, so it is in at most one of `round` and `dirty`.
+    let mut round: Vec<DeviceIdx> = Vec::new();
     let mut tick = tokio::time::interval(TWIN_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -40,8 +48,13 @@ pub async fn run<S>(ctx: Arc<Context<S>>, mut input: mpsc::Receiver<Stored>) {
                 Some(item) => item,
                 None => break,
             },
-            _ = tick.tick(), if !dirty.is_empty() => {
-                flush_twins(&ctx, &mut dirty, &mut is_dirty);
+            _ = tick.tick(), if !dirty.is_empty() && round.is_empty() => {
+                std::mem::swap(&mut round, &mut dirty);
+                flush_chunk(&ctx, &mut round, &mut is_dirty);
+                continue;
+            }
+            _ = std::future::ready(()), if !round.is_empty() => {
+                flush_chunk(&ctx, &mut round, &mut is_dirty);
                 continue;
             }
         };
@@ -62,12 +75,20 @@ pub async fn run<S>(ctx: Arc<Context<S>>, mut input: mpsc::Receiver<Stored>) {
                 Err(e) => tracing::error!("ack not serializable: {e}"),
             }
         });
+        if !round.is_empty() {
+            flush_chunk(&ctx, &mut round, &mut is_dirty);
+        }
     }
-    flush_twins(&ctx, &mut dirty, &mut is_dirty);
+    round.append(&mut dirty);
+    while !round.is_empty() {
+        flush_chunk(&ctx, &mut round, &mut is_dirty);
+    }
 }
 
-fn flush_twins<S>(ctx: &Context<S>, dirty: &mut Vec<DeviceIdx>, is_dirty: &mut [bool]) {
-    for d in dirty.drain(..) {
+/// Publishes up to [`TWIN_CHUNK`] twins of the round.
+fn flush_chunk<S>(ctx: &Context<S>, round: &mut Vec<DeviceIdx>, is_dirty: &mut [bool]) {
+    let from = round.len().saturating_sub(TWIN_CHUNK);
+    for d in round.drain(from..) {
         is_dirty[d as usize] = false;
         ctx.twins.publish(d);
     }
