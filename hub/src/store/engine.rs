@@ -278,7 +278,8 @@ struct Syncer {
 struct CheckpointJob {
     generation: u64,
     wal_start: u64,
-    heads: Vec<(u32, Vec<u8>)>,
+    /// Dirty heads as of the cut, encoded by the checkpointer.
+    heads: Vec<(u32, SeriesHead)>,
     series: Vec<(u32, Vec<u8>)>,
     origins: Vec<(Arc<str>, Vec<u8>)>,
     done: Option<oneshot::Sender<Result<(), StoreError>>>,
@@ -1034,14 +1035,16 @@ impl Writer {
         };
         self.syncer.q.lock().file = next.file.clone();
         self.segment = next;
-        let heads: Vec<(u32, Vec<u8>)> = {
+        // Copies, not encodings: encoding every dirty head here held the state lock and the
+        // writer (so every group commit) for the whole encode; the checkpointer encodes.
+        let heads: Vec<(u32, SeriesHead)> = {
             let mut st = self.shared.state.write();
             st.heads
                 .iter_mut()
                 .filter(|(_, h)| h.dirty)
                 .map(|(&id, h)| {
                     h.dirty = false;
-                    (id, h.snapshot())
+                    (id, h.clone())
                 })
                 .collect()
         };
@@ -1176,8 +1179,8 @@ fn commit_checkpoint(
                 .map_err(db_err)?;
         }
         let mut t = txn.open_table(HEADS).map_err(db_err)?;
-        for (id, snap) in &job.heads {
-            t.insert(*id, snap.as_slice()).map_err(db_err)?;
+        for (id, head) in &job.heads {
+            t.insert(*id, head.snapshot().as_slice()).map_err(db_err)?;
         }
         let mut t = txn.open_table(SERIES).map_err(db_err)?;
         for (id, s) in &job.series {
