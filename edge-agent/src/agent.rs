@@ -303,6 +303,8 @@ pub async fn run_until(
 }
 
 async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration>) {
+    let mut connection = shared.uplink.connection();
+    let mut uplink_alive = true;
     loop {
         let every = *interval.borrow_and_update();
         tokio::select! {
@@ -310,6 +312,16 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
             _ = interval.changed() => continue,
             // A camera went on- or offline: tell the hub now, not at the next interval.
             _ = shared.camera_health.changed() => {}
+            // Every (re)connect: a change seen while the link was down would otherwise wait a
+            // whole interval, and the hub wants the backlog's size after an outage.
+            r = connection.changed(), if uplink_alive => match r {
+                Ok(()) if *connection.borrow_and_update() => {}
+                Ok(()) => continue,
+                Err(_) => {
+                    uplink_alive = false;
+                    continue;
+                }
+            },
         }
         let source = shared.config.read().await.file.agent.link_source.clone();
         let link = crate::health::read_link(source.as_deref()).await;

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub health_published: AtomicU64,
     /// Camera snapshots published (first sends and re-sends).
     pub snapshots_sent: AtomicU64,
+    /// Camera snapshots deleted from the queue on the hub's ack.
+    pub snapshots_acked: AtomicU64,
     /// Camera events committed to the queue.
     pub camera_events: AtomicU64,
     /// Camera snapshots committed to the queue.
@@ -274,6 +276,12 @@ impl Metrics {
             "counter",
             "Camera snapshots published (first sends and re-sends).",
             c(&self.snapshots_sent),
+        );
+        metric(
+            "snapshots_acked_total",
+            "counter",
+            "Camera snapshots deleted from the queue on the hub's ack.",
+            c(&self.snapshots_acked),
         );
         if let Some(q) = queue {
             metric(

@@ -305,6 +305,11 @@ impl Uplink {
         *self.connected.borrow()
     }
 
+    /// The session state as it changes (true while connected).
+    pub fn connection(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
     /// Waits until the session is up (or `timeout`).
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.connected.clone();
@@ -625,6 +630,9 @@ impl Forwarder {
             }
             Err(_) => return,
         };
+        self.metrics
+            .snapshots_acked
+            .fetch_add(outcome.snapshots_deleted, Relaxed);
         for id in &ack.snapshots {
             if self.snaps.inflight.remove(id).is_some() {
                 self.snaps.known.remove(id);

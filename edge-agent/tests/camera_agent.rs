@@ -243,17 +243,29 @@ async fn events_and_snapshots_leave_at_once_and_go_when_acknowledged() {
         s.events.iter().any(|(_, e)| e.phase == EventPhase::End)
     })
     .await;
-    agent.terminate(Duration::from_secs(15));
-    let (snaps, seqs) = queued(dir.path());
-    let acked_snaps: Vec<String> = hub.with(|s| s.snapshots.iter().map(|x| x.1.clone()).collect());
-    assert!(snaps.iter().all(|s| !acked_snaps.contains(s)), "{snaps:?}");
-    let acked_seqs: Vec<u64> = hub.with(|s| {
+    // What the hub acknowledged so far, and the agent's word that it applied those acks (an
+    // ack still on the wire when the agent stops is rightly kept and sent again).
+    let acked_snaps: std::collections::BTreeSet<String> =
+        hub.with(|s| s.snapshots.iter().map(|x| x.1.clone()).collect());
+    let acked_seqs: std::collections::BTreeSet<u64> = hub.with(|s| {
         s.events
             .iter()
             .filter_map(|(_, e)| e.seq)
             .chain(s.batches.iter().map(|(_, b)| b.seq))
             .collect()
     });
+    let applied = wait_for(Duration::from_secs(10), || {
+        let page = scrape(metrics_port);
+        metric(&page, "edge_agent_entries_acked_total")
+            .is_some_and(|n| n >= acked_seqs.len() as f64)
+            && metric(&page, "edge_agent_snapshots_acked_total")
+                .is_some_and(|n| n >= acked_snaps.len() as f64)
+    })
+    .await;
+    assert!(applied, "{}", scrape(metrics_port));
+    agent.terminate(Duration::from_secs(15));
+    let (snaps, seqs) = queued(dir.path());
+    assert!(snaps.iter().all(|s| !acked_snaps.contains(s)), "{snaps:?}");
     assert!(seqs.iter().all(|s| !acked_seqs.contains(s)), "{seqs:?}");
 }
 

@@ -64,7 +64,9 @@ mounts = server.get_mount_points()
 for path, launch in scenes.items():
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(f"( {launch} )")
-    factory.set_shared(True)
+    # One pipeline per session. Shared media crash this gst-rtsp-server (1.22) now and then
+    # when two sessions set up at once (`gst_rtsp_media_get_rates: assertion failed`).
+    factory.set_shared(False)
     factory.connect("media-configure", configured)
     mounts.add_factory(path, factory)
 if server.attach(None) == 0:
