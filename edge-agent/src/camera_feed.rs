@@ -62,7 +62,7 @@ impl CameraHealth {
         if online {
             s.last_ok_ms.store(now_ms, Relaxed);
         }
-        if s.online.swap(online, Relaxed) != online {
+        if s.set_online(online) != online {
             self.changed.notify_one();
         }
     }

@@ -108,8 +108,11 @@ pub fn build(
         uptime_s: uptime.as_secs(),
         queue,
         link,
+        // A device not polled yet is left out: "offline" would be a guess, and the hub would
+        // show it down until the next health.
         devices: devices
             .iter()
+            .filter(|d| d.known.load(Relaxed))
             .map(|d| {
                 let last = d.last_ok_ms.load(Relaxed);
                 DeviceHealth {
@@ -162,7 +165,7 @@ mod tests {
     #[test]
     fn health_document() {
         let d = DeviceStats::new("WL-0001");
-        d.online.store(true, Relaxed);
+        d.set_online(true);
         d.errors.store(3, Relaxed);
         d.last_ok_ms.store(900, Relaxed);
         let q = QueueStats {
@@ -176,10 +179,12 @@ mod tests {
             "AG-1",
             Duration::from_secs(61),
             Some(&q),
-            &[d],
+            &[d, DeviceStats::new("WL-0002")],
             LinkQuality::default(),
             1000,
         );
+        // WL-0002 was never polled: unknown, so not reported at all.
+        assert_eq!(h.devices.len(), 1);
         assert_eq!(h.uptime_s, 61);
         assert_eq!(h.version, crate::VERSION);
         assert_eq!(

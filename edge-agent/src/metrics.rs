@@ -27,8 +27,11 @@ type PerDevice = (
 pub struct DeviceStats {
     /// The device id.
     pub id: String,
-    /// Answering polls.
+    /// Answering polls. Set through [`DeviceStats::set_online`].
     pub online: AtomicBool,
+    /// Whether `online` was ever decided (a poll answered or failed, a camera reported): until
+    /// then the state is unknown and health leaves the device out.
+    pub known: AtomicBool,
     /// Requests sent.
     pub requests: AtomicU64,
     /// Failed requests (timeouts, exceptions, transport errors, undecodable values).
@@ -52,6 +55,12 @@ impl DeviceStats {
             id: id.to_string(),
             ..DeviceStats::default()
         })
+    }
+
+    /// Records the device's state; returns the previous one.
+    pub fn set_online(&self, online: bool) -> bool {
+        self.known.store(true, Relaxed);
+        self.online.swap(online, Relaxed)
     }
 }
 
@@ -461,7 +470,7 @@ mod tests {
         let m = Metrics::new();
         m.entries_sent.fetch_add(3, Relaxed);
         let d = DeviceStats::new("SL-0001");
-        d.online.store(true, Relaxed);
+        d.set_online(true);
         d.errors.fetch_add(2, Relaxed);
         m.set_devices(vec![d]);
         let q = QueueStats {

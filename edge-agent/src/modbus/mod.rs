@@ -123,10 +123,10 @@ impl DeviceState {
         }
         if outcome.any_ok() {
             s.polls.fetch_add(1, Relaxed);
-            s.online.store(true, Relaxed);
+            s.set_online(true);
             s.last_ok_ms.store(ts_ms, Relaxed);
         } else {
-            s.online.store(false, Relaxed);
+            s.set_online(false);
         }
         let mut readings = Vec::with_capacity(outcome.values.len());
         for (i, value, quality) in outcome.values {

@@ -6,7 +6,6 @@
 //! late bytes that would otherwise be read as the next unit's answer.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -81,7 +80,7 @@ pub(super) async fn run(
             Ok(ctx) => ctx,
             Err(e) => {
                 for s in &slots {
-                    s.dev.stats.online.store(false, Relaxed);
+                    s.dev.stats.set_online(false);
                 }
                 let delay = port_backoff.next_delay();
                 tracing::warn!(port = %line.path, "cannot open: {e}; retry in {delay:?}");

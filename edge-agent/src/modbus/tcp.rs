@@ -65,7 +65,7 @@ pub(super) async fn run(
         let mut ctx = match connect(&addr, dev.plan.unit, connect_timeout).await {
             Ok(ctx) => ctx,
             Err(e) => {
-                dev.stats.online.store(false, Relaxed);
+                dev.stats.set_online(false);
                 dev.stats.errors.fetch_add(1, Relaxed);
                 let delay = backoff.next_delay();
                 tracing::warn!(device = %dev.plan.device, "connect failed: {e}; retry in {delay:?}");
@@ -108,7 +108,7 @@ pub(super) async fn run(
                 }
             }
         };
-        dev.stats.online.store(false, Relaxed);
+        dev.stats.set_online(false);
         let delay = backoff.next_delay();
         tracing::warn!(device = %dev.plan.device, "link lost: {why}; reconnect in {delay:?}");
         drop(ctx);
