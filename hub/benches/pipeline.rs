@@ -195,6 +195,7 @@ async fn run(seconds: f64, devices_per_batch: usize, rate_msgs: Option<f64>) -> 
                     topic: topics[a].clone(),
                     payload: payload.into(),
                     received_ms: ts + seq as i64,
+                    arrived: Instant::now(),
                     done: Some(tx),
                 }))
                 .await

@@ -94,9 +94,10 @@ impl StageGauge {
     }
 }
 
-/// Upper bounds of the store append latency histogram, seconds.
-const LATENCY_BOUNDS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+/// Upper bounds of the latency histograms, seconds (finer around 10 ms, the feed target).
+const LATENCY_BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+    1.024,
 ];
 
 /// A fixed-bucket latency histogram.
@@ -116,6 +117,24 @@ impl Histogram {
         }
         self.count.fetch_add(1, Relaxed);
         self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (what Prometheus would estimate at
+    /// best); `None` without observations or when it lies beyond the last bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let count = self.count.load(Relaxed);
+        if count == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * count as f64).ceil().max(1.0) as u64;
+        let mut cumulative = 0;
+        for (b, n) in LATENCY_BOUNDS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            if cumulative >= rank {
+                return Some(*b);
+            }
+        }
+        None
     }
 
     fn render(&self, name: &str, out: &mut String) {
@@ -163,6 +182,9 @@ pub struct Metrics {
     pub publish_queue: StageGauge,
     /// Latency of `SeriesStore::append`.
     pub append_latency: Histogram,
+    /// From a message's arrival at the ingress to its feeds handed to the subscribers' queues
+    /// (the part of the feed latency the hub owns).
+    pub pipeline_latency: Histogram,
     sources: Mutex<Vec<Arc<dyn MetricsSource>>>,
 }
 
@@ -274,6 +296,12 @@ impl Metrics {
         out.push_str("# TYPE hub_store_append_seconds histogram\n");
         self.append_latency
             .render("hub_store_append_seconds", &mut out);
+        out.push_str(
+            "# HELP hub_pipeline_seconds From arrival to the feeds handed to subscribers.\n",
+        );
+        out.push_str("# TYPE hub_pipeline_seconds histogram\n");
+        self.pipeline_latency
+            .render("hub_pipeline_seconds", &mut out);
         for s in self.sources.lock().iter() {
             s.render(&mut out);
         }
@@ -284,6 +312,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantile_bound_is_the_bucket_of_the_rank() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_bound(0.99), None);
+        for _ in 0..98 {
+            h.observe(std::time::Duration::from_micros(300));
+        }
+        h.observe(std::time::Duration::from_millis(9));
+        h.observe(std::time::Duration::from_secs(5));
+        assert_eq!(h.quantile_bound(0.5), Some(0.0005));
+        assert_eq!(h.quantile_bound(0.98), Some(0.0005));
+        assert_eq!(h.quantile_bound(0.99), Some(0.010));
+        // Beyond the last bound: unknown, not the last bound.
+        assert_eq!(h.quantile_bound(1.0), None);
+    }
 
     #[test]
     fn renders_prometheus_text() {

@@ -33,6 +33,7 @@ pub struct Server {
     store: Arc<TsStore>,
     broker: BrokerHandle,
     running: RunningHub<TsStore>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Server {
@@ -54,6 +55,7 @@ impl Server {
         let hub = Hub::new(config, store.clone())?.with_options(options);
         let broker_cfg = BrokerConfig::from_settings(&hub.config().hub)?;
         let broker = Broker::start(broker_cfg, hub.authenticator(), hub.ingress_sender()).await?;
+        let metrics = hub.metrics();
         let m = broker.metrics().clone();
         hub.metrics()
             .add_source(Arc::new(move |out: &mut String| m.write_prometheus(out)));
@@ -74,6 +76,7 @@ impl Server {
             store,
             broker,
             running,
+            metrics,
         })
     }
 
@@ -90,6 +93,11 @@ impl Server {
     /// The running pipeline and API (twins, registry).
     pub fn hub(&self) -> &RunningHub<TsStore> {
         &self.running
+    }
+
+    /// The hub core's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The store.

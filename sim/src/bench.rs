@@ -333,6 +333,16 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let c = load.counters();
 
     let mut verified = None;
+    // The hub's own part of the feed latency (arrival to feeds out), as bucket bounds.
+    let hub_pipeline = server.as_ref().map(|s| {
+        let m = s.metrics();
+        let ms = |h: &hub::metrics::Histogram, q| h.quantile_bound(q).map(|b| b * 1000.0);
+        (
+            ms(&m.pipeline_latency, 0.5),
+            ms(&m.pipeline_latency, 0.99),
+            ms(&m.append_latency, 0.99),
+        )
+    });
     let stored = match (&mode, &server) {
         (Mode::Embedded, Some(s)) => {
             let stats = s.store().stats()?;
@@ -397,6 +407,11 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     });
     if let Some(v) = verified {
         details["verified_points"] = v.into();
+    }
+    if let Some((p50, p99, append_p99)) = hub_pipeline {
+        details["hub_pipeline_p50_le_ms"] = p50.into();
+        details["hub_pipeline_p99_le_ms"] = p99.into();
+        details["hub_store_append_p99_le_ms"] = append_p99.into();
     }
     let details = details.to_string();
     println!(

@@ -36,6 +36,8 @@ pub struct Inbound {
     pub payload: Bytes,
     /// Hub time of arrival, epoch milliseconds.
     pub received_ms: i64,
+    /// Monotonic time of arrival (the pipeline's latency histogram).
+    pub arrived: std::time::Instant,
     /// Completed by the pipeline; the ingress acknowledges the message when it fires.
     pub done: Option<oneshot::Sender<Disposition>>,
 }

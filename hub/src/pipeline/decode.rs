@@ -133,6 +133,7 @@ impl<'a> Builder<'a> {
             values: self.values,
             feeds: Bytes::copy_from_slice(&self.scratch.feed),
             video: None,
+            arrived: msg.arrived,
         }
     }
 }

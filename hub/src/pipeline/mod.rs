@@ -90,6 +90,8 @@ pub struct Prepared {
     pub feeds: Bytes,
     /// Camera work made durable before the origin is appended (events, snapshots).
     pub video: Option<Box<crate::video::Work>>,
+    /// When the message arrived at the ingress.
+    pub arrived: std::time::Instant,
 }
 
 /// A prepared message with the store's answer.

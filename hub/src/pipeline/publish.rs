@@ -163,4 +163,7 @@ fn handle<S>(
         );
         ctx.metrics.feeds_published.fetch_add(1, Relaxed);
     }
+    ctx.metrics
+        .pipeline_latency
+        .observe(prepared.arrived.elapsed());
 }

@@ -66,6 +66,7 @@ fn prepared(
         values: Vec::new(),
         feeds: Bytes::new(),
         video: video.map(Box::new),
+        arrived: msg.arrived,
     }
 }
 

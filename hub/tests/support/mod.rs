@@ -215,6 +215,7 @@ impl<S: SeriesStore> TestHub<S> {
             topic: topic.to_string(),
             payload: payload.into(),
             received_ms,
+            arrived: std::time::Instant::now(),
             done: Some(tx),
         }))
         .await;

@@ -605,6 +605,7 @@ async fn publish_will(core: &Core, principal: &Arc<Principal>, client_id: &Arc<s
         topic: w.topic,
         payload: w.payload,
         received_ms: now_ms(),
+        arrived: Instant::now(),
         done: None,
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), core.events.send(ev)).await;
@@ -934,6 +935,7 @@ impl Reader<'_> {
             topic: topic.to_string(),
             payload,
             received_ms: now_ms(),
+            arrived: Instant::now(),
             done: None,
         };
         if qos == 0 {
