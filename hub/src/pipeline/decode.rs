@@ -123,8 +123,8 @@ impl<'a> Builder<'a> {
         self.scratch.sample = sample;
     }
 
-    fn finish(self, msg: &mut Inbound, ack: Option<(AgentIdx, u64, u64)>) -> Prepared {
-        Prepared {
+    fn finish(self, msg: &mut Inbound, ack: Option<(AgentIdx, u64, u64)>) -> Box<Prepared> {
+        Box::new(Prepared {
             done: msg.done.take(),
             batch: self.batch,
             ack,
@@ -134,14 +134,14 @@ impl<'a> Builder<'a> {
             feeds: Bytes::copy_from_slice(&self.scratch.feed),
             video: None,
             arrived: msg.arrived,
-        }
+        })
     }
 }
 
 /// What the decode stage made of a message.
 pub enum Decoded {
     /// A write for the store stage.
-    Write(Prepared),
+    Write(Box<Prepared>),
     /// Fully handled here (or rejected); `done` already completed.
     Handled,
     /// Handed to a task of its own (desired state), which completes `done`.

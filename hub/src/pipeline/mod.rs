@@ -187,7 +187,7 @@ async fn decode_worker<S: SeriesStore>(
         ctx.metrics.decode_queue.taken.fetch_add(1, Relaxed);
         if let Decoded::Write(p) = decode::handle(&ctx, msg, &mut scratch) {
             ctx.metrics.store_queue.sent.fetch_add(1, Relaxed);
-            if output.send(p).await.is_err() {
+            if output.send(*p).await.is_err() {
                 tracing::error!("store stage is gone; stopping a decode worker");
                 return;
             }

@@ -56,8 +56,8 @@ fn prepared(
     batch: WriteBatch,
     ack: Option<(AgentIdx, u64, u64)>,
     video: Option<Work>,
-) -> Prepared {
-    Prepared {
+) -> Box<Prepared> {
+    Box::new(Prepared {
         done: msg.done.take(),
         batch,
         ack,
@@ -67,7 +67,7 @@ fn prepared(
         feeds: Bytes::new(),
         video: video.map(Box::new),
         arrived: msg.arrived,
-    }
+    })
 }
 
 fn clip(s: &str) -> String {
