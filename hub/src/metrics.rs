@@ -178,8 +178,6 @@ pub struct Metrics {
     pub decode_queue: StageGauge,
     /// Queue in front of the store stage (and appends in flight).
     pub store_queue: StageGauge,
-    /// Queue in front of the publish stage (ack, twin, feeds).
-    pub publish_queue: StageGauge,
     /// Latency of `SeriesStore::append`.
     pub append_latency: Histogram,
     /// From a message's arrival at the ingress to its feeds handed to the subscribers' queues
@@ -285,11 +283,7 @@ impl Metrics {
         }
         out.push_str("# HELP hub_queue_depth Items waiting in front of a pipeline stage.\n");
         out.push_str("# TYPE hub_queue_depth gauge\n");
-        for (stage, g) in [
-            ("decode", &self.decode_queue),
-            ("store", &self.store_queue),
-            ("publish", &self.publish_queue),
-        ] {
+        for (stage, g) in [("decode", &self.decode_queue), ("store", &self.store_queue)] {
             let _ = writeln!(out, "hub_queue_depth{{stage=\"{stage}\"}} {}", g.depth());
         }
         out.push_str("# HELP hub_store_append_seconds Latency of durable appends.\n");

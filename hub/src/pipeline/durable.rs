@@ -1,44 +1,45 @@
-//! Dedup + store: the stage that makes writes durable.
+//! Dedup + store, then publish: the commit stage.
 //!
 //! Appends run concurrently (up to [`MAX_IN_FLIGHT`]) so the store's group commit can gather
-//! many of them into one fsync; each result goes on to the publish stage as it completes.
-//! Deduplication by origin happens inside the store, atomically with the write.
+//! many of them into one fsync. Deduplication by origin happens inside the store, atomically
+//! with the write. As appends complete, the same task hands them to [`Publish`] (PUBACK, agent
+//! acks, twin state, feeds): completions that arrive together are handled in one drain, then
+//! the acks go out. Changed twins are published by a task of their own ([`twin_rounds`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 
+use super::publish::{DRAIN_MAX, Publish, twin_rounds};
 use super::{Context, Prepared, Stored};
 use crate::store::SeriesStore;
 
 /// Appends in flight at once.
 pub const MAX_IN_FLIGHT: usize = 256;
 
-/// Runs the stage until its input closes and every append has finished.
-pub async fn run<S: SeriesStore>(
-    ctx: Arc<Context<S>>,
-    mut input: mpsc::Receiver<Prepared>,
-    output: mpsc::Sender<Stored>,
-) {
+/// Runs the stage until its input closes and every append has finished and been published.
+pub async fn run<S: SeriesStore>(ctx: Arc<Context<S>>, mut input: mpsc::Receiver<Prepared>) {
     let mut in_flight = FuturesUnordered::new();
+    let mut publish = Publish::default();
+    let (twins_stop, stop_rx) = oneshot::channel();
+    let twins = tokio::spawn(twin_rounds(ctx.clone(), stop_rx));
     let mut open = true;
     loop {
         tokio::select! {
             biased;
             Some(stored) = in_flight.next(), if !in_flight.is_empty() => {
-                // Durable, and nothing about it has left the hub yet: a crash here must
-                // neither lose nor double the batch (the crash tests abort here).
-                #[cfg(feature = "failpoints")]
-                super::failpoint::after_store(&stored);
-                ctx.metrics.publish_queue.sent.fetch_add(1, Relaxed);
-                if output.send(stored).await.is_err() {
-                    tracing::error!("publish stage is gone; stopping the store stage");
-                    return;
+                committed(&ctx, &mut publish, stored);
+                for _ in 1..DRAIN_MAX {
+                    match in_flight.next().now_or_never() {
+                        Some(Some(stored)) => committed(&ctx, &mut publish, stored),
+                        _ => break,
+                    }
                 }
+                publish.flush(&ctx);
             }
             next = input.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => match next {
                 Some(mut p) => {
@@ -64,4 +65,19 @@ pub async fn run<S: SeriesStore>(
             break;
         }
     }
+    publish.flush(&ctx);
+    // The last twin round runs once every write is in.
+    let _ = twins_stop.send(());
+    if let Err(e) = twins.await {
+        tracing::error!("twin rounds failed: {e}");
+    }
+}
+
+/// One durable (or failed) write.
+fn committed<S>(ctx: &Context<S>, publish: &mut Publish, stored: Stored) {
+    // Durable, and nothing about it has left the hub yet: a crash here must neither lose nor
+    // double the batch (the crash tests abort here).
+    #[cfg(feature = "failpoints")]
+    super::failpoint::after_store(&stored);
+    publish.handle(ctx, stored);
 }

@@ -1,9 +1,9 @@
 //! The pipeline: typed stages in one direction, bounded queues between them.
 //!
 //! ```text
-//! ingress events ─▶ route ─▶ decode+validate+normalize (N workers, by client) ─▶ store
-//!   (dedup + durable append, many in flight) ─▶ publish (PUBACK, coalesced agent acks,
-//!   twins, feeds)
+//! ingress events ─▶ route ─▶ decode+validate+normalize (N workers, by client) ─▶ commit:
+//!   store (dedup + durable append, many in flight) then publish (PUBACK, coalesced agent
+//!   acks, twins, feeds) in the same task
 //! ```
 //! Connection events and refusals are handled by the router (status, dead letters); health,
 //! desired state and command results by the decode workers. Every stage counts what it takes,
@@ -136,14 +136,8 @@ impl Pipeline {
         opts: PipelineOptions,
     ) -> Pipeline {
         let mut tasks = Vec::new();
-        let (publish_tx, publish_rx) = mpsc::channel(opts.queue);
         let (store_tx, store_rx) = mpsc::channel(opts.queue);
-        tasks.push(tokio::spawn(publish::run(ctx.clone(), publish_rx)));
-        tasks.push(tokio::spawn(durable::run(
-            ctx.clone(),
-            store_rx,
-            publish_tx,
-        )));
+        tasks.push(tokio::spawn(durable::run(ctx.clone(), store_rx)));
         let mut workers = Vec::with_capacity(opts.workers);
         for _ in 0..opts.workers.max(1) {
             let (tx, rx) = mpsc::channel(opts.queue);

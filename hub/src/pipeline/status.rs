@@ -145,7 +145,9 @@ impl StatusBoard {
         if self.twins.set_online(device, online, now_ms) {
             let d = self.registry.device(device);
             self.outlet.publish(&d.status_topic, status(online), true);
-            self.twins.publish(device);
+            // The twin's `online` goes out with the next twin round: an agent's connect
+            // changes hundreds of twins at once, too many to publish inline.
+            self.twins.mark_stale(device);
         }
     }
 

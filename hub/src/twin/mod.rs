@@ -22,6 +22,7 @@
 
 pub mod controls;
 pub mod persist;
+pub mod stale;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -295,6 +296,8 @@ pub struct Twins {
     controls: Controls,
     settings: CommandSettings,
     command_metrics: CommandMetrics,
+    /// Documents to publish in the next twin round.
+    stale: stale::Stale,
 }
 
 impl Twins {
@@ -349,6 +352,7 @@ impl Twins {
             states.push(Mutex::new(s));
         }
         Ok(Twins {
+            stale: stale::Stale::new(states.len()),
             registry,
             states,
             store: Arc::new(store),
@@ -487,7 +491,23 @@ impl Twins {
         }
     }
 
-    /// Publishes the twin document, retained, on `v1/twin/{id}`.
+    /// Marks a device's document for the next twin round (reported values, online state).
+    pub fn mark_stale(&self, device: DeviceIdx) {
+        self.stale.mark(device);
+    }
+
+    /// The devices marked for this round; publish each with [`Twins::publish_stale`].
+    pub fn take_stale(&self) -> Vec<DeviceIdx> {
+        self.stale.take()
+    }
+
+    /// Unmarks and publishes a device's document (a change from now on marks it again).
+    pub fn publish_stale(&self, device: DeviceIdx) {
+        self.stale.clear(device);
+        self.publish(device);
+    }
+
+    /// Publishes the twin document now, retained, on `v1/twin/{id}`.
     pub fn publish(&self, device: DeviceIdx) {
         let doc = self.document(device);
         match serde_json::to_vec(&doc) {
