@@ -105,6 +105,10 @@ pub struct IngestArgs {
     /// Embedded hub: count every stored series' points afterwards and compare with `stored`.
     #[arg(long)]
     pub verify: bool,
+    /// Batches first sent in this first stretch (agents connecting) are left out of `p50_ms`
+    /// and `p99_ms`; `p50_all_ms` and `p99_all_ms` count everything. `0s` counts all.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
 }
 
 /// Runs a benchmark.
@@ -233,6 +237,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
 
     let mut opts = LoadOptions::new(&target);
     opts.threads = a.load_threads;
+    opts.warmup = a.warmup;
     opts.settings.devices_per_batch = a.devices_per_batch;
     opts.settings.samples_per_device = a.samples;
     opts.settings.window = a.window.max(1);
@@ -358,12 +363,11 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         Mode::Relay => c.probe_messages,
         _ => c.batches_acked,
     };
-    let (p50, p99, pmax, latency_of) = if load.probe_latency().count() > 0 {
-        let h = load.probe_latency();
+    // Headline figures after the warm-up; the overall ones beside them.
+    let (all, steady, latency_of) = if load.probe_latency().count() > 0 {
         (
-            h.quantile_ms(0.5),
-            h.quantile_ms(0.99),
-            h.max_ms(),
+            load.probe_latency(),
+            load.probe_steady(),
             if matches!(mode, Mode::Relay) {
                 "relayed_batch"
             } else {
@@ -371,10 +375,20 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             },
         )
     } else {
-        let h = load.ack_latency();
-        (h.quantile_ms(0.5), h.quantile_ms(0.99), h.max_ms(), "ack")
+        (load.ack_latency(), load.ack_steady(), "ack")
     };
-    let ack = load.ack_latency();
+    let (p50_all, p99_all, pmax) = (all.quantile_ms(0.5), all.quantile_ms(0.99), all.max_ms());
+    let steady = if steady.count() > 0 {
+        steady
+    } else {
+        eprintln!("bench: nothing was sent after the warm-up; p50/p99 count everything");
+        all
+    };
+    let (p50, p99) = (steady.quantile_ms(0.5), steady.quantile_ms(0.99));
+    let ack = match load.ack_steady() {
+        h if h.count() > 0 => h,
+        _ => load.ack_latency(),
+    };
     let (ack_p50, ack_p99) = (ack.quantile_ms(0.5), ack.quantile_ms(0.99));
     load.stop().await;
     if let Some(s) = server.take() {
@@ -388,6 +402,9 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let mut details = serde_json::json!({
         "mode": mode.name(),
         "latency_of": latency_of,
+        "warmup_s": a.warmup.as_secs_f64(),
+        "p50_all_ms": round3(p50_all),
+        "p99_all_ms": round3(p99_all),
         "max_ms": round3(pmax),
         "ack_p50_ms": round3(ack_p50),
         "ack_p99_ms": round3(ack_p99),

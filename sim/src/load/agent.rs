@@ -72,6 +72,25 @@ pub struct Shared {
     pub ack_latency: Histogram,
     /// Latency at the probe since the last progress report (reset by the reporter).
     pub recent: Histogram,
+    /// Batches first sent from this instant on count in the steady-state histograms.
+    pub steady_from: std::time::Instant,
+    /// [`Shared::ack_latency`] after the warm-up.
+    pub ack_steady: Histogram,
+    /// Probe latency after the warm-up.
+    pub probe_steady: Histogram,
+}
+
+impl Shared {
+    /// Records a probe latency `d` observed at `now`.
+    pub fn probe_observed(&self, d: Duration, now: std::time::Instant) {
+        self.recent.record(d);
+        if now
+            .checked_sub(d)
+            .is_some_and(|sent| sent >= self.steady_from)
+        {
+            self.probe_steady.record(d);
+        }
+    }
 }
 
 struct Pending {
@@ -431,8 +450,10 @@ impl Agent {
         let c = &self.shared.counters;
         c.batches_acked.fetch_add(1, Relaxed);
         c.readings_acked.fetch_add(u64::from(p.readings), Relaxed);
-        self.shared
-            .ack_latency
-            .record(now.duration_since(p.first_sent));
+        let d = now.duration_since(p.first_sent);
+        self.shared.ack_latency.record(d);
+        if p.first_sent.into_std() >= self.shared.steady_from {
+            self.shared.ack_steady.record(d);
+        }
     }
 }

@@ -58,6 +58,9 @@ pub struct LoadOptions {
     pub probe: Option<ProbeSpec>,
     /// Worker threads of the load's runtime.
     pub threads: usize,
+    /// Latency of batches first sent before this much time has passed goes only into the
+    /// overall histograms, not the steady-state ones (agents connecting, first contacts).
+    pub warmup: Duration,
 }
 
 impl LoadOptions {
@@ -77,6 +80,7 @@ impl LoadOptions {
             },
             probe: None,
             threads: 1,
+            warmup: Duration::ZERO,
         }
     }
 }
@@ -136,6 +140,9 @@ impl Load {
             send_times: SendTimes::new(plan.agents.len(), started),
             ack_latency: Histogram::default(),
             recent: Histogram::default(),
+            steady_from: started + opts.warmup,
+            ack_steady: Histogram::default(),
+            probe_steady: Histogram::default(),
         });
         let probe_latency = Arc::new(Histogram::default());
         let (phase, phase_rx) = watch::channel(Phase::Run);
@@ -230,6 +237,16 @@ impl Load {
     /// First send to arrival at the probe.
     pub fn probe_latency(&self) -> &Histogram {
         &self.probe_latency
+    }
+
+    /// Probe latency of batches first sent after the warm-up.
+    pub fn probe_steady(&self) -> &Histogram {
+        &self.shared.probe_steady
+    }
+
+    /// Acknowledgement latency of batches first sent after the warm-up.
+    pub fn ack_steady(&self) -> &Histogram {
+        &self.shared.ack_steady
     }
 
     /// When the load started.

@@ -174,7 +174,7 @@ fn on_feed(
     };
     if let Some(d) = shared.send_times.since(agent, seq, now) {
         latency.record(d);
-        shared.recent.record(d);
+        shared.probe_observed(d, now);
     }
 }
 
@@ -198,7 +198,7 @@ fn on_relayed(
         && let Some(d) = shared.send_times.since(agent, batch.seq, now)
     {
         latency.record(d);
-        shared.recent.record(d);
+        shared.probe_observed(d, now);
     }
 }
 
