@@ -336,6 +336,45 @@ level = "yellow"
 }
 
 #[tokio::test]
+async fn silence_alert_stays_the_same_alert_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = r#"
+[[rules]]
+id = "gauge-silent"
+device = "WL-0001"
+silent_for = "300ms"
+level = "yellow"
+
+[[rules]]
+id = "manhole-silent"
+kind = "manhole"
+silent_for = "300ms"
+level = "blue"
+"#;
+    let id = {
+        let h = start(config(dir.path(), rules)).await;
+        level(&h, 0, 1.0).await;
+        let a = wait_published(&h, "gauge silent", |a| a.alert.rule == "gauge-silent").await;
+        stop(h).await;
+        a.alert.id
+    };
+    let h = start(config(dir.path(), rules)).await;
+    // The manhole never reported, so its silence counts from this start: once it is raised,
+    // the silence ticks have run well past the first one, which used to clear the gauge's
+    // alert (its clock restarted at hub start) before raising it again under a new id.
+    wait_published(&h, "manhole silent", |a| a.alert.device == "MH-0001").await;
+    let gauge = of_rule(&h, "gauge-silent");
+    assert_eq!(gauge.len(), 1, "one episode across the restart");
+    assert_eq!(gauge[0].alert.id, id);
+    assert_eq!(gauge[0].alert.state, AlertState::Active);
+    // It reports again: the same alert clears.
+    level(&h, 1, 1.0).await;
+    wait_state(&h, &id, AlertState::Cleared).await;
+    assert_eq!(of_rule(&h, "gauge-silent").len(), 1);
+    stop(h).await;
+}
+
+#[tokio::test]
 async fn hold_timer_resumes_from_stored_readings_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let rules = r#"

@@ -719,6 +719,44 @@ impl Rules {
                 }
             }
         }
+        self.restore_silence(&set, store, now_ms);
+    }
+
+    /// Silence clocks resume from the newest stored reading instead of restarting at hub start:
+    /// a device silent before a restart stays silent (its open alert is kept, not cleared and
+    /// raised again under a new id), and one that never reported still counts from the start.
+    fn restore_silence<S: SeriesStore>(&self, set: &RuleSet, store: &S, now_ms: i64) {
+        let mut newest: HashMap<DeviceIdx, Vec<(Quantity, i64)>> = HashMap::new();
+        for (r, devices) in &set.silence {
+            let rule = &set.rules[*r as usize];
+            for &d in devices {
+                let latest = newest.entry(d).or_insert_with(|| {
+                    match store.latest(&self.registry.device(d).id) {
+                        Ok(l) => l
+                            .into_iter()
+                            .map(|(q, p)| (q, p.ts_ms.min(now_ms)))
+                            .collect(),
+                        Err(e) => {
+                            tracing::warn!(device = d, "silence clock not restored: {e}");
+                            Vec::new()
+                        }
+                    }
+                });
+                let heard = latest
+                    .iter()
+                    .filter(|(q, _)| rule.quantity.is_none_or(|rq| rq == *q))
+                    .map(|(_, ts)| *ts)
+                    .max();
+                let Some(heard) = heard else { continue };
+                if rule.quantity.is_some() {
+                    let mut shard = set.shards[shard_of(d)].lock();
+                    self.binding(set, &mut shard, *r, d, now_ms).heard_ms = heard;
+                } else if let Some(h) = self.heard.get(d as usize) {
+                    // Warm-up runs before the pipeline starts: nothing live to overwrite.
+                    h.store(heard, Relaxed);
+                }
+            }
+        }
     }
 
     /// Replaces the rule set. The new rules are validated against the running devices first;
