@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use hub::config::HubConfig;
 use hub::server::Server;
+use tests::free_port;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -27,14 +28,6 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 fn now_ms() -> i64 {
     hub::pipeline::now_ms()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {

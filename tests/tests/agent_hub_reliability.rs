@@ -22,7 +22,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,24 +38,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use tests::{Proc, free_port, root};
+
 /// The longest any awaited condition may take.
 const DEADLINE: Duration = Duration::from_secs(30);
 const OPS: &str = "ops:ops-secret-reliab";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn now_ms() -> i64 {
     edge_agent::now_ms()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn log_level() -> String {
@@ -76,51 +66,6 @@ where
 }
 
 // ------------------------------------------------------------------------------ processes
-
-/// A child process, SIGKILLed and reaped on drop (so a failing test leaves nothing behind).
-struct Proc(Option<Child>);
-
-impl Proc {
-    /// kill -9, and reap it.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, and its exit status once it has stopped.
-    async fn terminate(&mut self) -> ExitStatus {
-        let pid = self.0.as_ref().expect("running").id();
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        self.exited().await
-    }
-
-    /// Waits (with the deadline) until the process has exited on its own.
-    async fn exited(&mut self) -> ExitStatus {
-        let end = Instant::now() + DEADLINE;
-        loop {
-            let c = self.0.as_mut().expect("running");
-            if let Some(status) = c.try_wait().unwrap() {
-                self.0 = None;
-                return status;
-            }
-            assert!(Instant::now() < end, "process {} did not exit", c.id());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// The hub as a process (`test-hub`).
 struct HubProc {
@@ -143,7 +88,7 @@ async fn start_hub(config: &Path, failpoint: Option<&str>) -> HubProc {
     }
     let mut child = cmd.spawn().expect("start test-hub");
     let out = child.stdout.take().unwrap();
-    let proc = Proc(Some(child));
+    let proc = Proc::new(child);
     let (tx, mut rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -414,7 +359,7 @@ async fn a_hub_crash_between_store_and_ack_stores_the_redelivery_once() {
         .publish(topic, QoS::AtLeastOnce, false, second.clone())
         .await
         .unwrap();
-    let status = hub.proc.exited().await;
+    let status = hub.proc.exited(DEADLINE).await.expect("the hub exited");
     assert_eq!(
         status.signal(),
         Some(6),
@@ -465,7 +410,11 @@ async fn a_hub_crash_between_store_and_ack_stores_the_redelivery_once() {
     assert_eq!(points, want);
 
     let mut hub = hub;
-    let status = hub.proc.terminate().await;
+    let status = hub
+        .proc
+        .terminate(DEADLINE)
+        .await
+        .expect("the hub stopped on SIGTERM");
     assert!(status.success(), "clean stop: {status}");
 }
 
@@ -673,7 +622,7 @@ fn start_agent(config: &Path) -> Proc {
         .stdout(Stdio::null())
         .spawn()
         .expect("start the agent");
-    Proc(Some(child))
+    Proc::new(child)
 }
 
 /// What the agent's durable queue held when it died: per device, the newest reading time
@@ -852,7 +801,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
     // after its third new batch is durable and before that batch's ack (the failpoint).
     let mut hub = start_hub(&hub_config, Some("abort_after_store:3")).await;
     let mut agent = start_agent(&agent_config);
-    let status = hub.proc.exited().await;
+    let status = hub.proc.exited(DEADLINE).await.expect("the hub exited");
     assert_eq!(
         status.signal(),
         Some(6),
@@ -956,10 +905,17 @@ metrics_listen = "127.0.0.1:{metrics_port}"
         started.elapsed().as_secs_f64()
     );
 
-    let status = agent.terminate().await;
+    let status = agent
+        .terminate(DEADLINE)
+        .await
+        .expect("the agent stopped on SIGTERM");
     assert!(status.success(), "the agent stops cleanly: {status}");
     let mut hub = hub;
-    let status = hub.proc.terminate().await;
+    let status = hub
+        .proc
+        .terminate(DEADLINE)
+        .await
+        .expect("the hub stopped on SIGTERM");
     assert!(status.success(), "the hub stops cleanly: {status}");
     for d in running {
         d.stop().await;

@@ -10,55 +10,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hub::config::HubConfig;
 use hub::server::Server;
 use protocols::messages::CameraEntry;
+use tests::{Proc, free_port, root};
 
 /// How long any awaited condition may take.
 const DEADLINE: Duration = Duration::from_secs(40);
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A child process killed (SIGKILL) and reaped on drop.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let end = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// The RTSP test camera server (`edge-agent/tests/peers/rtsp_server.py`): `/motion` (a ball
 /// moving), `/static` (colour bars), `/flash` (the bars with a bright flash every 2 s), at
@@ -80,7 +41,7 @@ fn rtsp_server() -> (Proc, u16) {
             let _ = tx.send(line);
         }
     });
-    let proc = Proc(Some(child));
+    let proc = Proc::new(child);
     let line = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("RTSP server ready");
@@ -90,14 +51,6 @@ fn rtsp_server() -> (Proc, u16) {
         .parse()
         .expect("RTSP port");
     (proc, port)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const HUB_TOML: &str = r#"
@@ -197,7 +150,7 @@ fn start_agent(config: &Path) -> Proc {
         .stdout(Stdio::null())
         .spawn()
         .expect("start the agent");
-    Proc(Some(child))
+    Proc::new(child)
 }
 
 /// A metric of the agent (its `metrics_listen` page).
@@ -437,7 +390,7 @@ async fn motion_reaches_the_hub_still_scenes_do_not_and_a_dead_stream_goes_offli
         c.iter().all(|c| !c.online).then_some(())
     })
     .await;
-    agent.terminate();
+    agent.terminate(Duration::from_secs(15)).await;
     hub.shutdown().await.unwrap();
 }
 
@@ -524,6 +477,6 @@ async fn an_event_and_snapshot_queued_at_a_killed_agent_arrive_exactly_once() {
         .unwrap()
         .count();
     assert_eq!(files, queued.len());
-    agent.terminate();
+    agent.terminate(Duration::from_secs(15)).await;
     hub.shutdown().await.unwrap();
 }

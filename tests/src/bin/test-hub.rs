@@ -7,7 +7,6 @@
 //! before its acknowledgement.
 
 use std::io::Write as _;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -15,34 +14,10 @@ use hub::config::HubConfig;
 use hub::server::Server;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let mut args = std::env::args().skip(1);
-    let config = match (args.next().as_deref(), args.next()) {
-        (Some("--config"), Some(path)) => path,
-        _ => {
-            eprintln!("usage: test-hub --config hub.toml");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(Path::new(&config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("test-hub: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(config: &Path) -> anyhow::Result<()> {
-    let cfg = HubConfig::load(config)?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(serve(cfg))
+    tests::main_with_config("test-hub", |config| {
+        let cfg = HubConfig::load(config)?;
+        tests::runtime()?.block_on(serve(cfg))
+    })
 }
 
 async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
