@@ -632,8 +632,15 @@ async fn status_follows_connections_and_health<S: SeriesStore>(open: impl OpenSt
     h.published.wait_count("v1/status/SL-0001", 2).await;
     assert_eq!(last("v1/status/AG-0001"), Some(("offline".into(), true)));
     assert_eq!(last("v1/status/SL-0001"), Some(("offline".into(), true)));
-    let twin: Twin =
-        serde_json::from_slice(&h.published.on("v1/twin/SL-0001").last().unwrap().payload).unwrap();
+    // The twin's `online` goes out with the next twin round, after the status.
+    let twin: Twin = h
+        .published
+        .wait_for("the twin of SL-0001 offline", |all| {
+            let last = all.iter().rev().find(|m| m.topic == "v1/twin/SL-0001")?;
+            let t: Twin = serde_json::from_slice(&last.payload).ok()?;
+            (!t.online).then_some(t)
+        })
+        .await;
     assert!(!twin.online);
     h.event(disc(device("WL-0001"))).await;
     h.published.wait_count("v1/status/WL-0001", 2).await;
