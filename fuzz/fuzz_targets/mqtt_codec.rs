@@ -2,7 +2,7 @@
 //! PUBLISH encodes back to a packet that decodes to the same message.
 #![no_main]
 use bytes::BytesMut;
-use hub::ingress::mqtt::codec::{decode, OutPublish, Packet, Protocol};
+use mqtt_broker::codec::{decode, OutPublish, Packet, Protocol};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

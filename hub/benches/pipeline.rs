@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use hub::Hub;
 use hub::config::{AgentConfig, DeviceConfig, HubConfig};
-use hub::ingress::{Disposition, Inbound, IngressEvent, Outbound, Publisher};
-use hub::store::{Appended, Point, Query, SeriesStore, StoreError, WriteBatch};
+use mqtt_broker::ingress::{Disposition, Inbound, IngressEvent, Outbound, Publisher};
 use parking_lot::Mutex;
 use protocols::access::Principal;
 use protocols::batch::{Ack, AgentBatch, DeviceReadings, Reading, Sample, encode};
 use protocols::{Quality, Quantity, Value};
+use series_store::{Appended, Point, Query, SeriesStore, StoreError, WriteBatch};
 
 const AGENTS: usize = 16;
 const DEVICES_PER_AGENT: usize = 64;

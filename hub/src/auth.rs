@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use crate::ingress::{AuthError, Authenticator};
 use crate::registry::{Identity, Registry, Secret};
+use mqtt_broker::ingress::{AuthError, Authenticator};
 
 /// How long a successful argon2 verification is remembered.
 const CACHE_TTL: Duration = Duration::from_secs(15 * 60);

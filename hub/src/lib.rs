@@ -21,7 +21,6 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod feeds;
-pub mod ingress;
 pub mod metrics;
 pub mod normalize;
 pub mod outbound;
@@ -29,7 +28,6 @@ pub mod pipeline;
 pub mod registry;
 pub mod rules;
 pub mod server;
-pub mod store;
 pub mod twin;
 pub mod video;
 
@@ -44,7 +42,6 @@ use crate::alerts::AlertBook;
 use crate::api::ApiState;
 use crate::auth::RegistryAuthenticator;
 use crate::config::HubConfig;
-use crate::ingress::{IngressEvent, Publisher};
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::outbound::Outlet;
@@ -52,9 +49,10 @@ use crate::pipeline::status::StatusBoard;
 use crate::pipeline::{Context, Pipeline, PipelineOptions};
 use crate::registry::Registry;
 use crate::rules::Rules;
-use crate::store::SeriesStore;
 use crate::twin::controls::Controls;
 use crate::twin::{CommandSettings, Twins};
+use mqtt_broker::ingress::{IngressEvent, Publisher};
+use series_store::SeriesStore;
 
 /// Capacity of the ingress event queue.
 const INGRESS_QUEUE: usize = 4096;

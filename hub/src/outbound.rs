@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::ingress::{Outbound, Publisher};
+use mqtt_broker::ingress::{Outbound, Publisher};
 
 /// Capacity of the live bus; a stream subscriber further behind than this skips ahead.
 const LIVE_CAPACITY: usize = 4096;

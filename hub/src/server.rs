@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::HubConfig;
-use crate::ingress::mqtt::{Broker, BrokerConfig, BrokerError, BrokerHandle};
+use crate::config::{HubConfig, HubSettings};
 use crate::pipeline::PipelineOptions;
-use crate::store::{StoreError, StoreOptions, TsStore};
 use crate::{Hub, RunningHub, StartError};
+use mqtt_broker::{Broker, BrokerConfig, BrokerError, BrokerHandle};
+use series_store::{StoreError, StoreOptions, TsStore};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,30 @@ pub enum ServerError {
     /// The store's opening task failed.
     #[error("opening the store: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A listen address that does not parse.
+    #[error("`{0}` is not an address like 0.0.0.0:1883 or [::]:1883")]
+    BadAddress(String),
+}
+
+/// The store options hub.toml's `[hub]` table implies (a zero `retention` keeps everything).
+pub fn store_options(s: &HubSettings) -> StoreOptions {
+    StoreOptions {
+        group_commit: s.group_commit.0,
+        retention: (!s.retention.0.is_zero()).then_some(s.retention.0),
+        ..StoreOptions::default()
+    }
+}
+
+/// The broker defaults with hub.toml's `[hub] mqtt_listen` and `max_packet_bytes`.
+pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError> {
+    let listen = settings
+        .mqtt_listen
+        .iter()
+        .map(|a| a.parse().map_err(|_| ServerError::BadAddress(a.clone())))
+        .collect::<Result<Vec<SocketAddr>, _>>()?;
+    let mut c = BrokerConfig::new(listen);
+    c.max_packet_bytes = settings.max_packet_bytes;
+    Ok(c)
 }
 
 /// A running hub: store, ingress, pipeline and API.
@@ -49,11 +73,11 @@ impl Server {
         options: PipelineOptions,
     ) -> Result<Server, ServerError> {
         let dir = config.hub.data_dir.join("series");
-        let opts = StoreOptions::from_settings(&config.hub);
+        let opts = store_options(&config.hub);
         // Opening replays the write-ahead log: blocking work.
         let store = Arc::new(tokio::task::spawn_blocking(move || TsStore::open(dir, opts)).await??);
         let hub = Hub::new(config, store.clone())?.with_options(options);
-        let broker_cfg = BrokerConfig::from_settings(&hub.config().hub)?;
+        let broker_cfg = broker_config(&hub.config().hub)?;
         let broker = Broker::start(broker_cfg, hub.authenticator(), hub.ingress_sender()).await?;
         let metrics = hub.metrics();
         let m = broker.metrics().clone();

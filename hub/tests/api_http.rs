@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use hub::ingress::Disposition;
+use mqtt_broker::ingress::Disposition;
 use protocols::batch::{AgentBatch, DeviceReadings, Reading, Sample, encode};
 use protocols::messages::{ApiError, Command, Twin};
 use protocols::{Quality, Quantity, Value};
@@ -21,7 +21,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(h: &TestHub<hub::store::TsStore>) -> Api {
+    fn new(h: &TestHub<series_store::TsStore>) -> Api {
         Api {
             client: Client::builder().timeout(DEADLINE).build().unwrap(),
             base: h.base_url(),
@@ -83,7 +83,7 @@ fn ids(list: &Json) -> Vec<String> {
         .collect()
 }
 
-async fn hub() -> (tempfile::TempDir, TestHub<hub::store::TsStore>) {
+async fn hub() -> (tempfile::TempDir, TestHub<series_store::TsStore>) {
     let dir = tempfile::tempdir().unwrap();
     let h = TestHub::start_in(dir.path(), &ts_stores()).await;
     (dir, h)
@@ -225,7 +225,7 @@ async fn grants_filter_devices() {
 
 const T0: i64 = 1_795_334_400_000;
 
-async fn store_series(h: &TestHub<hub::store::TsStore>) {
+async fn store_series(h: &TestHub<series_store::TsStore>) {
     // A streetlight first (outside the water department's grants), then the water level.
     let b = AgentBatch {
         agent: "AG-0001".into(),

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
-use hub::ingress::{Disposition, IngressEvent};
-use hub::store::SeriesStore;
+use mqtt_broker::ingress::{Disposition, IngressEvent};
 use protocols::batch::{Ack, AgentBatch, DeviceReadings, Reading, Sample, encode};
 use protocols::messages::{Command, DeadLetter, DeviceHealth, Feed, Health, Scalar, Twin};
 use protocols::{Quality, Quantity, Value};
+use series_store::SeriesStore;
 use support::*;
 
 const T0: i64 = 1_795_334_400_000; // 2026-11-22T08:00:00Z

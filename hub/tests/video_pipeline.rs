@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hub::config::HubConfig;
-use hub::ingress::{Disposition, IngressEvent};
-use hub::store::TsStore;
+use mqtt_broker::ingress::{Disposition, IngressEvent};
 use protocols::batch::{Ack, AgentBatch, DeviceReadings, Reading, Sample, encode};
 use protocols::messages::{
     CameraEntry, CameraEvent, DeadLetter, DeviceHealth, EventPhase, Health, STATUS_ONLINE,
 };
 use protocols::{Quality, Quantity, Value};
+use series_store::TsStore;
 use support::*;
 
 const VIDEO_CONFIG: &str = r#"

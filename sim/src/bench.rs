@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hub::config::HubConfig;
-use hub::store::{Agg, Query, SeriesId, SeriesStore};
+use series_store::{Agg, Query, SeriesId, SeriesStore};
 
 use crate::load::plan::{FleetPlan, ProbeApp};
 use crate::load::{

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiState, Caller, Failure};
 use crate::alerts::{AckError, AlertDoc, AlertFilter, StateFilter, cap::CAP_MEDIA_TYPE};
 use crate::config::RuleConfig;
-use crate::store::SeriesStore;
+use series_store::SeriesStore;
 
 /// The topic a grant must match to read and reload rules.
 pub const ADMIN_RULES_TOPIC: &str = "v1/admin/rules";

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiState, Caller, Failure};
 use crate::registry::Device;
-use crate::store::SeriesStore;
 use crate::twin::DesiredError;
+use series_store::SeriesStore;
 
 /// Filters of the device list.
 #[derive(Debug, Default, Deserialize)]

@@ -32,8 +32,8 @@ use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::Registry;
 use crate::rules::Rules;
-use crate::store::SeriesStore;
 use crate::twin::Twins;
+use series_store::SeriesStore;
 
 /// What the handlers share.
 pub struct ApiState<S> {

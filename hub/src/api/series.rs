@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::devices::visible;
 use super::{ApiState, Caller, Failure};
-use crate::store::{self, Agg, SeriesId, SeriesStore, StoreError};
+use series_store::{Agg, SeriesId, SeriesStore, StoreError};
 
 /// Default window without `from`: the last 24 hours.
 const DEFAULT_WINDOW_MS: i64 = 24 * 3_600_000;
@@ -126,7 +126,7 @@ pub async fn query<S: SeriesStore>(
         Some(a) => parse_agg(a)?,
         None => Agg::Avg,
     };
-    let query = store::Query {
+    let query = series_store::Query {
         series: SeriesId {
             device: device.id.clone(),
             quantity,

@@ -21,7 +21,7 @@ use protocols::access::Principal;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiState, Caller, Failure};
-use crate::store::SeriesStore;
+use series_store::SeriesStore;
 
 /// The handler: a WebSocket if asked for, server-sent events otherwise.
 pub async fn handler<S: SeriesStore>(

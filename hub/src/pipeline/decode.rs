@@ -19,10 +19,10 @@ use protocols::{Value, ValueKind};
 
 use super::{Context, Prepared, deadletter};
 use crate::feeds::{NormValue, canonical_order, write_feed};
-use crate::ingress::{Disposition, Inbound};
 use crate::metrics::TopicKind;
 use crate::registry::{AgentIdx, Device, DeviceIdx};
-use crate::store::{Origin, Point, SeriesId, WriteBatch};
+use mqtt_broker::ingress::{Disposition, Inbound};
+use series_store::{Origin, Point, SeriesId, WriteBatch};
 
 /// One device and timestamp group of a prepared write.
 #[derive(Clone, Debug)]
@@ -149,7 +149,7 @@ pub enum Decoded {
 }
 
 /// Decodes, validates and normalizes one message.
-pub fn handle<S: crate::store::SeriesStore>(
+pub fn handle<S: series_store::SeriesStore>(
     ctx: &Arc<Context<S>>,
     mut msg: Inbound,
     scratch: &mut Scratch,
@@ -522,7 +522,7 @@ fn command_result<S>(ctx: &Arc<Context<S>>, mut msg: Inbound, topic: &str) -> De
     }
 }
 
-fn desired<S: crate::store::SeriesStore>(
+fn desired<S: series_store::SeriesStore>(
     ctx: &Arc<Context<S>>,
     mut msg: Inbound,
     topic: String,

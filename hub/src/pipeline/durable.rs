@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::publish::{DRAIN_MAX, Publish, twin_rounds};
 use super::{Context, Prepared, Stored};
-use crate::store::SeriesStore;
+use series_store::SeriesStore;
 
 /// Appends in flight at once.
 pub const MAX_IN_FLIGHT: usize = 256;

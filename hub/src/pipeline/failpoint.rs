@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::Stored;
-use crate::store::Appended;
+use series_store::Appended;
 
 /// The environment variable read once, at the first durable batch.
 pub const ENV: &str = "HUB_FAILPOINT";

@@ -33,14 +33,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::feeds::NormValue;
-use crate::ingress::{Disposition, Inbound, IngressEvent};
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::outbound::Outlet;
 use crate::registry::{AgentIdx, Registry};
-use crate::store::{Appended, SeriesStore, StoreError, WriteBatch};
 use crate::twin::Twins;
 use decode::{Decoded, Group, Scratch};
+use mqtt_broker::ingress::{Disposition, Inbound, IngressEvent};
+use series_store::{Appended, SeriesStore, StoreError, WriteBatch};
 use status::StatusBoard;
 
 /// Hub time, epoch milliseconds.

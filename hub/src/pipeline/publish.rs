@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 
 use super::ack::AckCoalescer;
 use super::{Context, Stored};
-use crate::ingress::Disposition;
-use crate::store::Appended;
+use mqtt_broker::ingress::Disposition;
+use series_store::Appended;
 
 /// Most completed writes handled before acks are flushed.
 pub const DRAIN_MAX: usize = 512;

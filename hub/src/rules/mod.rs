@@ -34,7 +34,7 @@ use protocols::{Quantity, Value, ValueKind};
 use crate::config::{DailyWindow, HubConfig, RuleConfig, UtcOffset};
 use crate::feeds::NormValue;
 use crate::registry::{Device, DeviceIdx, Registry};
-use crate::store::{Agg, Query, SeriesId, SeriesStore};
+use series_store::{Agg, Query, SeriesId, SeriesStore};
 use window::RiseWindow;
 
 /// Shards of the (rule, device) state.

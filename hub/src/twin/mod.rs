@@ -42,9 +42,9 @@ use crate::feeds::NormValue;
 use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::{DeviceIdx, Registry};
-use crate::store::Point;
 use controls::{ControlError, Controls};
 use persist::{DesiredRecord, Loaded, PersistError, TwinStore};
+use series_store::Point;
 
 /// Longest wait between two sends of a command.
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
@@ -889,7 +889,7 @@ impl Twins {
 mod tests {
     use super::*;
     use crate::config::HubConfig;
-    use crate::ingress::{Outbound, Publisher};
+    use mqtt_broker::ingress::{Outbound, Publisher};
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<Outbound>>);

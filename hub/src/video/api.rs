@@ -28,7 +28,7 @@ use super::catalog::{self, is_camera};
 use super::events::{EventRecord, valid_id};
 use crate::api::{ApiState, Caller, Failure};
 use crate::registry::Device;
-use crate::store::SeriesStore;
+use series_store::SeriesStore;
 
 /// Events per answer without `limit`.
 pub const DEFAULT_LIMIT: usize = 100;

@@ -14,11 +14,11 @@ use protocols::messages::CameraEvent;
 use super::events::{self, camera_of_id, valid_id};
 use super::snapshots::jpeg_size;
 use super::{Video, Work};
-use crate::ingress::{Disposition, Inbound};
 use crate::pipeline::decode::Decoded;
 use crate::pipeline::{Context, Prepared, deadletter};
 use crate::registry::{Agent, AgentIdx};
-use crate::store::{Origin, WriteBatch};
+use mqtt_broker::ingress::{Disposition, Inbound};
+use series_store::{Origin, WriteBatch};
 
 /// Largest event message.
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;

@@ -439,11 +439,11 @@ impl Work {
 /// The store stage's step for a message with video work: make the work durable, then append
 /// the message's origin (deduplication of agent seqs). A write with neither origin nor points
 /// (a snapshot) is not sent to the store.
-pub async fn persist_then_append<S: crate::store::SeriesStore>(
+pub async fn persist_then_append<S: series_store::SeriesStore>(
     work: &mut Work,
     store: &S,
-    batch: crate::store::WriteBatch,
-) -> Result<crate::store::Appended, crate::store::StoreError> {
+    batch: series_store::WriteBatch,
+) -> Result<series_store::Appended, series_store::StoreError> {
     match work.persist().await {
         Ok(()) => {}
         Err(VideoError::IdClash { id, camera }) => {
@@ -455,13 +455,13 @@ pub async fn persist_then_append<S: crate::store::SeriesStore>(
             );
         }
         Err(e) => {
-            return Err(crate::store::StoreError::Io(std::io::Error::other(
+            return Err(series_store::StoreError::Io(std::io::Error::other(
                 e.to_string(),
             )));
         }
     }
     if batch.origin.is_none() && batch.series.is_empty() {
-        return Ok(crate::store::Appended::Stored);
+        return Ok(series_store::Appended::Stored);
     }
     store.append(batch).await
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use hub::alerts::{AlertDoc, AlertFilter};
 use hub::config::HubConfig;
-use hub::ingress::Disposition;
-use hub::store::TsStore;
+use mqtt_broker::ingress::Disposition;
 use protocols::messages::AlertState;
+use series_store::TsStore;
 
 use crate::support::{self, TestHub, device, disposition};
 

@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hub::store::{
-    Agg, Appended, Origin, Point, Query, SeriesId, SeriesStore, StoreError, WriteBatch,
-};
 use parking_lot::Mutex;
 use protocols::Quantity;
+use series_store::{
+    Agg, Appended, Origin, Point, Query, SeriesId, SeriesStore, StoreError, WriteBatch,
+};
 
 /// In-memory stand-in for the store seam (tests only).
 #[derive(Default)]

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hub::config::HubConfig;
-use hub::ingress::{Disposition, Inbound, IngressEvent, Outbound, Publisher};
-use hub::store::SeriesStore;
 use hub::{Hub, RunningHub};
+use mqtt_broker::ingress::{Disposition, Inbound, IngressEvent, Outbound, Publisher};
 use parking_lot::Mutex;
 use protocols::access::Principal;
+use series_store::SeriesStore;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use memstore::InMemorySeriesStore;
@@ -285,16 +285,16 @@ pub fn mem_stores() -> impl OpenStore<InMemorySeriesStore> {
 }
 
 /// Opens the real embedded engine; the same directory reopens the same files.
-pub fn ts_stores() -> impl OpenStore<hub::store::TsStore> {
+pub fn ts_stores() -> impl OpenStore<series_store::TsStore> {
     |dir: &Path| {
         Arc::new(
-            hub::store::TsStore::open(dir, hub::store::StoreOptions::default())
+            series_store::TsStore::open(dir, series_store::StoreOptions::default())
                 .expect("open TsStore"),
         )
     }
 }
 
-impl Closable for hub::store::TsStore {
+impl Closable for series_store::TsStore {
     async fn close_store(&self) {
         self.close().await.expect("close TsStore");
     }
@@ -307,8 +307,8 @@ pub fn series<S: SeriesStore>(
     quantity: protocols::Quantity,
 ) -> Vec<(i64, f64)> {
     store
-        .query(&hub::store::Query {
-            series: hub::store::SeriesId {
+        .query(&series_store::Query {
+            series: series_store::SeriesId {
                 device: device.into(),
                 quantity,
             },
@@ -316,7 +316,7 @@ pub fn series<S: SeriesStore>(
             from_ms: 946_684_800_000,
             to_ms: 4_102_444_800_000,
             step_ms: None,
-            agg: hub::store::Agg::Avg,
+            agg: series_store::Agg::Avg,
         })
         .unwrap()
 }

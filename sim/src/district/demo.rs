@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub::ingress::mqtt::BrokerError;
 use hub::server::{Server, ServerError};
+use mqtt_broker::BrokerError;
 use protocols::profile::DeviceProfile;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -22,7 +22,7 @@
 use protocols::Quality;
 
 use super::Point;
-use super::bits::{BitReader, BitWriter, ByteReader, Truncated, put_varint, unzigzag, zigzag};
+use crate::bits::{BitReader, BitWriter, ByteReader, Truncated, put_varint, unzigzag, zigzag};
 
 const VERSION: u8 = 1;
 const TS_DOD: u8 = 0;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use hub::store::{Origin, Point, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch};
 use protocols::{Quality, Quantity};
+use series_store::{Origin, Point, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch};
 
 /// Base timestamp of the generated points.
 const T0: i64 = 1_700_000_000_000;

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hub::store::{
+use protocols::{Quality, Quantity};
+use series_store::{
     Agg, Point, Query, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch, codec,
 };
-use protocols::{Quality, Quantity};
 use tokio::task::JoinSet;
 
 const T0: i64 = 1_700_000_000_000;

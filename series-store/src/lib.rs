@@ -1,4 +1,4 @@
-//! Durable time series: the seam between the pipeline and storage engines.
+//! Durable time series: the seam between an application and its storage engines.
 //!
 //! The pipeline writes [`WriteBatch`]es and reads [`Query`] results through [`SeriesStore`];
 //! the embedded engine (redb + write-ahead log + compressed chunks) is one implementation, a
@@ -7,10 +7,10 @@
 //! The embedded engine is [`TsStore`] (design: docs/decisions/0004-time-series-store.md):
 //!
 //! ```no_run
-//! # async fn demo(settings: &hub::config::HubSettings) -> Result<(), hub::store::StoreError> {
-//! use hub::store::{SeriesStore, StoreOptions, TsStore};
-//! let dir = settings.data_dir.join("tsdb");
-//! let opts = StoreOptions::from_settings(settings);
+//! # async fn demo(data_dir: std::path::PathBuf) -> Result<(), series_store::StoreError> {
+//! use series_store::{SeriesStore, StoreOptions, TsStore};
+//! let dir = data_dir.join("series");
+//! let opts = StoreOptions::default();
 //! let store = tokio::task::spawn_blocking(move || TsStore::open(dir, opts))
 //!     .await
 //!     .expect("open task")?;

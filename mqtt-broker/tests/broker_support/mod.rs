@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub::ingress::mqtt::{Broker, BrokerConfig, BrokerHandle};
-use hub::ingress::{AuthError, Authenticator, Disposition, IngressEvent};
+use mqtt_broker::ingress::{AuthError, Authenticator, Disposition, IngressEvent};
+use mqtt_broker::{Broker, BrokerConfig, BrokerHandle};
 use parking_lot::Mutex;
 use protocols::access::{Principal, grant_filter};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub::store::{
+use protocols::{Quality, Quantity};
+use series_store::{
     Agg, Appended, Origin, Point, Query, SeriesId, SeriesStore, StoreError, StoreOptions, TsStore,
     WriteBatch,
 };
-use protocols::{Quality, Quantity};
 
 fn sid(device: &str, quantity: Quantity) -> SeriesId {
     SeriesId {

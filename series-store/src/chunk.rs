@@ -7,8 +7,8 @@
 //! Points in a chunk have strictly increasing timestamps.
 
 use super::Point;
-use super::bits::{ByteReader, put_varint};
-use super::codec::{self, CodecError};
+use crate::bits::{ByteReader, put_varint};
+use crate::codec::{self, CodecError};
 
 const RECORD_VERSION: u8 = 1;
 const FLAG_OUT_OF_ORDER: u8 = 1;

@@ -16,8 +16,8 @@ use protocols::access::Principal;
 use protocols::topic::{filter_matches, validate_filter};
 use tokio::sync::Notify;
 
-use super::codec::SubOptions;
-use super::metrics::Metrics;
+use crate::codec::SubOptions;
+use crate::metrics::Metrics;
 
 /// A message as routed; one allocation shared by every delivery of it.
 #[derive(Debug)]

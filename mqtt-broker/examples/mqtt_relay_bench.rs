@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hub::ingress::mqtt::{Broker, BrokerConfig};
-use hub::ingress::{AuthError, Authenticator, Disposition, IngressEvent};
+use mqtt_broker::ingress::{AuthError, Authenticator, Disposition, IngressEvent};
+use mqtt_broker::{Broker, BrokerConfig};
 use protocols::access::{Principal, grant_filter};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
@@ -157,7 +157,7 @@ async fn run_embedded(args: &Args, qos: u8) -> anyhow::Result<Outcome> {
 
 /// The hub's outbound path: `Publisher::publish` in a loop, apps subscribed to `v1/feeds/#`.
 async fn hub_feed(args: &Args, qos: u8, subscribers: usize) -> anyhow::Result<Outcome> {
-    use hub::ingress::{Outbound, Publisher};
+    use mqtt_broker::ingress::{Outbound, Publisher};
     let mut users = HashMap::new();
     for i in 0..subscribers {
         let id = format!("app-{i}");

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::bits::{ByteReader, Truncated, put_varint};
+use crate::bits::{ByteReader, Truncated, put_varint};
 
 /// Ranges kept above the watermark of one stream.
 pub const MAX_RANGES: usize = 4096;

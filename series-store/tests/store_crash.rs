@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hub::store::{
+use protocols::Quantity;
+use series_store::{
     Agg, Appended, Origin, Query, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch,
 };
-use protocols::Quantity;
 
 const T0: i64 = 1_700_000_000_000;
 const DEVICES: u64 = 5;

@@ -102,9 +102,9 @@ async fn connect_refusals_carry_the_right_codes() {
         );
     }
     let m = b.broker.metrics();
-    assert!(m.refused(hub::ingress::mqtt::RefuseReason::BadCredentials) >= 6);
-    assert_eq!(m.refused(hub::ingress::mqtt::RefuseReason::ClientId), 3);
-    assert_eq!(m.refused(hub::ingress::mqtt::RefuseReason::WillDenied), 1);
+    assert!(m.refused(mqtt_broker::RefuseReason::BadCredentials) >= 6);
+    assert_eq!(m.refused(mqtt_broker::RefuseReason::ClientId), 3);
+    assert_eq!(m.refused(mqtt_broker::RefuseReason::WillDenied), 1);
     // Nothing reached the pipeline from refused clients.
     assert!(
         b.pipeline
@@ -269,7 +269,7 @@ async fn app_subscriptions_stay_inside_grants() {
         })
         .await;
     // The hub's feed inside the grant arrives; one outside does not.
-    use hub::ingress::{Outbound, Publisher};
+    use mqtt_broker::ingress::{Outbound, Publisher};
     b.broker.publish(Outbound {
         topic: "v1/feeds/camera/CAM-1".into(),
         payload: "outside".into(),
@@ -466,7 +466,7 @@ async fn device_subscribes_only_to_its_own_commands() {
             SubscribeReasonCode::Failure
         ]
     );
-    use hub::ingress::{Outbound, Publisher};
+    use mqtt_broker::ingress::{Outbound, Publisher};
     b.broker.publish(Outbound {
         topic: "v1/devices/WL-2/cmd".into(),
         payload: "not yours".into(),
@@ -538,7 +538,7 @@ async fn ipv4_and_ipv6_listeners_coexist_on_one_port() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Published over IPv4 by an app, through the hub to the IPv6 subscriber.
-    use hub::ingress::{Outbound, Publisher};
+    use mqtt_broker::ingress::{Outbound, Publisher};
     b.broker.publish(Outbound {
         topic: "v1/devices/WL-1/cmd".into(),
         payload: "over-v6".into(),

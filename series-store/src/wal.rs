@@ -14,9 +14,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::bits::{ByteReader, Truncated, put_varint, unzigzag, zigzag};
-use super::codec::{quality_code, quality_from_code};
-use super::{Origin, Point};
+use crate::bits::{ByteReader, Truncated, put_varint, unzigzag, zigzag};
+use crate::codec::{quality_code, quality_from_code};
+use crate::{Origin, Point};
 
 const MAGIC: &[u8; 8] = b"HUBWAL01";
 const HEADER_LEN: usize = 16;

@@ -1,17 +1,16 @@
-//! Where messages enter and leave the hub.
+//! The seam between an ingress and the application behind it.
 //!
-//! The rest of the hub sees only the types of this module: [`IngressEvent`]s coming in (already
-//! authenticated and authorized) and a [`Publisher`] going out. The embedded MQTT broker
-//! ([`mqtt`]) is one implementation; a consumer of an external broker cluster
-//! (`$share/hub/...`) would be another, without touching the pipeline.
+//! The application sees only the types of this module: [`IngressEvent`]s coming in (already
+//! authenticated and authorized) and a [`Publisher`] going out; it answers each message's
+//! [`Disposition`] and lets an ingress know who may connect through an [`Authenticator`]. The
+//! embedded broker of this crate ([`crate::Broker`]) is one implementation; a consumer of an
+//! external broker or stream would be another, without touching the pipeline.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use protocols::access::Principal;
 use tokio::sync::oneshot;
-
-pub mod mqtt;
 
 /// What happened to an inbound message, reported back to the ingress so that it acknowledges
 /// (QoS 1 PUBACK) only what the hub has made durable or deliberately refused.

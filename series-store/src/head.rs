@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use protocols::Quality;
 
 use super::Point;
-use super::bits::{ByteReader, put_varint, zigzag};
-use super::codec::{self, CodecError, quality_code, quality_from_code};
+use crate::bits::{ByteReader, put_varint, zigzag};
+use crate::codec::{self, CodecError, quality_code, quality_from_code};
 
 /// When a buffer is sealed into a chunk.
 #[derive(Clone, Copy, Debug)]

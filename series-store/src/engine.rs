@@ -26,12 +26,12 @@ use protocols::Quantity;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc as amsc, oneshot};
 
-use super::chunk::{ChunkMeta, decode_meta, encode_record};
-use super::dedup::OriginIndex;
-use super::head::{SealPolicy, Sealed, SeriesHead};
-use super::query::{self, Body, Bounds, Source};
-use super::wal::{self, Segment};
-use super::{Appended, Point, Query, SeriesId, SeriesStore, StoreError, WriteBatch};
+use crate::chunk::{ChunkMeta, decode_meta, encode_record};
+use crate::dedup::OriginIndex;
+use crate::head::{SealPolicy, Sealed, SeriesHead};
+use crate::query::{self, Body, Bounds, Source};
+use crate::wal::{self, Segment};
+use crate::{Appended, Point, Query, SeriesId, SeriesStore, StoreError, WriteBatch};
 
 /// (series id, chunk start ms, per-series chunk seq) -> chunk record.
 const CHUNKS: TableDefinition<(u32, i64, u32), &[u8]> = TableDefinition::new("chunks");
@@ -91,17 +91,6 @@ impl Default for StoreOptions {
             checkpoint_wal_bytes: 64 << 20,
             queue_depth: 1024,
             cache_bytes: 64 << 20,
-        }
-    }
-}
-
-impl StoreOptions {
-    /// The options hub.toml's `[hub]` table implies (a zero `retention` keeps everything).
-    pub fn from_settings(s: &crate::config::HubSettings) -> StoreOptions {
-        StoreOptions {
-            group_commit: s.group_commit.0,
-            retention: (!s.retention.0.is_zero()).then_some(s.retention.0),
-            ..StoreOptions::default()
         }
     }
 }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub::store::{Agg, Point, Query, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch};
 use proptest::prelude::*;
 use protocols::{Quality, Quantity};
+use series_store::{Agg, Point, Query, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch};
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broker_support::*;
-use hub::ingress::{Disposition, Outbound, Publisher};
+use mqtt_broker::ingress::{Disposition, Outbound, Publisher};
 use rumqttc::{Incoming, QoS};
 use tokio::io::AsyncWriteExt;
 

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use super::chunk::{ChunkMeta, decode_record};
-use super::{Agg, Point};
+use crate::chunk::{ChunkMeta, decode_record};
+use crate::{Agg, Point};
 
 /// What a source holds.
 #[derive(Debug)]
@@ -236,7 +236,7 @@ pub fn run(mut sources: Vec<Source>, b: Bounds) -> Result<Vec<(i64, f64)>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::chunk::encode_record;
+    use crate::chunk::encode_record;
     use protocols::Quality;
 
     fn p(ts_ms: i64, value: f64) -> Point {

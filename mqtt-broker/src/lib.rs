@@ -1,4 +1,4 @@
-//! The hub's embedded MQTT broker (MQTT 3.1.1 and 5).
+//! An embeddable MQTT broker (MQTT 3.1.1 and 5), the hub's ingress.
 //!
 //! Every client is authenticated through an [`Authenticator`]; every publish and subscribe is
 //! checked with [`Principal::may_publish`] / [`Principal::may_subscribe`]; authorized publishes
@@ -7,8 +7,8 @@
 //! [`BrokerHandle`] routes the hub's own messages to subscribers as a [`Publisher`].
 //!
 //! ```no_run
-//! # async fn f<A: hub::ingress::Authenticator>(auth: A) -> Result<(), Box<dyn std::error::Error>> {
-//! use hub::ingress::mqtt::{Broker, BrokerConfig};
+//! # async fn f<A: crate::ingress::Authenticator>(auth: A) -> Result<(), Box<dyn std::error::Error>> {
+//! use crate::{Broker, BrokerConfig};
 //! let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
 //! let config = BrokerConfig::new(vec!["0.0.0.0:1883".parse()?, "[::]:1883".parse()?]);
 //! let broker = Broker::start(config, auth, tx).await?;
@@ -29,10 +29,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Authenticator, IngressEvent, Outbound, Publisher};
+use crate::ingress::{Authenticator, IngressEvent, Outbound, Publisher};
 
 pub mod codec;
 mod connection;
+pub mod ingress;
 pub mod metrics;
 mod router;
 
@@ -86,22 +87,6 @@ impl BrokerConfig {
     }
 }
 
-impl BrokerConfig {
-    /// The defaults with `hub.toml`'s `[hub] mqtt_listen` and `max_packet_bytes`.
-    pub fn from_settings(
-        settings: &crate::config::HubSettings,
-    ) -> Result<BrokerConfig, BrokerError> {
-        let listen = settings
-            .mqtt_listen
-            .iter()
-            .map(|a| a.parse().map_err(|_| BrokerError::BadAddress(a.clone())))
-            .collect::<Result<Vec<SocketAddr>, _>>()?;
-        let mut c = BrokerConfig::new(listen);
-        c.max_packet_bytes = settings.max_packet_bytes;
-        Ok(c)
-    }
-}
-
 /// Why the broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -116,9 +101,6 @@ pub enum BrokerError {
     /// No address to listen on.
     #[error("no MQTT listen address")]
     NoListener,
-    /// A listen address that does not parse.
-    #[error("`{0}` is not an address like 0.0.0.0:1883 or [::]:1883")]
-    BadAddress(String),
 }
 
 /// Decides what an authenticated client may publish and subscribe. The hub uses
@@ -431,15 +413,6 @@ pub fn client_id_allowed(principal: &Principal, client_id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_from_hub_settings() {
-        let settings = crate::config::HubSettings::default();
-        let c = BrokerConfig::from_settings(&settings).unwrap();
-        assert_eq!(c.listen.len(), 2);
-        assert!(c.listen[1].is_ipv6());
-        assert_eq!(c.max_packet_bytes, settings.max_packet_bytes);
-    }
 
     #[test]
     fn client_id_rules() {

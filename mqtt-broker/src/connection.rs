@@ -20,14 +20,14 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
-use super::codec::{
+use crate::codec::{
     self, AckKind, ConnAckProps, Connect, DecodeError, OutPublish, Packet, Protocol, Publish,
     Subscribe, Will, reason, v4_return,
 };
-use super::metrics::RefuseReason;
-use super::router::{Delivery, Inflight, Message, Qos2In, Session, split_shared};
-use super::{ConnLink, Core, Slot, client_id_allowed};
 use crate::ingress::{AuthError, Authenticator, Disposition, Inbound, IngressEvent};
+use crate::metrics::RefuseReason;
+use crate::router::{Delivery, Inflight, Message, Qos2In, Session, split_shared};
+use crate::{ConnLink, Core, Slot, client_id_allowed};
 
 /// Most deliveries encoded into one write, so acknowledgements interleave with big backlogs.
 const MAX_BATCH: usize = 512;
@@ -55,7 +55,7 @@ pub(super) async fn serve<A: Authenticator>(
     let mut stop = core.shutdown.subscribe();
     let max = core.config.max_packet_bytes;
     let connect = tokio::select! {
-        _ = super::stopped(&mut stop) => return,
+        _ = crate::stopped(&mut stop) => return,
         r = tokio::time::timeout(core.config.connect_timeout, read_connect(&mut rd, &mut buf, max, &core)) => r,
     };
     let connect = match connect {
@@ -573,7 +573,7 @@ async fn run_session(
                         publish_will(&core, &principal, &client_id, w).await;
                     }
                 }
-                _ = super::stopped(&mut stop) => {}
+                _ = crate::stopped(&mut stop) => {}
             }
         });
     }
@@ -640,7 +640,7 @@ fn detach(core: &Arc<Core>, client_id: &Arc<str>, generation: u64, expiry: u32) 
             _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
                 core.end_session(&client_id, generation);
             }
-            _ = super::stopped(&mut stop) => {}
+            _ = crate::stopped(&mut stop) => {}
         }
     });
 }

@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use hub::ingress::mqtt::{AccessPolicy, Broker, BrokerConfig};
-use hub::ingress::{AuthError, Authenticator, Disposition, IngressEvent};
+use mqtt_broker::ingress::{AuthError, Authenticator, Disposition, IngressEvent};
+use mqtt_broker::{AccessPolicy, Broker, BrokerConfig};
 use protocols::access::Principal;
 
 struct AnyClient;
