@@ -339,7 +339,7 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
             stats.as_ref(),
             &devices,
             link,
-            crate::now_ms(),
+            protocols::time::now_ms(),
         );
         if shared.uplink.is_connected() && shared.uplink.publish_health(&h) {
             shared.metrics.health_published.fetch_add(1, Relaxed);

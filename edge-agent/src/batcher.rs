@@ -214,7 +214,7 @@ impl Batcher {
         let devices = open.take();
         let queue = self.queue.clone();
         let agent = self.agent.clone();
-        let now = crate::now_ms();
+        let now = protocols::time::now_ms();
         let result = tokio::task::spawn_blocking(move || {
             let r = queue.append_batch(&agent, devices.clone(), now);
             (r, devices)

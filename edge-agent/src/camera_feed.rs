@@ -132,7 +132,10 @@ impl CameraFeed {
                     self.snapshot(event_id, jpeg).await
                 }
                 CameraOutput::Readings(r) => self.readings(&camera, r).await,
-                CameraOutput::Online(on) => self.health.set_online(&camera, on, crate::now_ms()),
+                CameraOutput::Online(on) => {
+                    self.health
+                        .set_online(&camera, on, protocols::time::now_ms())
+                }
             }
         }
     }
@@ -165,13 +168,18 @@ impl CameraFeed {
         let appended = self
             .commit(&what, move |q| {
                 let ev = ev.clone();
-                q.append(EntryKind::Event, crate::now_ms(), 0, move |stream, seq| {
-                    let mut e = (*ev).clone();
-                    e.stream = Some(stream);
-                    e.seq = Some(seq);
-                    // A struct of strings and numbers always serializes.
-                    serde_json::to_vec(&e).unwrap_or_default()
-                })
+                q.append(
+                    EntryKind::Event,
+                    protocols::time::now_ms(),
+                    0,
+                    move |stream, seq| {
+                        let mut e = (*ev).clone();
+                        e.stream = Some(stream);
+                        e.seq = Some(seq);
+                        // A struct of strings and numbers always serializes.
+                        serde_json::to_vec(&e).unwrap_or_default()
+                    },
+                )
             })
             .await;
         if let Some(a) = appended {
@@ -187,7 +195,7 @@ impl CameraFeed {
         let id = event_id.clone();
         let stored = self
             .commit(&format!("snapshot {event_id}"), move |q| {
-                q.put_snapshot(&id, &jpeg, crate::now_ms())
+                q.put_snapshot(&id, &jpeg, protocols::time::now_ms())
             })
             .await;
         if let Some(s) = stored {
@@ -201,7 +209,7 @@ impl CameraFeed {
 
     async fn readings(&self, camera: &str, readings: Vec<camera::Reading>) {
         let device: Arc<str> = Arc::from(camera);
-        let now = crate::now_ms();
+        let now = protocols::time::now_ms();
         let mut frames_lost = None;
         // One sample per timestamp, in order.
         let mut samples: Vec<DeviceSample> = Vec::new();

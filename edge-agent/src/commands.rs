@@ -161,7 +161,7 @@ pub fn failure(id: &str, device: Option<String>, error: impl ToString) -> Comman
         error: Some(error.to_string()),
         device,
         values: Default::default(),
-        ts: crate::now_ms(),
+        ts: protocols::time::now_ms(),
     }
 }
 
@@ -176,7 +176,7 @@ pub fn success(id: &str, device: Option<String>, values: &[(Quantity, Value)]) -
             .iter()
             .map(|&(q, v)| (q.name().to_string(), Scalar::from_value(q, v)))
             .collect(),
-        ts: crate::now_ms(),
+        ts: protocols::time::now_ms(),
     }
 }
 

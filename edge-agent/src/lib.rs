@@ -34,11 +34,3 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Exit status asking the supervisor to start the agent again (a `reboot` command, or an
 /// installed update that should now run).
 pub const REBOOT_EXIT_CODE: u8 = 75;
-
-/// Wall-clock time, epoch milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

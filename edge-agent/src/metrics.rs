@@ -443,7 +443,7 @@ pub async fn serve(
                     .await
                     .ok()
                     .flatten();
-                let body = metrics.render(stats.as_ref(), crate::now_ms());
+                let body = metrics.render(stats.as_ref(), protocols::time::now_ms());
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

@@ -198,7 +198,7 @@ impl<S: SeriesStore> Hub<S> {
                 },
             ),
         );
-        let started = pipeline::now_ms();
+        let started = protocols::time::now_ms();
         let alerts = Arc::new(AlertBook::open(
             &config,
             registry.clone(),
@@ -346,7 +346,7 @@ async fn run_timers(rules: Arc<Rules>, twins: Arc<Twins>, mut stop: watch::Recei
     loop {
         tokio::select! {
             _ = silence.tick() => {
-                rules.tick(pipeline::now_ms());
+                rules.tick(protocols::time::now_ms());
                 // A reload may have brought shorter silences.
                 let p = rules.tick_interval();
                 if p != period {
@@ -355,7 +355,7 @@ async fn run_timers(rules: Arc<Rules>, twins: Arc<Twins>, mut stop: watch::Recei
                     silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
             }
-            _ = commands.tick() => twins.tick(pipeline::now_ms()),
+            _ = commands.tick() => twins.tick(protocols::time::now_ms()),
             _ = stop.wait_for(|s| *s) => break,
         }
     }
@@ -383,7 +383,7 @@ pub fn reload_rules(
     let path = source.ok_or(ReloadError::NoSource)?;
     let cfg = config::HubConfig::load(path)?;
     rules
-        .reload(&cfg, pipeline::now_ms())
+        .reload(&cfg, protocols::time::now_ms())
         .map_err(ReloadError::Rule)
 }
 

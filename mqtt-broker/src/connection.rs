@@ -10,10 +10,11 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use protocols::access::Principal;
+use protocols::time::now_ms;
 use protocols::topic::{validate_filter, validate_topic_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,12 +36,6 @@ const MAX_BATCH: usize = 512;
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 /// How long the reader waits for the writer to flush its last bytes.
 const WRITER_LINGER: Duration = Duration::from_secs(2);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Serves one accepted TCP connection until it ends.
 pub(super) async fn serve<A: Authenticator>(

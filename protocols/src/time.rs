@@ -16,6 +16,15 @@ pub enum TimeError {
     Range,
 }
 
+/// Wall-clock time now, epoch milliseconds (0 if the clock is before 1970). The one clock of
+/// the workspace: hub, broker, store and agent read the time through it.
+#[cfg(feature = "std")]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Days since 1970-01-01 for a civil date.
 pub const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };

@@ -26,9 +26,7 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn now_ms() -> i64 {
-    hub::pipeline::now_ms()
-}
+use protocols::time::now_ms;
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {

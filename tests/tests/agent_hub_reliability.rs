@@ -44,9 +44,7 @@ use tests::{Proc, free_port, root};
 const DEADLINE: Duration = Duration::from_secs(30);
 const OPS: &str = "ops:ops-secret-reliab";
 
-fn now_ms() -> i64 {
-    edge_agent::now_ms()
-}
+use protocols::time::now_ms;
 
 fn log_level() -> String {
     std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into())

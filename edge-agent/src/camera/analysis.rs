@@ -20,8 +20,9 @@ use super::outbox::{Kind, Outbox};
 use super::picture::Picture;
 use super::settings::CameraConfig;
 use super::snapshot::{Snapshot, encode_snapshot, snapshot_size};
-use super::stream::{Frame, FrameData, StreamState, now_ms};
+use super::stream::{Frame, FrameData, StreamState};
 use super::{CameraOutput, Reading};
+use protocols::time::now_ms;
 
 /// Motion analysis and events for one camera, fed picture by picture.
 pub struct Pipeline {

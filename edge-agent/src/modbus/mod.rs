@@ -179,7 +179,7 @@ impl DeviceState {
     ) -> (SetReply, bool) {
         let mut back = Vec::new();
         let mut readings = Vec::new();
-        let ts_ms = crate::now_ms();
+        let ts_ms = protocols::time::now_ms();
         let mut result = Ok(());
         let mut broken = false;
         for &(q, v) in values {

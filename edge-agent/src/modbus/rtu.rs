@@ -115,7 +115,7 @@ pub(super) async fn run(
                 _ = tokio::time::sleep_until(due) => {
                     let slot = &mut slots[next];
                     ctx.set_slave(Slave(slot.dev.plan.unit));
-                    let ts_ms = crate::now_ms();
+                    let ts_ms = protocols::time::now_ms();
                     let outcome = poll::poll_device(&mut ctx, &slot.dev.plan).await;
                     let ok = outcome.any_ok();
                     let broken = outcome.link_broken;

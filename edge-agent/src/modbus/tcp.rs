@@ -81,7 +81,7 @@ pub(super) async fn run(
         let why = loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    let ts_ms = crate::now_ms();
+                    let ts_ms = protocols::time::now_ms();
                     let outcome = poll::poll_device(&mut ctx, &dev.plan).await;
                     let broken = outcome.link_broken;
                     let reason = outcome

@@ -126,7 +126,7 @@ pub fn create(
         target: target.to_string(),
         binary_size: size,
         binary_sha256: hex::encode(hasher.finalize()),
-        created_ms: crate::now_ms(),
+        created_ms: protocols::time::now_ms(),
     };
     let text =
         serde_json::to_vec(&manifest).map_err(|e| BundleError::BadManifest(e.to_string()))?;

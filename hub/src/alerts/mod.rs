@@ -487,7 +487,7 @@ impl AlertBook {
     /// Writes and publishes what changed. Returns false when the write failed (the changes
     /// stay pending and are tried again).
     pub async fn flush(&self) -> bool {
-        let now = crate::pipeline::now_ms();
+        let now = protocols::time::now_ms();
         let (batch, generation) = {
             let mut st = self.state.lock();
             if st.dirty.is_empty() {

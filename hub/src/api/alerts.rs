@@ -110,7 +110,7 @@ pub async fn ack<S: SeriesStore>(
     visible(&state, &caller, &id)?;
     match state
         .alerts
-        .ack(&id, caller.0.id(), crate::pipeline::now_ms())
+        .ack(&id, caller.0.id(), protocols::time::now_ms())
         .await
     {
         Ok(doc) => Ok(Json(doc)),

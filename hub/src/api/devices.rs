@@ -136,7 +136,7 @@ pub async fn desired<S: SeriesStore>(
         .map_err(|e| Failure::bad_request(format!("body is not a desired-state object: {e}")))?;
     match state
         .twins
-        .set_desired(&d.id, update, crate::pipeline::now_ms())
+        .set_desired(&d.id, update, protocols::time::now_ms())
         .await
     {
         Ok(twin) => Ok(Json(twin)),

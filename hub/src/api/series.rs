@@ -97,7 +97,7 @@ pub async fn query<S: SeriesStore>(
     })?;
     let to = match &q.to {
         Some(t) => parse_time("to", t)?,
-        None => crate::pipeline::now_ms() + 1,
+        None => protocols::time::now_ms() + 1,
     };
     let from = match &q.from {
         Some(t) => parse_time("from", t)?,

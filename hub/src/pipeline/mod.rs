@@ -43,13 +43,6 @@ use mqtt_broker::ingress::{Disposition, Inbound, IngressEvent};
 use series_store::{Appended, SeriesStore, StoreError, WriteBatch};
 use status::StatusBoard;
 
-/// Hub time, epoch milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// What every stage shares.
 pub struct Context<S> {
     /// The catalog.
@@ -234,14 +227,15 @@ async fn route<S: SeriesStore>(
                     "refused",
                     &reason,
                     &payload,
-                    now_ms(),
+                    protocols::time::now_ms(),
                 );
             }
             IngressEvent::Connected { principal, .. } => {
-                ctx.status.connected(&principal, now_ms());
+                ctx.status.connected(&principal, protocols::time::now_ms());
             }
             IngressEvent::Disconnected { principal, .. } => {
-                ctx.status.disconnected(&principal, now_ms());
+                ctx.status
+                    .disconnected(&principal, protocols::time::now_ms());
             }
         }
     }

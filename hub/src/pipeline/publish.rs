@@ -125,7 +125,7 @@ fn handle<S>(ctx: &Context<S>, stored: Stored, acks: &mut AckCoalescer) {
                 .fetch_add(prepared.readings as u64, Relaxed);
         }
     }
-    let now = super::now_ms();
+    let now = protocols::time::now_ms();
     for g in &prepared.groups {
         if ctx
             .twins

@@ -347,7 +347,7 @@ impl Twins {
             }
             if s.updated_ms == 0 {
                 // A twin without history is created now.
-                s.updated_ms = crate::pipeline::now_ms();
+                s.updated_ms = protocols::time::now_ms();
             }
             states.push(Mutex::new(s));
         }

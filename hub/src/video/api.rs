@@ -78,7 +78,7 @@ pub async fn cameras<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
 ) -> Json<Vec<CameraEntry>> {
-    let now = crate::pipeline::now_ms();
+    let now = protocols::time::now_ms();
     let out = state
         .registry
         .devices()
@@ -99,7 +99,7 @@ pub async fn camera<S: SeriesStore>(
     Ok(Json(catalog::entry(
         &state.video,
         d,
-        crate::pipeline::now_ms(),
+        protocols::time::now_ms(),
     )))
 }
 

@@ -109,11 +109,6 @@ impl std::fmt::Debug for Video {
     }
 }
 
-/// Hub time, epoch ms.
-fn now_ms() -> i64 {
-    crate::pipeline::now_ms()
-}
-
 impl Video {
     /// Opens the archive under `data_dir/video` (blocking: call from a blocking thread or at
     /// start). Events are kept for `[hub] retention`, snapshots for `[hub] snapshot_retention`.
@@ -183,7 +178,8 @@ impl Video {
         tokio::spawn(async move {
             loop {
                 let Some(v) = weak.upgrade() else { return };
-                match tokio::task::spawn_blocking(move || v.prune(now_ms())).await {
+                match tokio::task::spawn_blocking(move || v.prune(protocols::time::now_ms())).await
+                {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!("video retention: {e}"),
                     Err(e) => tracing::error!("video retention task: {e}"),
@@ -374,7 +370,8 @@ impl Work {
                 let a = v.registry.agent(*agent).id.clone();
                 let (i, j, s) = (id.clone(), jpeg.clone(), *size);
                 let r = tokio::task::spawn_blocking(move || {
-                    v.archive.store_snapshot(&a, &i, &j, s, now_ms())
+                    v.archive
+                        .store_snapshot(&a, &i, &j, s, protocols::time::now_ms())
                 })
                 .await
                 .map_err(|e| VideoError::Task(e.to_string()))?;

@@ -454,10 +454,7 @@ pub fn batch(
     }
 }
 
-/// Epoch milliseconds now.
-pub fn now_ms() -> i64 {
-    hub::pipeline::now_ms()
-}
+pub use protocols::time::now_ms;
 
 /// The `hub` binary of this build.
 pub fn hub_bin() -> PathBuf {

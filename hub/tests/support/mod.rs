@@ -245,10 +245,7 @@ pub async fn disposition(rx: oneshot::Receiver<Disposition>) -> Disposition {
         .expect("disposition sent")
 }
 
-/// Hub time now.
-pub fn now_ms() -> i64 {
-    hub::pipeline::now_ms()
-}
+pub use protocols::time::now_ms;
 
 /// The principal of an agent.
 pub fn agent(id: &str) -> Principal {

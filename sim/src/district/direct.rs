@@ -74,7 +74,7 @@ pub async fn run(gauge: Gauge, mut link: watch::Receiver<bool>, mut stop: watch:
                     if connected {
                         seq += 1;
                         let body = serde_json::json!({
-                            "ts": edge_agent::now_ms(),
+                            "ts": protocols::time::now_ms(),
                             "seq": seq,
                             "values": {
                                 "rainfall": {"value": (rain_mm * 10.0).round() / 10.0, "unit": "mm"},

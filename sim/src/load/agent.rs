@@ -113,12 +113,6 @@ struct Device {
     last_ts: i64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The agent's generator state across connections.
 struct Agent {
     idx: usize,
@@ -372,7 +366,7 @@ impl Agent {
     fn build_batch(&mut self) -> (Bytes, u32, u32) {
         let per_batch = self.settings.devices_per_batch.clamp(1, self.devices.len());
         let samples = self.settings.samples_per_device.max(1);
-        let now = now_ms();
+        let now = protocols::time::now_ms();
         self.batch.seq = self.seq;
         self.batch
             .devices

@@ -12,8 +12,9 @@ use super::super::decode::{
     annex_b_access_units, annex_b_is_disposable, annex_b_is_keyframe, mjpeg_pictures,
 };
 use super::super::settings::{CameraSettings, FileFormat};
-use super::super::stream::{Backoff, Frame, FrameData, FrameSink, now_ms};
+use super::super::stream::{Backoff, Frame, FrameData, FrameSink};
 use super::sleep_until;
+use protocols::time::now_ms;
 
 /// Largest clip read (it is held in memory).
 const MAX_FILE_BYTES: u64 = 512 << 20;

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use url::Url;
 
 use super::super::settings::{CameraSettings, redact};
-use super::super::stream::{Backoff, Frame, FrameData, FrameSink, now_ms};
+use super::super::stream::{Backoff, Frame, FrameData, FrameSink};
+use protocols::time::now_ms;
 
 /// Largest snapshot accepted.
 const MAX_JPEG_BYTES: u64 = 16 << 20;

@@ -13,7 +13,8 @@ use url::Url;
 
 use super::super::decode::annex_b_is_disposable;
 use super::super::settings::{CameraSettings, RtspTransport};
-use super::super::stream::{Backoff, Frame, FrameData, FrameSink, now_ms};
+use super::super::stream::{Backoff, Frame, FrameData, FrameSink};
+use protocols::time::now_ms;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]

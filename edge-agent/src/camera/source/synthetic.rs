@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::super::settings::SceneSpec;
-use super::super::stream::{Frame, FrameData, FrameSink, now_ms};
+use super::super::stream::{Frame, FrameData, FrameSink};
 use super::super::synthetic::Scene;
 use super::sleep_until;
+use protocols::time::now_ms;
 
 struct H264Encoder {
     inner: openh264::encoder::Encoder,
