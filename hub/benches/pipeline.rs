@@ -176,7 +176,7 @@ async fn run(seconds: f64, devices_per_batch: usize, rate_msgs: Option<f64>) -> 
     let deadline = started + Duration::from_secs_f64(seconds);
     let mut sent = 0u64;
     let mut dispositions = Vec::new();
-    let ts = hub::pipeline::now_ms();
+    let ts = protocols::time::now_ms();
     let mut seq = 0u64;
     while Instant::now() < deadline {
         seq += 1;
