@@ -24,9 +24,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# The system broker must not hold port 1883 while tests start their own brokers.
-if have systemctl; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
-pkill -x mosquitto >/dev/null 2>&1 || true
+# A mosquitto the user runs (the Debian service included) is left alone: every test starts its
+# own brokers on free loopback ports.
 
 if ! python3 -c 'import pymodbus, serial' >/dev/null 2>&1; then
   echo "setup-peers: installing pymodbus"
