@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod rules;
 pub mod server;
+pub mod shutdown;
 pub mod twin;
 pub mod video;
 
@@ -35,8 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 use crate::alerts::AlertBook;
 use crate::api::ApiState;
@@ -49,6 +49,7 @@ use crate::pipeline::status::StatusBoard;
 use crate::pipeline::{Context, Pipeline, PipelineOptions};
 use crate::registry::Registry;
 use crate::rules::Rules;
+use crate::shutdown::{Shutdown, Signal};
 use crate::twin::controls::Controls;
 use crate::twin::{CommandSettings, Twins};
 use mqtt_broker::ingress::{IngressEvent, Publisher};
@@ -150,7 +151,7 @@ impl<S: SeriesStore> Hub<S> {
     }
 
     /// Loads the twins, starts the pipeline and the HTTP API, publishing through `publisher`.
-    pub async fn start(self, publisher: Arc<dyn Publisher>) -> Result<RunningHub<S>, StartError> {
+    pub async fn start(self, publisher: Arc<dyn Publisher>) -> Result<RunningHub, StartError> {
         let Hub {
             config,
             registry,
@@ -245,17 +246,16 @@ impl<S: SeriesStore> Hub<S> {
             twins.publish(d.idx);
         }
         let video = {
-            let (c, r, t, o) = (
-                config.clone(),
-                registry.clone(),
-                twins.clone(),
-                outlet.clone(),
-            );
-            tokio::task::spawn_blocking(move || video::Video::open(&c, r, t, o))
+            let (c, r, o) = (config.clone(), registry.clone(), outlet.clone());
+            tokio::task::spawn_blocking(move || video::Video::open(&c, r, o))
                 .await
                 .map_err(|e| video::VideoError::Task(e.to_string()))??
         };
-        video.start_retention();
+        let mut maintenance = Shutdown::new("maintenance");
+        {
+            let v = video.clone();
+            maintenance.spawn("video retention", move |stop| v.run_retention(stop));
+        }
         let weak_video = Arc::downgrade(&video);
         metrics.add_source(Arc::new(move |out: &mut String| {
             if let Some(v) = weak_video.upgrade() {
@@ -275,10 +275,17 @@ impl<S: SeriesStore> Hub<S> {
         });
         let pipeline = Pipeline::start(ctx, events_rx, options);
 
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (timers_tx, timers_rx) = watch::channel(false);
-        let writer = tokio::spawn(alerts.clone().run_writer(timers_rx.clone()));
-        let timers = tokio::spawn(run_timers(rules.clone(), twins.clone(), timers_rx));
+        // Stopped right after the pipeline: the alert writer flushes what its last readings
+        // changed.
+        let mut timers = Shutdown::new("timers");
+        {
+            let (a, r, t) = (alerts.clone(), rules.clone(), twins.clone());
+            timers.spawn("alert writer", move |stop| a.run_writer(stop));
+            timers.spawn("rule and command timers", move |stop| {
+                run_timers(r, t, stop)
+            });
+        }
+        let mut http = Shutdown::new("http");
 
         let router = api::router(Arc::new(ApiState {
             registry,
@@ -288,36 +295,24 @@ impl<S: SeriesStore> Hub<S> {
             store,
             metrics,
             outlet,
-            shutdown: shutdown_rx.clone(),
+            shutdown: http.signal(),
             alerts: alerts.clone(),
             rules: rules.clone(),
             config_source: config.source.clone(),
         }));
-        let mut stop = shutdown_rx.clone();
-        let api = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
+        http.spawn("HTTP server", move |mut stop| async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.recv().await });
             if let Err(e) = serve.await {
                 tracing::error!("HTTP server failed: {e}");
             }
         });
         tracing::info!("HTTP API listening on http://{http_addr}");
 
-        let checkpoint_twins = twins.clone();
-        let checkpoint = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let t = checkpoint_twins.clone();
-                match tokio::task::spawn_blocking(move || t.checkpoint(false)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!("twin checkpoint failed: {e}"),
-                    Err(e) => tracing::error!("twin checkpoint task failed: {e}"),
-                }
-            }
-        });
+        {
+            let t = twins.clone();
+            maintenance.spawn("twin checkpoints", move |stop| checkpoint_twins(t, stop));
+        }
         Ok(RunningHub {
             http_addr,
             pipeline,
@@ -325,19 +320,33 @@ impl<S: SeriesStore> Hub<S> {
             alerts,
             rules,
             config_source: config.source.clone(),
-            api,
-            checkpoint,
-            writer,
             timers,
-            timers_stop: timers_tx,
-            shutdown: shutdown_tx,
-            _store: std::marker::PhantomData,
+            http,
+            maintenance,
         })
     }
 }
 
+/// Checkpoints the twins' versions every [`CHECKPOINT_EVERY`] until `stop`.
+async fn checkpoint_twins(twins: Arc<Twins>, mut stop: Signal) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.recv() => return,
+        }
+        let t = twins.clone();
+        match tokio::task::spawn_blocking(move || t.checkpoint(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("twin checkpoint failed: {e}"),
+            Err(e) => tracing::error!("twin checkpoint task failed: {e}"),
+        }
+    }
+}
+
 /// Silence rules and command retries run on timers of hub time.
-async fn run_timers(rules: Arc<Rules>, twins: Arc<Twins>, mut stop: watch::Receiver<bool>) {
+async fn run_timers(rules: Arc<Rules>, twins: Arc<Twins>, mut stop: Signal) {
     let mut silence = tokio::time::interval(rules.tick_interval());
     silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands = tokio::time::interval(twins.tick_interval());
@@ -356,7 +365,7 @@ async fn run_timers(rules: Arc<Rules>, twins: Arc<Twins>, mut stop: watch::Recei
                 }
             }
             _ = commands.tick() => twins.tick(protocols::time::now_ms()),
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.recv() => break,
         }
     }
 }
@@ -388,23 +397,22 @@ pub fn reload_rules(
 }
 
 /// A started hub.
-pub struct RunningHub<S> {
+pub struct RunningHub {
     http_addr: SocketAddr,
     pipeline: Pipeline,
     twins: Arc<Twins>,
     alerts: Arc<AlertBook>,
     rules: Arc<Rules>,
     config_source: Option<std::path::PathBuf>,
-    api: JoinHandle<()>,
-    checkpoint: JoinHandle<()>,
-    writer: JoinHandle<()>,
-    timers: JoinHandle<()>,
-    timers_stop: watch::Sender<bool>,
-    shutdown: watch::Sender<bool>,
-    _store: std::marker::PhantomData<fn() -> S>,
+    /// Rule and command timers, the alert writer.
+    timers: Shutdown,
+    /// The HTTP server and its open streams.
+    http: Shutdown,
+    /// Twin checkpoints, video retention.
+    maintenance: Shutdown,
 }
 
-impl<S: SeriesStore> RunningHub<S> {
+impl RunningHub {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
@@ -436,20 +444,9 @@ impl<S: SeriesStore> RunningHub<S> {
     /// afterwards.
     pub async fn shutdown(self) {
         self.pipeline.join().await;
-        // Timers stop, and the alert writer flushes what the pipeline's last readings changed.
-        let _ = self.timers_stop.send(true);
-        if let Err(e) = self.timers.await {
-            tracing::error!("timer task failed: {e}");
-        }
-        if let Err(e) = self.writer.await {
-            tracing::error!("alert writer failed: {e}");
-        }
-        let _ = self.shutdown.send(true);
-        if let Err(e) = self.api.await {
-            tracing::error!("HTTP server task failed: {e}");
-        }
-        self.checkpoint.abort();
-        let _ = self.checkpoint.await;
+        self.timers.stop().await;
+        self.http.stop().await;
+        self.maintenance.stop().await;
         let twins = self.twins.clone();
         match tokio::task::spawn_blocking(move || twins.checkpoint(true)).await {
             Ok(Ok(())) => {}

@@ -56,7 +56,7 @@ pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError
 pub struct Server {
     store: Arc<TsStore>,
     broker: BrokerHandle,
-    running: RunningHub<TsStore>,
+    running: RunningHub,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -115,7 +115,7 @@ impl Server {
     }
 
     /// The running pipeline and API (twins, registry).
-    pub fn hub(&self) -> &RunningHub<TsStore> {
+    pub fn hub(&self) -> &RunningHub {
         &self.running
     }
 

@@ -576,15 +576,15 @@ impl AlertBook {
     }
 
     /// The writer: flushes state changes at once and value repeats every [`COALESCE`], until
-    /// `stop` turns true; then flushes what is left.
-    pub async fn run_writer(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// `stop` is raised; then flushes what is left.
+    pub async fn run_writer(self: Arc<Self>, mut stop: crate::shutdown::Signal) {
         let mut tick = tokio::time::interval(COALESCE);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stopping = tokio::select! {
                 _ = self.wake.notified() => false,
                 _ = tick.tick() => false,
-                r = stop.wait_for(|s| *s) => { let _ = r; true }
+                _ = stop.recv() => true,
             };
             let ok = self.flush().await;
             if stopping {

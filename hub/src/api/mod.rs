@@ -9,6 +9,7 @@
 //! matching `v1/admin/rules` (e.g. `admin/#`). Every error is JSON `{"error","detail"}`.
 
 mod alerts;
+mod cameras;
 mod dashboard;
 mod devices;
 mod series;
@@ -24,7 +25,6 @@ use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use protocols::access::Principal;
 use protocols::messages::ApiError;
-use tokio::sync::watch;
 
 use crate::alerts::AlertBook;
 use crate::auth::RegistryAuthenticator;
@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::Registry;
 use crate::rules::Rules;
+use crate::shutdown::Signal;
 use crate::twin::Twins;
 use series_store::SeriesStore;
 
@@ -49,8 +50,8 @@ pub struct ApiState<S> {
     pub metrics: Arc<Metrics>,
     /// Live updates for the stream.
     pub outlet: Outlet,
-    /// Turns `true` when the hub stops; open streams end then.
-    pub shutdown: watch::Receiver<bool>,
+    /// Raised when the hub stops; open streams end then.
+    pub shutdown: Signal,
     /// Alerts.
     pub alerts: Arc<AlertBook>,
     /// The rule engine.
@@ -61,7 +62,7 @@ pub struct ApiState<S> {
     pub video: Arc<crate::video::Video>,
 }
 
-/// The router with every route of the contract this issue covers.
+/// The router with every route of the HTTP contract.
 pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
     Router::new()
         .route("/", get(dashboard::page))
@@ -78,7 +79,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/alerts/{id}/cap", get(alerts::cap::<S>))
         .route("/api/v1/rules", get(alerts::rules::<S>))
         .route("/api/v1/rules/reload", post(alerts::reload::<S>))
-        .merge(crate::video::api::routes::<S>())
+        .merge(cameras::routes::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

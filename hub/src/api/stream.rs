@@ -63,12 +63,12 @@ fn updates<S>(
         (rx, shutdown, principal),
         |(mut rx, mut shutdown, principal)| async move {
             loop {
-                if *shutdown.borrow() {
+                if shutdown.is_set() {
                     return None;
                 }
                 let next = tokio::select! {
                     r = rx.recv() => r,
-                    _ = shutdown.changed() => return None,
+                    _ = shutdown.recv() => return None,
                 };
                 match next {
                     Ok(u) => {

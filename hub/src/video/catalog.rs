@@ -11,8 +11,8 @@ use protocols::access::Principal;
 use protocols::messages::{CameraEntry, Scalar};
 use protocols::time::parse_rfc3339;
 
-use super::Video;
 use crate::registry::Device;
+use crate::twin::Twins;
 
 /// Stream readings older than this (4.5 default camera `health_interval`s) mean the stream is
 /// gone.
@@ -29,8 +29,8 @@ pub fn visible(p: &Principal, d: &Device) -> bool {
 }
 
 /// The catalog entry of a camera at hub time `now_ms`.
-pub fn entry(video: &Video, d: &Device, now_ms: i64) -> CameraEntry {
-    let twin = video.twins().document(d.idx);
+pub fn entry(twins: &Twins, d: &Device, now_ms: i64) -> CameraEntry {
+    let twin = twins.document(d.idx);
     let reading = |q: &str| {
         twin.reported.get(q).and_then(|r| match r.value {
             Scalar::Number(v) => Some((v, parse_rfc3339(&r.ts).ok())),

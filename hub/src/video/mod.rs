@@ -14,10 +14,9 @@
 //! contiguous. Recording an event is idempotent (phases merge), so a crash between the archive
 //! commit and the origin commit only means the redelivery is merged again.
 //!
-//! The catalog and the HTTP routes are in [`catalog`] and [`api`]; an app sees a camera
+//! The catalog is in [`catalog`] (its HTTP routes in `api::cameras`); an app sees a camera
 //! (catalog entry, snapshots, events) only with a grant matching `v1/feeds/camera/{id}`.
 
-pub mod api;
 pub mod archive;
 pub mod catalog;
 pub mod events;
@@ -38,7 +37,6 @@ use crate::config::HubConfig;
 use crate::feeds::{NormValue, write_feed};
 use crate::outbound::{LiveKind, Outlet};
 use crate::registry::{AgentIdx, DeviceIdx, Registry};
-use crate::twin::Twins;
 use archive::{Archive, Pruned};
 use events::EventRecord;
 
@@ -93,7 +91,6 @@ struct Counters {
 /// The video service: archive, catalog state and publishing of camera events.
 pub struct Video {
     registry: Arc<Registry>,
-    twins: Arc<Twins>,
     outlet: Outlet,
     archive: Archive,
     event_retention: Duration,
@@ -115,7 +112,6 @@ impl Video {
     pub fn open(
         config: &HubConfig,
         registry: Arc<Registry>,
-        twins: Arc<Twins>,
         outlet: Outlet,
     ) -> Result<Arc<Video>, VideoError> {
         let dir = config.hub.data_dir.join(VIDEO_DIR);
@@ -128,7 +124,6 @@ impl Video {
         let archive = Archive::open(&dir, cameras)?;
         Ok(Arc::new(Video {
             registry,
-            twins,
             outlet,
             archive,
             event_retention: config.hub.retention.0,
@@ -170,23 +165,22 @@ impl Video {
     }
 
     /// Runs retention now and then every `min(snapshot_retention / 4, 10 min)` (at least 1 s)
-    /// until the service is dropped.
-    pub fn start_retention(self: &Arc<Video>) -> tokio::task::JoinHandle<()> {
+    /// until `stop` is raised.
+    pub async fn run_retention(self: Arc<Video>, mut stop: crate::shutdown::Signal) {
         let every = (self.snapshot_retention.min(self.event_retention) / 4)
             .clamp(Duration::from_secs(1), PRUNE_EVERY_MAX);
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(v) = weak.upgrade() else { return };
-                match tokio::task::spawn_blocking(move || v.prune(protocols::time::now_ms())).await
-                {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!("video retention: {e}"),
-                    Err(e) => tracing::error!("video retention task: {e}"),
-                }
-                tokio::time::sleep(every).await;
+        loop {
+            let v = self.clone();
+            match tokio::task::spawn_blocking(move || v.prune(protocols::time::now_ms())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("video retention: {e}"),
+                Err(e) => tracing::error!("video retention task: {e}"),
             }
-        })
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.recv() => return,
+            }
+        }
     }
 
     /// Appends the video counters in the Prometheus text format.
@@ -275,11 +269,6 @@ impl Video {
             self.outlet
                 .publish_live(LiveKind::Event, &d.feed_topic, Bytes::from(bytes));
         }
-    }
-
-    /// The camera's twin is the source of its online state and latest stream readings.
-    pub fn twins(&self) -> &Arc<Twins> {
-        &self.twins
     }
 }
 

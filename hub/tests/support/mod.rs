@@ -144,7 +144,7 @@ impl RecordingPublisher {
 /// A started hub with the test's end of the ingress seam.
 pub struct TestHub<S: SeriesStore> {
     /// The running hub.
-    pub hub: Option<RunningHub<S>>,
+    pub hub: Option<RunningHub>,
     /// Where ingress events go.
     pub events: Option<mpsc::Sender<IngressEvent>>,
     /// What the hub published.

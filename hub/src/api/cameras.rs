@@ -1,4 +1,4 @@
-//! The video routes of the HTTP API:
+//! The camera routes of the HTTP API:
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -24,10 +24,10 @@ use protocols::messages::CameraEntry;
 use protocols::time::parse_rfc3339;
 use serde::Deserialize;
 
-use super::catalog::{self, is_camera};
-use super::events::{EventRecord, valid_id};
-use crate::api::{ApiState, Caller, Failure};
+use super::{ApiState, Caller, Failure};
 use crate::registry::Device;
+use crate::video::catalog::{self, is_camera};
+use crate::video::events::{EventRecord, valid_id};
 use series_store::SeriesStore;
 
 /// Events per answer without `limit`.
@@ -35,7 +35,7 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// Most events per answer.
 pub const MAX_LIMIT: usize = 1000;
 
-/// The video routes, to merge into the API router.
+/// The camera routes, to merge into the API router.
 pub fn routes<S: SeriesStore>() -> Router<Arc<ApiState<S>>> {
     Router::new()
         .route("/api/v1/cameras", get(cameras::<S>))
@@ -84,7 +84,7 @@ pub async fn cameras<S: SeriesStore>(
         .devices()
         .iter()
         .filter(|d| catalog::visible(&caller.0, d))
-        .map(|d| catalog::entry(&state.video, d, now))
+        .map(|d| catalog::entry(&state.twins, d, now))
         .collect();
     Json(out)
 }
@@ -97,7 +97,7 @@ pub async fn camera<S: SeriesStore>(
 ) -> Result<Json<CameraEntry>, Failure> {
     let d = visible_camera(&state, &caller, &id)?;
     Ok(Json(catalog::entry(
-        &state.video,
+        &state.twins,
         d,
         protocols::time::now_ms(),
     )))
@@ -183,7 +183,7 @@ pub async fn event_snapshot<S: SeriesStore>(
                 return Ok(Some(a));
             }
         }
-        Ok::<_, super::VideoError>(None)
+        Ok::<_, crate::video::VideoError>(None)
     })
     .await
     .map_err(|e| Failure::internal(e.to_string()))?
