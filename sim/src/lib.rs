@@ -1,6 +1,5 @@
 //! The simulated district: the real firmware on simulated peripherals behind Modbus, the
-//! physical world those peripherals sense, and (in later issues) the demo, load and
-//! benchmarks.
+//! physical world those peripherals sense, the demo, load generation and benchmarks.
 //!
 //! Running simulated devices from Rust:
 //!
@@ -29,8 +28,6 @@ pub mod district;
 pub mod fleet;
 pub mod load;
 pub mod modbus_device;
-pub mod modbus_tcp;
 pub mod node;
 pub mod peripherals;
-pub mod rtu_pty;
 pub mod world;

@@ -49,10 +49,15 @@ pub enum FileFormat {
     Mjpeg,
 }
 
+/// The scene names accepted by `synthetic:NAME` (the scenes are drawn in `camera::synthetic`).
+pub const SCENES: &[&str] = &[
+    "street", "static", "motion", "flash", "night", "dark", "blackout",
+];
+
 /// A synthetic scene: its name, random seed, picture size and frame rate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SceneSpec {
-    /// One of [`super::synthetic::SCENES`].
+    /// One of [`SCENES`].
     pub name: String,
     /// Seed of the scene's randomness (object sizes, speeds, timings).
     pub seed: u64,
@@ -153,10 +158,10 @@ impl SceneSpec {
     /// Parses `NAME[?seed=N&size=WxH&fps=F&speed=S&codec=h264]`.
     pub fn parse(text: &str) -> Result<SceneSpec, String> {
         let (name, query) = text.split_once('?').unwrap_or((text, ""));
-        if !super::synthetic::SCENES.contains(&name) {
+        if !SCENES.contains(&name) {
             return Err(format!(
                 "unknown scene `{name}`; scenes are {}",
-                super::synthetic::SCENES.join(", ")
+                SCENES.join(", ")
             ));
         }
         let mut spec = SceneSpec {

@@ -11,11 +11,6 @@ use rand::{Rng, SeedableRng};
 use super::picture::I420;
 use super::settings::SceneSpec;
 
-/// The scene names accepted by `synthetic:NAME`.
-pub const SCENES: &[&str] = &[
-    "street", "static", "motion", "flash", "night", "dark", "blackout",
-];
-
 /// An object crossing the picture in a straight line.
 #[derive(Clone, Debug)]
 struct Mover {
@@ -62,7 +57,7 @@ pub struct Scene {
 }
 
 impl Scene {
-    /// The scene `spec.name` (one of [`SCENES`]).
+    /// The scene `spec.name` (one of [`super::settings::SCENES`]).
     pub fn new(spec: &SceneSpec) -> Scene {
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let background = draw_background(spec.width as usize, spec.height as usize, &mut rng);

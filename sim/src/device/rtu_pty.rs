@@ -16,7 +16,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
-use crate::device::DeviceHandle;
+use super::handle::DeviceHandle;
 
 /// Frames end after this silence: 19200 baud timing (2 ms), ample for a pty where a frame
 /// arrives in one write.

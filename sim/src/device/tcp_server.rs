@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::device::DeviceHandle;
+use super::handle::DeviceHandle;
 
 /// A client that sent a header must send the rest of its frame within this time.
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -11,12 +11,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use firmware::modbus::rtu;
-use firmware::modbus::tcp::{self, Header, UnitFilter};
+use firmware::modbus::tcp::{self, UnitFilter};
 use protocols::profile::DeviceProfile;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
+
+mod handle;
+pub mod rtu_pty;
+pub mod tcp_server;
+
+pub use handle::DeviceHandle;
+use handle::Request;
 
 use crate::node::SimNode;
 use crate::peripherals::pins::LampCircuit;
@@ -50,58 +57,6 @@ impl DeviceSpec {
             site,
             sample_interval: Duration::from_secs(1),
         }
-    }
-}
-
-enum Request {
-    Tcp {
-        header: Header,
-        pdu: Vec<u8>,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
-    },
-    Rtu {
-        frame: Vec<u8>,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
-    },
-}
-
-/// A way to send Modbus requests to a device's task.
-#[derive(Clone, Debug)]
-pub struct DeviceHandle {
-    tx: mpsc::Sender<Request>,
-}
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Request::Tcp { header, .. } => write!(f, "Tcp({header:?})"),
-            Request::Rtu { frame, .. } => write!(f, "Rtu({} bytes)", frame.len()),
-        }
-    }
-}
-
-impl DeviceHandle {
-    /// Serves one Modbus TCP request: the reply frame, `None` when none is due (broadcast,
-    /// another unit) or the device has stopped.
-    pub async fn tcp(&self, header: Header, pdu: Vec<u8>) -> Option<Vec<u8>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Tcp { header, pdu, reply })
-            .await
-            .ok()?;
-        rx.await.ok().flatten()
-    }
-
-    /// Serves one RTU frame through the firmware's RTU slave.
-    pub async fn rtu(&self, frame: Vec<u8>) -> Option<Vec<u8>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Rtu { frame, reply }).await.ok()?;
-        rx.await.ok().flatten()
-    }
-
-    /// Whether the device's task is still running.
-    pub fn is_running(&self) -> bool {
-        !self.tx.is_closed()
     }
 }
 
@@ -234,7 +189,7 @@ async fn run(
                 match accepted {
                     Ok((stream, peer)) if connections.len() < MAX_CONNECTIONS => {
                         debug!(device = %device.id, %peer, "client connected");
-                        connections.spawn(crate::modbus_tcp::serve_connection(stream, peer, handle.clone()));
+                        connections.spawn(tcp_server::serve_connection(stream, peer, handle.clone()));
                     }
                     Ok((_, peer)) => warn!(device = %device.id, %peer, "too many connections; refused"),
                     Err(e) => {
@@ -271,7 +226,7 @@ fn start(
     let model = device.node.model();
     let lamp = device.node.lamp_circuit();
     let (tx, rx) = mpsc::channel(64);
-    let handle = DeviceHandle { tx };
+    let handle = DeviceHandle::new(tx);
     let task = tokio::spawn(run(
         device,
         rx,
@@ -306,10 +261,10 @@ pub async fn spawn_tcp(spec: DeviceSpec, listen: SocketAddr) -> anyhow::Result<R
 /// Starts a device serving Modbus RTU on a new pseudo-terminal; clients open
 /// [`RunningDevice::pty_path`] as a serial port.
 pub async fn spawn_rtu_pty(spec: DeviceSpec) -> anyhow::Result<RunningDevice> {
-    let pty = crate::rtu_pty::Pty::open().context("opening a pseudo-terminal")?;
+    let pty = rtu_pty::Pty::open().context("opening a pseudo-terminal")?;
     let path = pty.path().to_path_buf();
     let (handle, device_task, model, lamp) = start(&spec, None)?;
-    let serve = crate::rtu_pty::serve(pty, handle.clone());
+    let serve = rtu_pty::serve(pty, handle.clone());
     // One task owns both: the pty loop, and the device task aborted with it.
     let task = tokio::spawn(async move {
         struct AbortOnDrop(JoinHandle<()>);
