@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::sync::Arc;
 
 use hub::alerts::{AlertDoc, AlertFilter};
 use hub::config::HubConfig;
@@ -82,10 +81,7 @@ grants = ["alerts/red/#"]
 
 /// A validated config of [`DEVICES`] and `rules` (TOML `[[rules]]` text) in `dir`.
 pub fn config(dir: &Path, rules: &str) -> HubConfig {
-    let mut cfg = HubConfig::from_toml(&format!("{DEVICES}\n{rules}")).unwrap();
-    cfg.hub.data_dir = dir.to_path_buf();
-    cfg.hub.http_listen = "127.0.0.1:0".to_string();
-    cfg
+    support::config_of(&format!("{DEVICES}\n{rules}"), dir)
 }
 
 /// A hub on the real store with data in `dir`.
@@ -187,6 +183,3 @@ pub fn client() -> reqwest::Client {
 pub fn bearer(app: &str, secret: &str) -> String {
     format!("Bearer {app}:{secret}")
 }
-
-/// Keeps a shared value alive (silences unused warnings in files that do not need it).
-pub fn keep<T>(_: &Arc<T>) {}

@@ -157,7 +157,12 @@ pub struct TestHub<S: SeriesStore> {
 
 /// The test configuration with its data directory.
 pub fn config(data_dir: &Path) -> HubConfig {
-    let mut cfg = HubConfig::from_toml(CONFIG).unwrap();
+    config_of(CONFIG, data_dir)
+}
+
+/// A config from TOML text with its data directory and the HTTP API on a free loopback port.
+pub fn config_of(toml: &str, data_dir: &Path) -> HubConfig {
+    let mut cfg = HubConfig::from_toml(toml).expect("test config parses");
     cfg.hub.data_dir = data_dir.to_path_buf();
     cfg.hub.http_listen = "127.0.0.1:0".to_string();
     cfg
