@@ -49,9 +49,9 @@ pub enum AgentError {
     /// The metrics listener.
     #[error("metrics_listen {addr}: {source}")]
     Metrics {
-        /// The address.
+        /// The address as configured.
         addr: String,
-        /// Why.
+        /// The operating system\'s error.
         source: std::io::Error,
     },
 }

@@ -45,7 +45,7 @@ pub enum ProvisionError {
     Unreachable {
         /// Hub URL.
         hub: String,
-        /// Why.
+        /// What is wrong, for the technician.
         reason: String,
     },
     /// Bad input.
@@ -56,7 +56,7 @@ pub enum ProvisionError {
     Write {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The operating system\'s error.
         source: std::io::Error,
     },
 }

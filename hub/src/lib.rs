@@ -78,9 +78,9 @@ pub enum StartError {
     /// The HTTP listener could not be bound.
     #[error("HTTP listener {addr}: {source}")]
     Http {
-        /// The address.
+        /// The address as configured.
         addr: String,
-        /// Why.
+        /// The operating system\'s error.
         source: std::io::Error,
     },
 }

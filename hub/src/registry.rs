@@ -57,7 +57,7 @@ pub struct Device {
     pub idx: DeviceIdx,
     /// Its id.
     pub id: Arc<str>,
-    /// Its kind.
+    /// Its device kind (`streetlight`, `water_level`, `camera`, ...).
     pub kind: Arc<str>,
     /// The agent speaking for it, if any.
     pub agent: Option<AgentIdx>,

@@ -72,7 +72,7 @@ pub struct FeedValue {
 pub struct Feed {
     /// The device.
     pub device: String,
-    /// Its kind.
+    /// Its device kind (`streetlight`, `water_level`, `camera`, ...).
     pub kind: String,
     /// Its owning department.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,7 +112,7 @@ fn is_good(q: &Quality) -> bool {
 pub struct Twin {
     /// The device.
     pub device: String,
-    /// Its kind.
+    /// Its device kind (`streetlight`, `water_level`, `camera`, ...).
     pub kind: String,
     /// Grows by one with every change of the document.
     pub version: u64,

@@ -94,7 +94,7 @@ impl RejectReason {
 pub struct Rejected {
     /// JSON path of the part, e.g. `[1].values.turbidity`.
     pub path: String,
-    /// Why.
+    /// Why the part was rejected (its `label()` names the dead letter).
     pub reason: RejectReason,
     /// The rejected JSON, re-serialized.
     pub part: String,

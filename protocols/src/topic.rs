@@ -125,7 +125,7 @@ pub enum TopicError {
     BadId {
         /// The level.
         level: String,
-        /// Why.
+        /// What is wrong with the id.
         reason: crate::id::IdError,
     },
 }

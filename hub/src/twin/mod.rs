@@ -246,8 +246,8 @@ pub enum DesiredError {
     BadValue {
         /// The quantity.
         quantity: &'static str,
-        /// Why.
-        detail: &'static str,
+        /// What is wrong with the value.
+        detail: &\'static str,
     },
     /// The desired state changed after the version the writer saw.
     #[error(

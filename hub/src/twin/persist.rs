@@ -30,7 +30,7 @@ pub enum PersistError {
     Io {
         /// The file.
         path: String,
-        /// Why.
+        /// The operating system\'s error.
         source: std::io::Error,
     },
     /// redb refused.

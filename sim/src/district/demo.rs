@@ -86,7 +86,7 @@ pub enum DemoError {
         what: &'static str,
         /// The port.
         port: u16,
-        /// The address.
+        /// The address as configured.
         addr: String,
         /// The flag that changes it.
         flag: &'static str,
@@ -96,7 +96,7 @@ pub enum DemoError {
     DataDir {
         /// The directory.
         path: PathBuf,
-        /// Why.
+        /// The operating system\'s error.
         source: std::io::Error,
     },
     /// Secrets.

@@ -97,7 +97,7 @@ pub enum ProvisionError {
     Write {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The operating system\'s error.
         source: std::io::Error,
     },
     /// Serializing failed (a bug).
@@ -105,7 +105,7 @@ pub enum ProvisionError {
     Serialize {
         /// Which file.
         what: String,
-        /// Why.
+        /// What is wrong, in one line.
         detail: String,
     },
     /// The hub or an agent refused its written config (a bug in the layout); the error

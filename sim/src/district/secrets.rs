@@ -22,7 +22,7 @@ pub enum SecretsError {
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The operating system\'s error.
         source: std::io::Error,
     },
     /// The file is not a table of strings.

@@ -43,7 +43,7 @@ use stats::{CounterSnapshot, Counters, Histogram, SendTimes};
 pub struct ProbeSpec {
     /// Feeds (hub) or relayed batches (plain broker).
     pub kind: ProbeKind,
-    /// Its client id.
+    /// The MQTT client id it connects with.
     pub client_id: String,
     /// User name and password, if the broker wants them.
     pub credentials: Option<(String, String)>,

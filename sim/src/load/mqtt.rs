@@ -43,7 +43,7 @@ pub struct Publish {
     pub pid: u16,
     /// Topic name, as raw bytes (UTF-8 checked by the caller when needed).
     pub topic: Bytes,
-    /// Payload.
+    /// The message body as sent.
     pub payload: Bytes,
 }
 
