@@ -247,7 +247,7 @@ pub enum DesiredError {
         /// The quantity.
         quantity: &'static str,
         /// What is wrong with the value.
-        detail: &\'static str,
+        detail: &'static str,
     },
     /// The desired state changed after the version the writer saw.
     #[error(
