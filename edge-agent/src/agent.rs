@@ -51,7 +51,7 @@ pub enum AgentError {
     Metrics {
         /// The address as configured.
         addr: String,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
 }

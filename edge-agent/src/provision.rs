@@ -56,7 +56,7 @@ pub enum ProvisionError {
     Write {
         /// The file.
         path: PathBuf,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
 }

@@ -141,7 +141,7 @@ pub enum QueueError {
     Dir {
         /// The directory.
         path: PathBuf,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The database is held by another process (a second agent on the same data_dir).

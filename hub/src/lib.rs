@@ -80,7 +80,7 @@ pub enum StartError {
     Http {
         /// The address as configured.
         addr: String,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
 }

@@ -53,7 +53,7 @@ impl LiveKind {
 /// One live update.
 #[derive(Clone, Debug)]
 pub struct LiveUpdate {
-    /// Feed, twin, alert or camera event: the stream\'s event name.
+    /// Feed, twin, alert or camera event: the stream's event name.
     pub kind: LiveKind,
     /// The MQTT topic it was published on (grants are checked against it).
     pub topic: Arc<str>,

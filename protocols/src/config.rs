@@ -53,7 +53,7 @@ pub enum LoadError {
     Io {
         /// The file.
         path: std::path::PathBuf,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The file is invalid.

@@ -63,7 +63,7 @@ pub enum UpdateError {
     Io {
         /// Where.
         path: PathBuf,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The new version failed its health check and the previous one is current again.

@@ -18,7 +18,7 @@ pub enum AlertStoreError {
     Io {
         /// The directory.
         path: String,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// redb refused.

@@ -30,7 +30,7 @@ pub enum PersistError {
     Io {
         /// The file.
         path: String,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// redb refused.

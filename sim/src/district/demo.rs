@@ -96,7 +96,7 @@ pub enum DemoError {
     DataDir {
         /// The directory.
         path: PathBuf,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// Secrets.

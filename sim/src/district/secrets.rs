@@ -22,7 +22,7 @@ pub enum SecretsError {
     Io {
         /// The file.
         path: PathBuf,
-        /// The operating system\'s error.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The file is not a table of strings.
