@@ -1,14 +1,16 @@
 //! An embeddable MQTT broker (MQTT 3.1.1 and 5), the hub's ingress.
 //!
 //! Every client is authenticated through an [`Authenticator`]; every publish and subscribe is
-//! checked with [`Principal::may_publish`](protocols::access::Principal::may_publish) / [`Principal::may_subscribe`](protocols::access::Principal::may_subscribe); authorized publishes
-//! go to the pipeline as [`IngressEvent::Message`] and a QoS 1/2 publish is acknowledged only
-//! when the pipeline answers its `done` (in order of receipt, with many in flight). The
-//! [`BrokerHandle`] routes the hub's own messages to subscribers as a [`Publisher`].
+//! checked by an [`AccessPolicy`] (the hub's is [`ContractAccess`], the rules of
+//! `protocols::access`); authorized publishes go to the pipeline as [`IngressEvent::Message`]
+//! and a QoS 1/2 publish is acknowledged only when the pipeline answers its `done` (in order
+//! of receipt, with many in flight). The [`BrokerHandle`] routes the hub's own messages to
+//! subscribers as a [`Publisher`]. Why the hub embeds its own broker, and what it measured:
+//! `docs/decisions/0003-mqtt-ingress.md`.
 //!
 //! ```no_run
-//! # async fn f<A: crate::ingress::Authenticator>(auth: A) -> Result<(), Box<dyn std::error::Error>> {
-//! use crate::{Broker, BrokerConfig};
+//! # async fn f<A: mqtt_broker::ingress::Authenticator>(auth: A) -> Result<(), Box<dyn std::error::Error>> {
+//! use mqtt_broker::{Broker, BrokerConfig};
 //! let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
 //! let config = BrokerConfig::new(vec!["0.0.0.0:1883".parse()?, "[::]:1883".parse()?]);
 //! let broker = Broker::start(config, auth, tx).await?;
@@ -16,6 +18,38 @@
 //! broker.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Layout
+//!
+//! - `lib.rs` (here): [`BrokerConfig`], [`Broker::start`], the listeners and accept loop, and
+//!   [`BrokerHandle`] (the hub's [`Publisher`], metrics, shutdown).
+//! - [`ingress`]: the seam between any ingress and the application: [`IngressEvent`]s in
+//!   ([`Inbound`](ingress::Inbound) messages with their `done`, refusals, connects and
+//!   disconnects), the [`Disposition`](ingress::Disposition) the application answers, the
+//!   [`Publisher`] out and the [`Authenticator`] it provides. The application depends on this
+//!   module only, never on the broker's inside.
+//! - `access.rs`: the [`AccessPolicy`] asked on every PUBLISH, SUBSCRIBE and will;
+//!   [`ContractAccess`] and the client id rule [`client_id_allowed`].
+//! - `router.rs`: the subscription trie (`+`, `#`, `$share/group/`), retained messages, and
+//!   routing a message into the outbox of each matching session without waiting for any.
+//! - `session.rs`: what a persistent session keeps between connections (queued and in-flight
+//!   deliveries with their packet ids, QoS 2 ids received), I/O-free and unit-tested.
+//! - `registry.rs`: client id -> session: takeover of a live connection, resume, detach and
+//!   expiry.
+//! - `connection/`: one task pair per client.
+//!   - `mod.rs`: wires the pieces below and cleans up after a connection (will, detach).
+//!   - `admission.rs`: CONNECT: protocol level, authentication, client id, will, refusals.
+//!   - `reader.rs`: reads packets and dispatches them (publish, subscribe, acknowledgements).
+//!   - `writer.rs`: gathers acknowledgements, control packets and deliveries into few writes;
+//!     disconnects stuck subscribers.
+//!   - `state.rs`: the connection's protocol state without I/O (what CONNECT settled, topic
+//!     aliases, keep alive, session expiry, the in-order acknowledgement queue), unit-tested.
+//! - [`codec`]: the MQTT 3.1.1/5 wire format, server side: types in `mod.rs`, `decode.rs`,
+//!   `encode.rs`, and the primitives in `wire.rs`. Fuzzed by `fuzz/fuzz_targets/mqtt_codec.rs`.
+//! - [`metrics`]: the counters and gauges, rendered as Prometheus text.
+//!
+//! Dependencies run one way: `connection` uses `registry`, `session`, `router` and `codec`;
+//! `router` and `session` know nothing of sockets; `codec` knows nothing of the rest.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

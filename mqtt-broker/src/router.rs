@@ -21,9 +21,9 @@ use crate::session::Session;
 /// A message as routed; one allocation shared by every delivery of it.
 #[derive(Debug)]
 pub(crate) struct Message {
-    /// Topic name.
+    /// Topic name (aliases already resolved).
     pub topic: Arc<str>,
-    /// Payload.
+    /// Application payload, shared by every delivery.
     pub payload: Bytes,
     /// MQTT 5 properties that travel with it (encoded).
     pub properties: Bytes,
@@ -55,7 +55,7 @@ impl Message {
 /// One message on its way to one session.
 #[derive(Clone, Debug)]
 pub(crate) struct Delivery {
-    /// The message.
+    /// The message, shared with the other deliveries of it.
     pub msg: Arc<Message>,
     /// QoS it is delivered with: min(published, granted).
     pub qos: u8,

@@ -26,7 +26,7 @@ use crate::router::Delivery;
 /// A QoS 1/2 message sent to a client and not yet acknowledged.
 #[derive(Debug)]
 pub(crate) struct Inflight {
-    /// Packet identifier.
+    /// Packet identifier, unique among the session's messages in flight.
     pub pid: u16,
     /// What was sent.
     pub delivery: Delivery,
@@ -225,11 +225,11 @@ impl Qos2Inbound {
 /// the client asked for a persistent session.
 #[derive(Debug)]
 pub(crate) struct Session {
-    /// Client id.
+    /// The client id the session belongs to (its key in the registry).
     pub client_id: Arc<str>,
     /// Who owns it; a new connection resumes it only as the same principal.
     pub principal: Arc<Principal>,
-    /// Outbound state.
+    /// Deliveries queued and in flight to the client.
     pub outbox: Mutex<Outbox>,
     /// Wakes the connection's writer when the outbox changes.
     pub wake: Notify,

@@ -21,9 +21,9 @@ pub enum AckKind {
 /// How a delivered PUBLISH looks on the wire.
 #[derive(Clone, Copy, Debug)]
 pub struct OutPublish<'a> {
-    /// Topic.
+    /// Topic name (never an alias: server-to-client aliases are not used).
     pub topic: &'a str,
-    /// Payload.
+    /// Application payload.
     pub payload: &'a [u8],
     /// MQTT 5 properties to forward (encoded).
     pub properties: &'a [u8],
@@ -31,7 +31,7 @@ pub struct OutPublish<'a> {
     pub qos: u8,
     /// Retain flag as delivered.
     pub retain: bool,
-    /// Redelivery.
+    /// DUP flag: a resend after reconnection (ignored for QoS 0).
     pub dup: bool,
     /// Packet identifier (QoS > 0).
     pub pid: u16,

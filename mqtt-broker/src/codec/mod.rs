@@ -6,9 +6,10 @@
 //! truncated packet is an error, never a panic. Encoding appends to a write buffer so that a
 //! connection gathers many packets into one write.
 //!
-//! - [`decode`](decode()): the fixed header, then one function per packet a client sends;
-//! - [`encode`](mod@encode): the packets a broker sends, appended to a write buffer;
-//! - `wire`: the primitives both use (variable byte integers, length-prefixed strings, the
+//! - `decode.rs` ([`decode()`]): the fixed header, then one function per packet a client sends;
+//! - `encode.rs` ([`OutPublish`], `encode_*`): the packets a broker sends, appended to a write
+//!   buffer;
+//! - `wire.rs`: the primitives both use (variable byte integers, length-prefixed strings, the
 //!   MQTT 5 property identifiers and the bounds-checked cursor that reads properties).
 
 mod decode;
@@ -43,9 +44,9 @@ pub enum DecodeError {
     /// The packet is larger than the configured maximum.
     #[error("packet of {size} bytes exceeds the maximum of {max}")]
     TooLarge {
-        /// Announced size.
+        /// Size announced by the fixed header, bytes.
         size: usize,
-        /// The limit.
+        /// The configured maximum, bytes.
         max: usize,
     },
     /// A packet type a client never sends, or a reserved one.
@@ -184,9 +185,9 @@ const AUTH: u8 = 15;
 /// A packet sent by a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet {
-    /// CONNECT.
+    /// CONNECT: the first packet of every connection, and only the first.
     Connect(Box<Connect>),
-    /// PUBLISH.
+    /// PUBLISH from the client, to authorize, route and hand to the pipeline.
     Publish(Publish),
     /// PUBACK for a message the broker sent.
     PubAck(u16),
@@ -196,11 +197,11 @@ pub enum Packet {
     PubRel(u16),
     /// PUBCOMP for a QoS 2 message the broker sent.
     PubComp(u16),
-    /// SUBSCRIBE.
+    /// SUBSCRIBE, answered with one SUBACK code per filter.
     Subscribe(Subscribe),
-    /// UNSUBSCRIBE.
+    /// UNSUBSCRIBE, answered with UNSUBACK.
     Unsubscribe(Unsubscribe),
-    /// PINGREQ.
+    /// PINGREQ: keep alive traffic, answered with PINGRESP.
     PingReq,
     /// DISCONNECT, with its reason code and (MQTT 5) a new session expiry interval.
     Disconnect {
@@ -224,9 +225,9 @@ pub struct Connect {
     pub keep_alive: u16,
     /// Client identifier (may be empty).
     pub client_id: String,
-    /// User name.
+    /// User name: the device, agent or app id the client authenticates as.
     pub username: Option<String>,
-    /// Password.
+    /// Password: the secret checked by the [`crate::ingress::Authenticator`].
     pub password: Option<Bytes>,
     /// Last will.
     pub will: Option<Will>,
@@ -245,13 +246,13 @@ pub struct Connect {
 /// A last will.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Will {
-    /// Topic.
+    /// Topic the will is published on (checked against the access policy at CONNECT).
     pub topic: String,
-    /// Payload.
+    /// Payload of the will message.
     pub payload: Bytes,
-    /// QoS.
+    /// QoS the will is published with.
     pub qos: u8,
-    /// Retain.
+    /// Whether the will becomes the topic's retained message.
     pub retain: bool,
     /// Forwardable MQTT 5 properties (encoded).
     pub properties: Bytes,
@@ -279,7 +280,7 @@ pub struct Publish {
     /// MQTT 5 properties that travel with the message to subscribers unchanged (encoded,
     /// without the length prefix).
     pub properties: Bytes,
-    /// Payload.
+    /// Application payload, shared with the read buffer (zero-copy).
     pub payload: Bytes,
 }
 
@@ -299,7 +300,7 @@ pub struct SubOptions {
 /// A SUBSCRIBE packet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Subscribe {
-    /// Packet identifier.
+    /// Packet identifier, echoed in the SUBACK.
     pub pid: u16,
     /// MQTT 5 subscription identifier.
     pub subscription_id: Option<u32>,
@@ -310,8 +311,8 @@ pub struct Subscribe {
 /// An UNSUBSCRIBE packet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Unsubscribe {
-    /// Packet identifier.
+    /// Packet identifier, echoed in the UNSUBACK.
     pub pid: u16,
-    /// Filters.
+    /// Filters to remove, as subscribed (`$share/...` included).
     pub filters: Vec<String>,
 }
