@@ -26,16 +26,23 @@ use crate::session::{Qos2Arrival, Session};
 
 /// The reading side of a connection.
 pub(super) struct Reader {
+    /// The broker's shared state (config, access policy, router, pipeline channel).
     pub core: Arc<Core>,
+    /// How packets are decoded and answered.
     pub protocol: Protocol,
+    /// The session subscriptions and acknowledgements apply to.
     pub session: Arc<Session>,
+    /// Who the client authenticated as; every publish and subscribe is checked for it.
     pub principal: Arc<Principal>,
+    /// The connection's client id.
     pub client_id: Arc<str>,
     /// To the writer.
     pub control: mpsc::Sender<Control>,
     /// The receive maximum: one permit per QoS 1/2 publish not yet acknowledged.
     pub permits: Arc<Semaphore>,
+    /// Topic aliases, session expiry, keep alive.
     pub state: InboundState,
+    /// Set when the connection must close (takeover, shutdown).
     pub kick: watch::Receiver<Option<u8>>,
 }
 

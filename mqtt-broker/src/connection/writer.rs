@@ -38,20 +38,27 @@ pub(super) enum Control {
 
 /// The writing side of a connection.
 pub(super) struct Writer {
+    /// The broker's shared state (config, metrics).
     pub core: Arc<Core>,
+    /// The session whose outbox this connection drains.
     pub session: Arc<Session>,
+    /// How packets are encoded.
     pub protocol: Protocol,
     /// This connection's generation; the outbox is drained only while it owns it.
     pub generation: u64,
+    /// The socket's write half, owned here alone.
     pub wr: OwnedWriteHalf,
     /// What is gathered for the next write (starts with the CONNACK).
     pub buf: BytesMut,
+    /// From the reader.
     pub control: mpsc::Receiver<Control>,
+    /// Acknowledgements of inbound publishes, in receipt order.
     pub acks: AckQueue,
     /// QoS 1/2 deliveries that may be in flight.
     pub window: usize,
     /// Largest packet the client accepts; larger deliveries are dropped (counted).
     pub client_max: usize,
+    /// Set when the connection must close (takeover, shutdown).
     pub kick: watch::Receiver<Option<u8>>,
     /// Finish writing what is gathered, then close.
     pub closing: bool,
