@@ -29,9 +29,9 @@ pub struct Inbound {
     pub principal: Arc<Principal>,
     /// The MQTT client id (an app may connect as `ID.suffix`).
     pub client_id: Arc<str>,
-    /// The topic name.
+    /// The topic name (aliases already resolved).
     pub topic: String,
-    /// The payload.
+    /// The application payload, as the client sent it.
     pub payload: Bytes,
     /// Hub time of arrival, epoch milliseconds.
     pub received_ms: i64,
@@ -62,23 +62,23 @@ pub enum IngressEvent {
         principal: Arc<Principal>,
         /// The topic or filter.
         topic: String,
-        /// Why.
+        /// The access policy's reason, for the dead letter.
         reason: String,
         /// The payload of a refused publish (empty for subscribes).
         payload: Bytes,
     },
     /// A client connected (after authentication).
     Connected {
-        /// Who.
+        /// Who authenticated.
         principal: Arc<Principal>,
-        /// Its client id.
+        /// The client id it connected with (assigned when it sent none).
         client_id: Arc<str>,
     },
     /// A client's connection ended.
     Disconnected {
-        /// Who.
+        /// Who was connected.
         principal: Arc<Principal>,
-        /// Its client id.
+        /// The client id of the connection that ended.
         client_id: Arc<str>,
         /// Whether it said DISCONNECT (no will) rather than dropping.
         graceful: bool,
@@ -88,9 +88,9 @@ pub enum IngressEvent {
 /// A message the hub sends to clients.
 #[derive(Clone, Debug)]
 pub struct Outbound {
-    /// Topic name.
+    /// Topic name (a contract topic: feeds, twins, alerts, commands).
     pub topic: String,
-    /// Payload.
+    /// Application payload.
     pub payload: Bytes,
     /// Keep as the topic's retained message (an empty payload clears it).
     pub retain: bool,

@@ -1,14 +1,16 @@
 //! An embeddable MQTT broker (MQTT 3.1.1 and 5), the hub's ingress.
 //!
 //! Every client is authenticated through an [`Authenticator`]; every publish and subscribe is
-//! checked with [`Principal::may_publish`] / [`Principal::may_subscribe`]; authorized publishes
-//! go to the pipeline as [`IngressEvent::Message`] and a QoS 1/2 publish is acknowledged only
-//! when the pipeline answers its `done` (in order of receipt, with many in flight). The
-//! [`BrokerHandle`] routes the hub's own messages to subscribers as a [`Publisher`].
+//! checked by an [`AccessPolicy`] (the hub's is [`ContractAccess`], the rules of
+//! `protocols::access`); authorized publishes go to the pipeline as [`IngressEvent::Message`]
+//! and a QoS 1/2 publish is acknowledged only when the pipeline answers its `done` (in order
+//! of receipt, with many in flight). The [`BrokerHandle`] routes the hub's own messages to
+//! subscribers as a [`Publisher`]. Why the hub embeds its own broker, and what it measured:
+//! `docs/decisions/0003-mqtt-ingress.md`.
 //!
 //! ```no_run
-//! # async fn f<A: crate::ingress::Authenticator>(auth: A) -> Result<(), Box<dyn std::error::Error>> {
-//! use crate::{Broker, BrokerConfig};
+//! # async fn f<A: mqtt_broker::ingress::Authenticator>(auth: A) -> Result<(), Box<dyn std::error::Error>> {
+//! use mqtt_broker::{Broker, BrokerConfig};
 //! let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
 //! let config = BrokerConfig::new(vec!["0.0.0.0:1883".parse()?, "[::]:1883".parse()?]);
 //! let broker = Broker::start(config, auth, tx).await?;
@@ -16,6 +18,38 @@
 //! broker.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Layout
+//!
+//! - `lib.rs` (here): [`BrokerConfig`], [`Broker::start`], the listeners and accept loop, and
+//!   [`BrokerHandle`] (the hub's [`Publisher`], metrics, shutdown).
+//! - [`ingress`]: the seam between any ingress and the application: [`IngressEvent`]s in
+//!   ([`Inbound`](ingress::Inbound) messages with their `done`, refusals, connects and
+//!   disconnects), the [`Disposition`](ingress::Disposition) the application answers, the
+//!   [`Publisher`] out and the [`Authenticator`] it provides. The application depends on this
+//!   module only, never on the broker's inside.
+//! - `access.rs`: the [`AccessPolicy`] asked on every PUBLISH, SUBSCRIBE and will;
+//!   [`ContractAccess`] and the client id rule [`client_id_allowed`].
+//! - `router.rs`: the subscription trie (`+`, `#`, `$share/group/`), retained messages, and
+//!   routing a message into the outbox of each matching session without waiting for any.
+//! - `session.rs`: what a persistent session keeps between connections (queued and in-flight
+//!   deliveries with their packet ids, QoS 2 ids received), I/O-free and unit-tested.
+//! - `registry.rs`: client id -> session: takeover of a live connection, resume, detach and
+//!   expiry.
+//! - `connection/`: one task pair per client.
+//!   - `mod.rs`: wires the pieces below and cleans up after a connection (will, detach).
+//!   - `admission.rs`: CONNECT: protocol level, authentication, client id, will, refusals.
+//!   - `reader.rs`: reads packets and dispatches them (publish, subscribe, acknowledgements).
+//!   - `writer.rs`: gathers acknowledgements, control packets and deliveries into few writes;
+//!     disconnects stuck subscribers.
+//!   - `state.rs`: the connection's protocol state without I/O (what CONNECT settled, topic
+//!     aliases, keep alive, session expiry, the in-order acknowledgement queue), unit-tested.
+//! - [`codec`]: the MQTT 3.1.1/5 wire format, server side: types in `mod.rs`, `decode.rs`,
+//!   `encode.rs`, and the primitives in `wire.rs`. Fuzzed by `fuzz/fuzz_targets/mqtt_codec.rs`.
+//! - [`metrics`]: the counters and gauges, rendered as Prometheus text.
+//!
+//! Dependencies run one way: `connection` uses `registry`, `session`, `router` and `codec`;
+//! `router` and `session` know nothing of sockets; `codec` knows nothing of the rest.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,21 +58,25 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use protocols::access::Principal;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::ingress::{Authenticator, IngressEvent, Outbound, Publisher};
 
+mod access;
 pub mod codec;
 mod connection;
 pub mod ingress;
 pub mod metrics;
+mod registry;
 mod router;
+mod session;
 
+pub use access::{AccessPolicy, ContractAccess, client_id_allowed};
 pub use metrics::{Metrics, RefuseReason};
-use router::{Message, Router, Session};
+use registry::Slot;
+use router::{Message, Router};
 
 /// How the broker runs. [`BrokerConfig::new`] gives the defaults for a list of addresses.
 #[derive(Clone, Debug)]
@@ -93,7 +131,7 @@ pub enum BrokerError {
     /// An address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
+        /// The address that could not be bound.
         addr: SocketAddr,
         /// The OS error.
         source: std::io::Error,
@@ -103,63 +141,27 @@ pub enum BrokerError {
     NoListener,
 }
 
-/// Decides what an authenticated client may publish and subscribe. The hub uses
-/// [`ContractAccess`] (the rules of `protocols::access`, via [`Broker::start`]); another policy
-/// exists only for protocol conformance runs against test suites whose topics are not the
-/// contract's ([`Broker::start_with_access`]).
-pub trait AccessPolicy: Send + Sync + 'static {
-    /// Whether `who` may publish on `topic`; Err carries the reason.
-    fn may_publish(&self, who: &Principal, topic: &str) -> Result<(), String>;
-    /// Whether `who` may subscribe to `filter` (without `$share/group/`); Err carries the
-    /// reason.
-    fn may_subscribe(&self, who: &Principal, filter: &str) -> Result<(), String>;
-}
-
-/// The contract's rules: [`Principal::may_publish`] and [`Principal::may_subscribe`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ContractAccess;
-
-impl AccessPolicy for ContractAccess {
-    fn may_publish(&self, who: &Principal, topic: &str) -> Result<(), String> {
-        who.may_publish(topic).map_err(|e| e.to_string())
-    }
-    fn may_subscribe(&self, who: &Principal, filter: &str) -> Result<(), String> {
-        who.may_subscribe(filter).map_err(|e| e.to_string())
-    }
-}
-
-/// A live connection as the session registry sees it.
-#[derive(Debug)]
-pub(crate) struct ConnLink {
-    /// Connection generation (unique per accepted CONNECT).
-    pub generation: u64,
-    /// Asks the connection to close, with an MQTT 5 reason code.
-    pub kick: watch::Sender<Option<u8>>,
-    /// Becomes true when the connection has finished (will published, session detached).
-    pub finished: watch::Receiver<bool>,
-}
-
-/// A session in the registry.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub session: Arc<Session>,
-    pub conn: Option<ConnLink>,
-    /// Generation of the connection that last held the session.
-    pub generation: u64,
-}
-
 /// State shared by the listeners, connections and the handle.
 pub(crate) struct Core {
+    /// The configuration the broker started with.
     pub config: BrokerConfig,
+    /// Who may publish and subscribe what.
     pub access: Box<dyn AccessPolicy>,
+    /// Subscriptions and retained messages.
     pub router: Router,
+    /// Counters and gauges.
     pub metrics: Arc<Metrics>,
+    /// The bounded hand-off to the application (full: connections stop reading).
     pub events: mpsc::Sender<IngressEvent>,
+    /// The session registry (see [`registry`]).
     pub sessions: Mutex<HashMap<Arc<str>, Slot>>,
+    /// Becomes true when the broker shuts down.
     pub shutdown: watch::Sender<bool>,
+    /// Source of connection generations and of assigned client id suffixes.
     pub generation: AtomicU64,
     /// Connection tasks alive (any phase), for a clean shutdown.
     pub live: AtomicUsize,
+    /// Notified when `live` drops to zero.
     pub live_changed: Notify,
 }
 
@@ -179,22 +181,6 @@ impl Core {
             self.router.retain(msg);
         }
         self.router.route(msg);
-    }
-
-    /// Removes a session that ended (clean) or expired, unless a newer connection holds it.
-    pub fn end_session(&self, client_id: &Arc<str>, generation: u64) {
-        let mut sessions = self.sessions.lock();
-        let Some(slot) = sessions.get(client_id) else {
-            return;
-        };
-        if slot.generation != generation || slot.conn.is_some() {
-            return;
-        }
-        if let Some(slot) = sessions.remove(client_id) {
-            drop(sessions);
-            self.router.remove_session(&slot.session);
-            self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -392,42 +378,5 @@ impl Publisher for BrokerHandle {
             expires_at: None,
         });
         self.core.publish(&m);
-    }
-}
-
-/// Whether `client_id` may be used by `principal`: devices and agents connect with their id,
-/// apps with their id or `ID.suffix`.
-pub fn client_id_allowed(principal: &Principal, client_id: &str) -> bool {
-    match principal {
-        Principal::Device(id) | Principal::Agent(id) => client_id == id,
-        Principal::App { id, .. } => {
-            client_id == id
-                || client_id
-                    .strip_prefix(id.as_str())
-                    .and_then(|r| r.strip_prefix('.'))
-                    .is_some_and(|suffix| !suffix.is_empty())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_id_rules() {
-        let d = Principal::Device("WL-1".into());
-        assert!(client_id_allowed(&d, "WL-1"));
-        assert!(!client_id_allowed(&d, "WL-1.x"));
-        assert!(!client_id_allowed(&d, "WL-2"));
-        let a = Principal::App {
-            id: "cc".into(),
-            grants: vec![],
-        };
-        assert!(client_id_allowed(&a, "cc"));
-        assert!(client_id_allowed(&a, "cc.dash-1"));
-        assert!(!client_id_allowed(&a, "cc."));
-        assert!(!client_id_allowed(&a, "ccx"));
-        assert!(!client_id_allowed(&a, "other"));
     }
 }

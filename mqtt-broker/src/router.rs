@@ -5,26 +5,25 @@
 //! lock and only pushes into each session's bounded outbox, so a publisher (a client or the
 //! hub) never waits for a subscriber.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
-use protocols::access::Principal;
+use parking_lot::RwLock;
 use protocols::topic::{filter_matches, validate_filter};
-use tokio::sync::Notify;
 
 use crate::codec::SubOptions;
 use crate::metrics::Metrics;
+use crate::session::Session;
 
 /// A message as routed; one allocation shared by every delivery of it.
 #[derive(Debug)]
 pub(crate) struct Message {
-    /// Topic name.
+    /// Topic name (aliases already resolved).
     pub topic: Arc<str>,
-    /// Payload.
+    /// Application payload, shared by every delivery.
     pub payload: Bytes,
     /// MQTT 5 properties that travel with it (encoded).
     pub properties: Bytes,
@@ -56,7 +55,7 @@ impl Message {
 /// One message on its way to one session.
 #[derive(Clone, Debug)]
 pub(crate) struct Delivery {
-    /// The message.
+    /// The message, shared with the other deliveries of it.
     pub msg: Arc<Message>,
     /// QoS it is delivered with: min(published, granted).
     pub qos: u8,
@@ -64,116 +63,6 @@ pub(crate) struct Delivery {
     pub retain: bool,
     /// MQTT 5 subscription identifiers of the matching subscriptions.
     pub subscription_ids: Vec<u32>,
-}
-
-/// A QoS 1/2 message sent to a client and not yet acknowledged.
-#[derive(Debug)]
-pub(crate) struct Inflight {
-    /// Packet identifier.
-    pub pid: u16,
-    /// What was sent.
-    pub delivery: Delivery,
-    /// PUBREC received: waiting for PUBCOMP after our PUBREL.
-    pub released: bool,
-    /// When it was (last) sent.
-    pub sent_at: Instant,
-}
-
-/// State of a QoS 2 message received from the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Qos2In {
-    /// Handed to the pipeline, PUBREC not yet sent.
-    Pending,
-    /// PUBREC sent, waiting for PUBREL.
-    Received,
-}
-
-/// What waits to be written to a session's client.
-#[derive(Debug, Default)]
-pub(crate) struct Outbox {
-    /// Messages not yet sent, oldest first.
-    pub queue: VecDeque<Delivery>,
-    /// Sent QoS 1/2 messages not yet acknowledged, oldest first.
-    pub inflight: VecDeque<Inflight>,
-    /// Whether a connection serves the session (offline sessions queue only QoS > 0).
-    pub online: bool,
-    /// The connection generation allowed to drain the outbox.
-    pub owner: u64,
-    next_pid: u16,
-}
-
-impl Outbox {
-    /// A packet identifier not in flight.
-    pub fn next_pid(&mut self) -> u16 {
-        loop {
-            self.next_pid = self.next_pid.wrapping_add(1);
-            if self.next_pid == 0 {
-                continue;
-            }
-            let pid = self.next_pid;
-            if !self.inflight.iter().any(|i| i.pid == pid) {
-                return pid;
-            }
-        }
-    }
-
-    /// Removes and returns the in-flight message with this packet id.
-    pub fn take_inflight(&mut self, pid: u16) -> Option<Inflight> {
-        let i = self.inflight.iter().position(|m| m.pid == pid)?;
-        self.inflight.remove(i)
-    }
-}
-
-/// A client's session: its subscriptions, outbox and QoS 2 state. Outlives connections when
-/// the client asked for a persistent session.
-#[derive(Debug)]
-pub(crate) struct Session {
-    /// Client id.
-    pub client_id: Arc<str>,
-    /// Who owns it.
-    pub principal: Arc<Principal>,
-    /// Outbound state.
-    pub outbox: Mutex<Outbox>,
-    /// Wakes the connection's writer when the outbox changes.
-    pub wake: Notify,
-    /// The session's subscription filters as the client wrote them (`$share/...` included).
-    pub filters: Mutex<HashMap<String, ()>>,
-    /// QoS 2 packet ids received from the client and not yet released.
-    pub qos2_in: Mutex<HashMap<u16, Qos2In>>,
-}
-
-impl Session {
-    /// A new, empty session.
-    pub fn new(client_id: Arc<str>, principal: Arc<Principal>) -> Session {
-        Session {
-            client_id,
-            principal,
-            outbox: Mutex::new(Outbox::default()),
-            wake: Notify::new(),
-            filters: Mutex::new(HashMap::new()),
-            qos2_in: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Queues a delivery unless the outbox is full (then it is dropped and counted). Offline
-    /// sessions keep only QoS 1/2 messages.
-    pub fn offer(&self, d: Delivery, cap: usize, metrics: &Metrics) {
-        let mut o = self.outbox.lock();
-        if !o.online && d.qos == 0 {
-            return;
-        }
-        if o.queue.len() >= cap {
-            drop(o);
-            metrics.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        o.queue.push_back(d);
-        let online = o.online;
-        drop(o);
-        if online {
-            self.wake.notify_one();
-        }
-    }
 }
 
 /// A subscription in the trie.
@@ -469,6 +358,8 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, s: &Arc<Sess
 
 #[cfg(test)]
 mod tests {
+    use protocols::access::Principal;
+
     use super::*;
 
     fn session(id: &str) -> Arc<Session> {

@@ -1,0 +1,279 @@
+//! One client connection: [`admission`] (CONNECT, authentication, CONNACK), then a
+//! [`reader`] (this task) that decodes, authorizes and hands messages to the pipeline, and a
+//! [`writer`] task that owns the socket's write half and gathers acknowledgements, control
+//! packets and deliveries into few writes. The protocol state both act on, without I/O, is in
+//! [`state`] and [`crate::session`]; this module wires them together and cleans up after the
+//! connection (will, session detach, `Disconnected` event).
+//!
+//! Acknowledgements of QoS 1/2 publishes go through the writer in the order the publishes
+//! arrived; each waits for the pipeline's `done` without stopping the reader, so many
+//! publishes are in flight at once (bounded by the receive maximum).
+
+mod admission;
+mod reader;
+mod state;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use protocols::access::Principal;
+use protocols::time::now_ms;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use self::admission::{Admitted, ConnectFail};
+use self::reader::Reader;
+use self::state::{AckQueue, End, InboundState, Negotiated};
+use self::writer::{Control, Writer};
+use crate::Core;
+use crate::codec::{self, Will, reason};
+use crate::ingress::{Authenticator, Inbound, IngressEvent};
+use crate::registry::{self, ConnLink};
+use crate::router::Message;
+
+/// How long the reader waits for the writer to flush its last bytes.
+const WRITER_LINGER: Duration = Duration::from_secs(2);
+/// How long a closing connection waits for room in the pipeline's channel for its last events.
+const EVENT_WAIT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted TCP connection until it ends.
+pub(super) async fn serve<A: Authenticator>(
+    core: Arc<Core>,
+    auth: Arc<A>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut stop = core.shutdown.subscribe();
+    let max = core.config.max_packet_bytes;
+    let read = admission::read_connect(&mut rd, &mut buf, max, &core);
+    let connect = tokio::select! {
+        _ = crate::stopped(&mut stop) => return,
+        r = tokio::time::timeout(core.config.connect_timeout, read) => r,
+    };
+    let connect = match connect {
+        Err(_) => {
+            tracing::info!(%peer, "MQTT connection closed: no CONNECT in time");
+            return;
+        }
+        Ok(Err(ConnectFail::Closed)) => return,
+        Ok(Err(ConnectFail::Io(e))) => {
+            tracing::debug!(%peer, error = %e, "MQTT connection failed before CONNECT");
+            return;
+        }
+        Ok(Err(ConnectFail::Decode(e))) => {
+            tracing::warn!(%peer, error = %e, "MQTT connection closed: bad CONNECT");
+            admission::reject_bad_connect(&core, &mut wr, &e).await;
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let negotiated = Negotiated::new(&core.config, &connect);
+    match admission::admit(&core, &*auth, *connect, peer).await {
+        Ok(admitted) => run(core, negotiated, admitted, rd, wr, buf, peer).await,
+        Err(refusal) => {
+            refusal
+                .send(&core, &mut wr, negotiated.protocol, peer)
+                .await;
+        }
+    }
+}
+
+/// Runs an admitted connection: attaches it to its session, sends CONNACK, runs the reader
+/// here and the writer beside it, then finishes (DISCONNECT, will, detach, event).
+async fn run(
+    core: Arc<Core>,
+    n: Negotiated,
+    admitted: Admitted,
+    mut rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    peer: SocketAddr,
+) {
+    let Admitted {
+        mut connect,
+        principal,
+        client_id,
+        assigned,
+    } = admitted;
+    let protocol = n.protocol;
+    let generation = core.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    let (kick_tx, kick_rx) = watch::channel(None);
+    let (finished_tx, finished_rx) = watch::channel(false);
+    let link = ConnLink {
+        generation,
+        kick: kick_tx,
+        finished: finished_rx,
+    };
+    let (session, present) = registry::attach(
+        &core,
+        &client_id,
+        &principal,
+        connect.clean_start,
+        generation,
+        Some(link),
+    )
+    .await;
+    core.metrics.connects.fetch_add(1, Ordering::Relaxed);
+    core.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, client = %client_id, role = principal.role(), ?protocol, present, "MQTT client connected");
+
+    let mut first = BytesMut::with_capacity(64);
+    let props = n.connack(&core.config, assigned.then_some(&*client_id));
+    codec::encode_connack(&mut first, protocol, present, reason::SUCCESS, &props);
+
+    let (control_tx, control_rx) = mpsc::channel(1024);
+    let writer = Writer {
+        core: core.clone(),
+        session: session.clone(),
+        protocol,
+        generation,
+        wr,
+        buf: first,
+        control: control_rx,
+        acks: AckQueue::new(protocol, n.problem_info),
+        window: n.window,
+        client_max: n.client_max,
+        kick: kick_rx.clone(),
+        closing: false,
+    };
+    let writer = tokio::spawn(writer.run());
+
+    let will = connect.will.take();
+    let mut reader = Reader {
+        core: core.clone(),
+        protocol,
+        session,
+        principal: principal.clone(),
+        client_id: client_id.clone(),
+        control: control_tx,
+        permits: Arc::new(Semaphore::new(usize::from(core.config.max_inflight_in))),
+        state: InboundState::new(&core.config, &n),
+        kick: kick_rx,
+    };
+    let connected = IngressEvent::Connected {
+        principal: principal.clone(),
+        client_id: client_id.clone(),
+    };
+    let end = match reader.send_event(connected).await {
+        Err(end) => end,
+        Ok(()) => reader.run(&mut rd, buf).await,
+    };
+    match &end {
+        End::Protocol(code, why) => {
+            core.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            if *code == reason::PACKET_TOO_LARGE {
+                core.metrics.oversized.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(%peer, client = %client_id, error = %why, "closing MQTT connection");
+        }
+        End::KeepAlive => {
+            core.metrics
+                .keepalive_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, client = %client_id, "MQTT keepalive expired");
+        }
+        other => {
+            tracing::debug!(%peer, client = %client_id, end = ?other, "MQTT connection ended");
+        }
+    }
+    // Tell the writer how to finish, then let it flush.
+    let expiry = reader.state.session_expiry();
+    let control = reader.control;
+    if let Some(code) = end.disconnect_code() {
+        let _ = control.try_send(Control::Disconnect(code));
+    }
+    drop(control);
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(WRITER_LINGER, writer).await.is_err() {
+        abort.abort();
+    }
+    if protocol == codec::Protocol::V5 && matches!(end, End::Protocol(..)) {
+        // Let the client read our DISCONNECT before the socket goes: its writes in the
+        // meantime would otherwise reset the connection under the reason code.
+        let mut scratch = [0u8; 4096];
+        let _ = tokio::time::timeout(WRITER_LINGER, async {
+            while let Ok(n) = rd.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    let will = will.filter(|_| end.publishes_will());
+    // MQTT 5 will delay: published after min(delay, session expiry) unless a new connection
+    // resumes the session first.
+    let delay = will.as_ref().map_or(0, |w| w.delay.min(expiry));
+    let mut delayed = None;
+    match will {
+        Some(w) if delay == 0 => publish_will(&core, &principal, &client_id, w).await,
+        other => delayed = other,
+    }
+    registry::detach(&core, &client_id, generation, expiry);
+    if let Some(w) = delayed {
+        let (core, principal, client_id) = (core.clone(), principal.clone(), client_id.clone());
+        tokio::spawn(async move {
+            let mut stop = core.shutdown.subscribe();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
+                    if !registry::resumed_since(&core, &client_id, generation) {
+                        publish_will(&core, &principal, &client_id, w).await;
+                    }
+                }
+                _ = crate::stopped(&mut stop) => {}
+            }
+        });
+    }
+    core.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    let disconnected = IngressEvent::Disconnected {
+        principal,
+        client_id,
+        graceful: matches!(end, End::Graceful),
+    };
+    let _ = tokio::time::timeout(EVENT_WAIT, core.events.send(disconnected)).await;
+    finished_tx.send_replace(true);
+}
+
+/// Routes a will and hands it to the pipeline like a QoS 0 publish of its client.
+async fn publish_will(core: &Core, principal: &Arc<Principal>, client_id: &Arc<str>, w: Will) {
+    core.metrics.wills.fetch_add(1, Ordering::Relaxed);
+    let msg = Arc::new(Message {
+        topic: w.topic.as_str().into(),
+        payload: w.payload.clone(),
+        properties: w.properties,
+        qos: w.qos,
+        retain: w.retain,
+        origin: Some(client_id.clone()),
+        expires_at: None,
+    });
+    core.publish(&msg);
+    let ev = IngressEvent::Message(Inbound {
+        principal: principal.clone(),
+        client_id: client_id.clone(),
+        topic: w.topic,
+        payload: w.payload,
+        received_ms: now_ms(),
+        arrived: Instant::now(),
+        done: None,
+    });
+    let _ = tokio::time::timeout(EVENT_WAIT, core.events.send(ev)).await;
+}
+
+/// Waits until the connection is asked to close; returns the MQTT 5 reason code.
+async fn kicked(kick: &mut watch::Receiver<Option<u8>>) -> u8 {
+    match kick.wait_for(|k| k.is_some()).await {
+        Ok(code) => code.unwrap_or(reason::UNSPECIFIED),
+        // The registry dropped the sender: the session is gone.
+        Err(_) => reason::UNSPECIFIED,
+    }
+}
