@@ -175,7 +175,8 @@ pub enum StoreError {
 /// A time-series store as the pipeline and the API use it: the seam a backend implements.
 ///
 /// [`TsStore`] is the embedded implementation; a PostgreSQL one (several hubs, one store of
-/// record) is planned. `tests/conformance/mod.rs` checks the following against any
+/// record) is planned. `tests/conformance/mod.rs` checks the rules below that a test can
+/// observe (dedup, `Recovered` after a crash, query and `latest` semantics) against any
 /// implementation.
 ///
 /// # Writes
