@@ -1,8 +1,10 @@
 //! What the engine's threads share: the redb tables, the heads and pending chunks, the series
 //! registry and the failed flag, all behind [`Shared`].
 //!
-//! Lock order, where two are held: `state` may be taken while holding nothing else; the writer
-//! takes `registry` and `state` one after the other, never nested, and queries do the same.
+//! Locks: no code holds two of `registry`, `state`, `failed` and the syncer's queue at once
+//! (the writer and the queries take `registry`, release it, then take `state`), so there is no
+//! lock order to keep. `db` is read-locked only around beginning a transaction (and counting
+//! chunks in `stats`); `close` write-locks it to drop the database.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
