@@ -2,7 +2,7 @@
 //! point for realistic sensor series (printed as a table), chunk codec speed, and query latency
 //! (raw day, one-minute averages over a day).
 //!
-//! `cargo bench -p hub --bench store`; `STORE_BENCH_CHUNKS=120,240,480,1000` also prints bytes
+//! `cargo bench -p series-store --bench store`; `STORE_BENCH_CHUNKS=120,240,480,1000` also prints bytes
 //! per point for those chunk sizes.
 
 use std::hint::black_box;

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Peer measurement for the store bench: InfluxDB 1.6 (Debian package `influxdb`) bytes/point on
-# exactly the series `cargo bench -p hub --bench store` measures.
+# exactly the series `cargo bench -p series-store --bench store` measures.
 #
-#   STORE_BENCH_CHUNKS=1000 STORE_BENCH_LINE_PROTOCOL=/tmp/sb/data cargo bench -p hub --bench store -- --test
-#   bash hub/benches/store_influx_peer.sh /tmp/sb/data
+#   STORE_BENCH_CHUNKS=1000 STORE_BENCH_LINE_PROTOCOL=/tmp/sb/data cargo bench -p series-store --bench store -- --test
+#   bash series-store/benches/store_influx_peer.sh /tmp/sb/data
 #
 # Runs its own influxd on free loopback ports in a temp dir, writes each file into its own
 # database, waits for the TSM engine to snapshot and fully compact, prints on-disk bytes/point

@@ -33,9 +33,9 @@ pub struct Source {
     pub max_ts: i64,
     /// Wins over lower priorities at equal timestamps.
     pub prio: u64,
-    /// The data.
+    /// The points, decoded or still encoded.
     pub body: Body,
-    /// For error messages.
+    /// Names the source in error messages (which chunk is corrupt).
     pub label: String,
 }
 
@@ -123,7 +123,7 @@ pub struct Bounds {
     pub align: i64,
     /// Bucket width, `None` for raw points.
     pub step: Option<i64>,
-    /// Aggregation.
+    /// Aggregation of each bucket.
     pub agg: Agg,
 }
 

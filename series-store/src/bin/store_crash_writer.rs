@@ -1,4 +1,4 @@
-//! Test helper for the store's crash test (`hub/tests/store_crash.rs`): appends batches to a
+//! Test helper for the store's crash test (`tests/store_crash.rs`): appends batches to a
 //! `TsStore` as fast as it can from several tasks and prints each acknowledged seq, until it is
 //! killed. Usage: `store_crash_writer DIR FIRST_SEQ`.
 
