@@ -30,6 +30,8 @@
 //!   module only, never on the broker's inside.
 //! - `access.rs`: the [`AccessPolicy`] asked on every PUBLISH, SUBSCRIBE and will;
 //!   [`ContractAccess`] and the client id rule [`client_id_allowed`].
+//! - `message.rs`: a routed message and one delivery of it, the types router, sessions and
+//!   connections share.
 //! - `router.rs`: the subscription trie (`+`, `#`, `$share/group/`), retained messages, and
 //!   routing a message into the outbox of each matching session without waiting for any.
 //! - `session.rs`: what a persistent session keeps between connections (queued and in-flight
@@ -68,15 +70,17 @@ mod access;
 pub mod codec;
 mod connection;
 pub mod ingress;
+mod message;
 pub mod metrics;
 mod registry;
 mod router;
 mod session;
 
 pub use access::{AccessPolicy, ContractAccess, client_id_allowed};
+use message::Message;
 pub use metrics::{Metrics, RefuseReason};
 use registry::Slot;
-use router::{Message, Router};
+use router::Router;
 
 /// How the broker runs. [`BrokerConfig::new`] gives the defaults for a list of addresses.
 #[derive(Clone, Debug)]

@@ -8,62 +8,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
-use bytes::Bytes;
 use parking_lot::RwLock;
 use protocols::topic::{filter_matches, validate_filter};
 
 use crate::codec::SubOptions;
+use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::Session;
-
-/// A message as routed; one allocation shared by every delivery of it.
-#[derive(Debug)]
-pub(crate) struct Message {
-    /// Topic name (aliases already resolved).
-    pub topic: Arc<str>,
-    /// Application payload, shared by every delivery.
-    pub payload: Bytes,
-    /// MQTT 5 properties that travel with it (encoded).
-    pub properties: Bytes,
-    /// QoS it was published with.
-    pub qos: u8,
-    /// Retain flag it was published with.
-    pub retain: bool,
-    /// Client id of the publisher (none for the hub), for MQTT 5 no-local.
-    pub origin: Option<Arc<str>>,
-    /// MQTT 5 message expiry: not delivered after this instant.
-    pub expires_at: Option<Instant>,
-}
-
-impl Message {
-    /// The expiry interval left, in whole seconds rounded up; Err once expired.
-    pub fn expiry_left(&self) -> Result<Option<u32>, ()> {
-        let Some(at) = self.expires_at else {
-            return Ok(None);
-        };
-        let left = at.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(());
-        }
-        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-        Ok(Some(secs.min(u64::from(u32::MAX)) as u32))
-    }
-}
-
-/// One message on its way to one session.
-#[derive(Clone, Debug)]
-pub(crate) struct Delivery {
-    /// The message, shared with the other deliveries of it.
-    pub msg: Arc<Message>,
-    /// QoS it is delivered with: min(published, granted).
-    pub qos: u8,
-    /// Retain flag as delivered.
-    pub retain: bool,
-    /// MQTT 5 subscription identifiers of the matching subscriptions.
-    pub subscription_ids: Vec<u32>,
-}
 
 /// A subscription in the trie.
 #[derive(Clone, Debug)]
@@ -358,6 +310,7 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, s: &Arc<Sess
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use protocols::access::Principal;
 
     use super::*;

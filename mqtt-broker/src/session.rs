@@ -20,8 +20,8 @@ use protocols::access::Principal;
 use tokio::sync::Notify;
 
 use crate::codec::reason;
+use crate::message::Delivery;
 use crate::metrics::Metrics;
-use crate::router::Delivery;
 
 /// A QoS 1/2 message sent to a client and not yet acknowledged.
 #[derive(Debug)]
@@ -273,7 +273,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::router::Message;
+    use crate::message::Message;
 
     fn delivery(qos: u8) -> Delivery {
         Delivery {

@@ -34,8 +34,8 @@ use self::writer::{Control, Writer};
 use crate::Core;
 use crate::codec::{self, Will, reason};
 use crate::ingress::{Authenticator, Inbound, IngressEvent};
+use crate::message::Message;
 use crate::registry::{self, ConnLink};
-use crate::router::Message;
 
 /// How long the reader waits for the writer to flush its last bytes.
 const WRITER_LINGER: Duration = Duration::from_secs(2);

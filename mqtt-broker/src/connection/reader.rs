@@ -21,7 +21,8 @@ use super::writer::Control;
 use crate::Core;
 use crate::codec::{self, AckKind, Packet, Protocol, Publish, Subscribe, reason};
 use crate::ingress::{Inbound, IngressEvent};
-use crate::router::{Delivery, Message, split_shared};
+use crate::message::{Delivery, Message};
+use crate::router::split_shared;
 use crate::session::{Qos2Arrival, Session};
 
 /// The reading side of a connection.

@@ -14,40 +14,15 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use protocols::time::now_ms;
-use tokio::sync::{mpsc as amsc, oneshot};
+use tokio::sync::mpsc as amsc;
 
+use super::channels::{CheckpointJob, Job, Request};
 use super::retention::drop_before;
 use super::shared::{
     CHUNKS, HEADS, META, META_GEN, META_WAL_START, ORIGINS, PendingChunk, SERIES, Shared, db_err,
 };
-use super::writer::Request;
 use crate::StoreError;
-use crate::head::SeriesHead;
 use crate::wal;
-
-/// A consistent cut of the writer's state, to commit in one transaction.
-pub(super) struct CheckpointJob {
-    /// Pending chunks of this generation and older go into this checkpoint.
-    pub(super) generation: u64,
-    /// The first WAL segment written after the cut; older ones are covered once committed.
-    pub(super) wal_start: u64,
-    /// Dirty heads as of the cut, encoded by the checkpointer.
-    pub(super) heads: Vec<(u32, SeriesHead)>,
-    /// Series defined since the last checkpoint: (id, [`super::shared::encode_series`]).
-    pub(super) series: Vec<(u32, Vec<u8>)>,
-    /// Changed dedup state per agent.
-    pub(super) origins: Vec<(Arc<str>, Vec<u8>)>,
-    /// Told the outcome, for [`super::TsStore::checkpoint`] and close.
-    pub(super) done: Option<oneshot::Sender<Result<(), StoreError>>>,
-}
-
-/// What the writer sends the checkpointer.
-pub(super) enum Job {
-    /// Commit this cut.
-    Checkpoint(CheckpointJob),
-    /// The store is closing.
-    Stop,
-}
 
 /// The checkpointer thread's loop. Wakes the writer (`ticks`) when a second passes without a
 /// job, so an idle store still checkpoints on time, and runs retention every `retention_every`.

@@ -33,9 +33,10 @@ use redb::{ReadableDatabase, ReadableTableMetadata};
 use tokio::sync::{mpsc as amsc, oneshot};
 
 use crate::{Appended, Point, Query, SeriesId, SeriesStore, StoreError, WriteBatch};
+use channels::Request;
 use shared::{CHUNKS, DB_FILE, Shared, WAL_DIR, db_err};
-use writer::Request;
 
+mod channels;
 mod checkpointer;
 mod open;
 mod read;

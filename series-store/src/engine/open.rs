@@ -20,7 +20,8 @@ use protocols::time::now_ms;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::mpsc as amsc;
 
-use super::checkpointer::{self, Job};
+use super::channels::Job;
+use super::checkpointer;
 use super::retention::drop_before;
 use super::shared::{
     CHUNKS, DB_FILE, FORMAT, HEADS, META, META_FORMAT, META_GEN, META_MAX_SPAN, META_WAL_START,

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::channels::Reply;
 use super::shared::{Shared, io_copy};
-use super::writer::Reply;
 use crate::Appended;
 
 /// What the writer hands the syncer, under [`Syncer::q`].

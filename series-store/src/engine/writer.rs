@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc as amsc, oneshot};
 
-use super::checkpointer::{CheckpointJob, Job};
+use super::channels::{CheckpointJob, Job, Reply, Request};
 use super::shared::{Shared, encode_series, io_copy, push_pending, sort_points};
 use super::syncer::Syncer;
 use crate::dedup::OriginIndex;
@@ -31,21 +31,6 @@ use crate::{Appended, Point, StoreError, WriteBatch};
 
 /// Appends taken into one group at most.
 const MAX_GROUP: usize = 4096;
-
-/// Where an append's answer goes.
-pub(super) type Reply = oneshot::Sender<Result<Appended, StoreError>>;
-
-/// What a [`super::TsStore`] handle asks the writer.
-pub(super) enum Request {
-    /// Append a batch; answered after the sync.
-    Append(WriteBatch, Reply),
-    /// Checkpoint now; answered once committed.
-    Checkpoint(oneshot::Sender<Result<(), StoreError>>),
-    /// Nothing to do but look at the checkpoint clock (sent by the checkpointer).
-    Tick,
-    /// Write what is queued, checkpoint, stop the other threads, stop.
-    Close(oneshot::Sender<Result<(), StoreError>>),
-}
 
 /// The writer thread's state; built by `TsStore::open`, consumed by [`Writer::run`].
 pub(super) struct Writer {
