@@ -30,6 +30,8 @@
 //!   - `engine/mod.rs`: the handle, its options and stats, and the thread overview.
 //!   - `engine/open.rs`: open and recovery (load the last checkpoint, replay the WAL, start the
 //!     threads).
+//!   - `engine/channels.rs`: the messages between the threads (requests, replies, checkpoint
+//!     jobs), so no thread's module depends on another's.
 //!   - `engine/shared.rs`: what the threads share: redb tables, heads and pending chunks, the
 //!     series registry, the failed flag.
 //!   - `engine/writer.rs`: the writer thread (dedup, WAL records, one `write` per group, heads;
