@@ -12,6 +12,8 @@
 //! Camera events and snapshots are decoded in [`camera`].
 
 pub mod camera;
+#[cfg(test)]
+mod tests;
 
 use std::ops::Range;
 use std::sync::Arc;
