@@ -45,8 +45,13 @@ use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::outbound::Outlet;
+use crate::pipeline::commit::Committer;
+use crate::pipeline::control::ControlStage;
+use crate::pipeline::deadletter::DeadLetters;
+use crate::pipeline::decode::Decoder;
+use crate::pipeline::route::Router;
 use crate::pipeline::status::StatusBoard;
-use crate::pipeline::{Context, Pipeline, PipelineOptions};
+use crate::pipeline::{Pipeline, PipelineOptions, Stages};
 use crate::registry::Registry;
 use crate::rules::Rules;
 use crate::shutdown::{Shutdown, Signal};
@@ -262,18 +267,32 @@ impl<S: SeriesStore> Hub<S> {
                 v.write_prometheus(out);
             }
         }));
-        let ctx = Arc::new(Context {
-            registry: registry.clone(),
-            video: video.clone(),
-            twins: twins.clone(),
-            status: StatusBoard::new(registry.clone(), twins.clone(), outlet.clone()),
-            outlet: outlet.clone(),
-            metrics: metrics.clone(),
-            normalizer: Normalizer::new(config.hub.max_clock_skew.0),
-            store: store.clone(),
-            rules: rules.clone(),
-        });
-        let pipeline = Pipeline::start(ctx, events_rx, options);
+        let dead_letters = DeadLetters::new(outlet.clone(), metrics.clone());
+        let status = Arc::new(StatusBoard::new(
+            registry.clone(),
+            twins.clone(),
+            outlet.clone(),
+        ));
+        let stages = Stages {
+            router: Router::new(status.clone(), dead_letters.clone(), metrics.clone()),
+            decoder: Decoder::new(
+                registry.clone(),
+                Normalizer::new(config.hub.max_clock_skew.0),
+                dead_letters.clone(),
+                metrics.clone(),
+            ),
+            control: ControlStage::new(status, twins.clone(), dead_letters),
+            commit: Committer {
+                store: store.clone(),
+                video: video.clone(),
+                twins: twins.clone(),
+                rules: rules.clone(),
+                outlet: outlet.clone(),
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+            },
+        };
+        let pipeline = Pipeline::start(stages, events_rx, options);
 
         // Stopped right after the pipeline: the alert writer flushes what its last readings
         // changed.

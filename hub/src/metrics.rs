@@ -1,14 +1,15 @@
 //! The hub's counters and gauges, rendered in the Prometheus text format (`GET /metrics`).
 //!
-//! Hot-path counters are relaxed atomics; rejections are counted by their stable reason label.
+//! Hot-path counters are relaxed atomics; rejections are counted per [`DeadLetterReason`].
 //! Other parts (the MQTT broker's `hub_mqtt_*`, the store) plug in through [`MetricsSource`].
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
+
+use crate::pipeline::deadletter::DeadLetterReason;
 
 /// Something that appends its own metrics to the `/metrics` page.
 pub trait MetricsSource: Send + Sync + 'static {
@@ -150,6 +151,15 @@ impl Histogram {
     }
 }
 
+/// One counter per [`DeadLetterReason`], indexed by the variant.
+struct ReasonCounters([AtomicU64; DeadLetterReason::ALL.len()]);
+
+impl Default for ReasonCounters {
+    fn default() -> Self {
+        ReasonCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
 /// Every metric of the hub core.
 #[derive(Default)]
 pub struct Metrics {
@@ -173,7 +183,7 @@ pub struct Metrics {
     pub deadletters: AtomicU64,
     /// Commands sent to devices and agents.
     pub commands_sent: AtomicU64,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: ReasonCounters,
     /// Queue in front of the decode workers.
     pub decode_queue: StageGauge,
     /// Queue in front of the store stage (and appends in flight).
@@ -192,14 +202,14 @@ impl Metrics {
         self.messages_in[kind as usize].fetch_add(1, Relaxed);
     }
 
-    /// Counts a rejected message or part by its reason label.
-    pub fn rejected(&self, reason: &'static str) {
-        *self.rejected.lock().entry(reason).or_default() += 1;
+    /// Counts a rejected message or part.
+    pub fn rejected(&self, reason: DeadLetterReason) {
+        self.rejected.0[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// How many rejections with this reason so far.
-    pub fn rejected_count(&self, reason: &str) -> u64 {
-        self.rejected.lock().get(reason).copied().unwrap_or(0)
+    pub fn rejected_count(&self, reason: DeadLetterReason) -> u64 {
+        self.rejected.0[reason as usize].load(Relaxed)
     }
 
     /// Adds a source of further metrics (e.g. the broker's `hub_mqtt_*`).
@@ -278,8 +288,12 @@ impl Metrics {
         }
         out.push_str("# HELP hub_rejected_total Rejected messages or parts by reason.\n");
         out.push_str("# TYPE hub_rejected_total counter\n");
-        for (reason, n) in self.rejected.lock().iter() {
-            let _ = writeln!(out, "hub_rejected_total{{reason=\"{reason}\"}} {n}");
+        // Only the reasons seen so far: three dozen zero series would bury the ones that count.
+        for reason in DeadLetterReason::ALL {
+            let n = self.rejected_count(reason);
+            if n > 0 {
+                let _ = writeln!(out, "hub_rejected_total{{reason=\"{reason}\"}} {n}");
+            }
         }
         out.push_str("# HELP hub_queue_depth Items waiting in front of a pipeline stage.\n");
         out.push_str("# TYPE hub_queue_depth gauge\n");
@@ -327,8 +341,8 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.message_in(TopicKind::Batch);
-        m.rejected("unknown_quantity");
-        m.rejected("unknown_quantity");
+        m.rejected(DeadLetterReason::UnknownQuantity);
+        m.rejected(DeadLetterReason::UnknownQuantity);
         m.decode_queue.sent.fetch_add(5, Relaxed);
         m.decode_queue.taken.fetch_add(2, Relaxed);
         m.append_latency

@@ -29,6 +29,12 @@ pub enum IdError {
 /// Longest id: 64 bytes.
 pub const MAX_ID_LEN: usize = 64;
 
+/// The first [`MAX_ID_LEN`] characters of an id from outside, for quoting it in an error or a
+/// dead letter: whatever a client sends, the message about it stays short.
+pub fn clip(id: &str) -> alloc::string::String {
+    id.chars().take(MAX_ID_LEN).collect()
+}
+
 /// Checks a device, agent or app id against `[A-Za-z0-9_.-]{1,64}`.
 ///
 /// The set keeps ids safe as MQTT topic levels (no `/`, `+`, `#`), file names and URL segments.
@@ -121,6 +127,12 @@ mod tests {
             Err(IdError::BadChar { found: '#', .. })
         ));
         assert!(matches!(validate_id("ä"), Err(IdError::BadChar { .. })));
+    }
+
+    #[test]
+    fn clip_keeps_64_characters() {
+        assert_eq!(clip("WL-1"), "WL-1");
+        assert_eq!(clip(&"ä".repeat(100)).chars().count(), MAX_ID_LEN);
     }
 
     #[test]

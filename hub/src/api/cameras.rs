@@ -20,6 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use protocols::id::clip;
 use protocols::messages::CameraEntry;
 use protocols::time::parse_rfc3339;
 use serde::Deserialize;
@@ -46,10 +47,6 @@ pub fn routes<S: SeriesStore>() -> Router<Arc<ApiState<S>>> {
             get(event_snapshot::<S>),
         )
         .route("/api/v1/events", get(events::<S>))
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 /// The camera with this id if the caller may see it: 404 unknown (or not a camera), 403

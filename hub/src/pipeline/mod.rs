@@ -3,11 +3,22 @@
 //! ```text
 //! ingress events ─▶ route ─▶ decode+validate+normalize (N workers, by client) ─▶ commit:
 //!   store (dedup + durable append, many in flight) then publish (PUBACK, coalesced agent
-//!   acks, twins, feeds) in the same task
+//!   acks, twins, rules, feeds) in the same task
+//!                                    └─▶ control (health, desired state, command results)
 //! ```
-//! Connection events and refusals are handled by the router (status, dead letters); health,
-//! desired state and command results by the decode workers. Every stage counts what it takes,
-//! and the queue depths are on `/metrics`.
+//! Each stage is a type that holds only what it uses, so what a stage can touch is visible in
+//! its fields:
+//! - [`route::Router`]: the status board (connections), the dead letters (refusals);
+//! - [`decode::Decoder`]: the registry, the normalizer, the dead letters. It changes no state
+//!   and returns typed results ([`decode::Decoded`]): a [`Prepared`] write, a parsed
+//!   [`decode::Control`] message, or nothing more to do;
+//! - [`control::ControlStage`]: the status board and the twins; the decode workers call it
+//!   inline;
+//! - [`commit::Committer`]: the store, the video archive, the twins, the rules, the outlet.
+//!
+//! Every rejection goes through one [`deadletter::DeadLetters`] sink, counted per
+//! [`deadletter::DeadLetterReason`]. Every stage counts what it takes, and the queue depths
+//! are on `/metrics`.
 //!
 //! Shutdown is by closing: [`Pipeline::join`] closes the ingress queue (the ingress holds a
 //! sender for as long as it lives, and the ingress may itself be held by the pipeline as its
@@ -15,16 +26,15 @@
 //! processed, each stage drains and closes the next, and `join` returns after everything taken
 //! was stored and acknowledged.
 
-pub mod ack;
+pub mod commit;
+pub mod control;
 pub mod deadletter;
 pub mod decode;
-pub mod durable;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
-pub mod publish;
+pub mod route;
 pub mod status;
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -33,43 +43,31 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::feeds::NormValue;
-use crate::metrics::Metrics;
-use crate::normalize::Normalizer;
-use crate::outbound::Outlet;
-use crate::registry::{AgentIdx, Registry};
-use crate::twin::Twins;
-use decode::{Decoded, Group, Scratch};
+use crate::registry::AgentIdx;
+use commit::Committer;
+use control::ControlStage;
+use decode::{Decoded, Decoder, Group, Scratch};
 use mqtt_broker::ingress::{Disposition, Inbound, IngressEvent};
+use route::Router;
 use series_store::{Appended, SeriesStore, StoreError, WriteBatch};
-use status::StatusBoard;
 
-/// What every stage shares.
-pub struct Context<S> {
-    /// The catalog.
-    pub registry: Arc<Registry>,
-    /// Camera events and snapshots.
-    pub video: Arc<crate::video::Video>,
-    /// The twins.
-    pub twins: Arc<Twins>,
-    /// Online state.
-    pub status: StatusBoard,
-    /// Outbound messages.
-    pub outlet: Outlet,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Time and quality rules.
-    pub normalizer: Normalizer,
-    /// The time series store.
-    pub store: Arc<S>,
-    /// The rule engine (evaluated after durable, on device time).
-    pub rules: Arc<crate::rules::Rules>,
+/// The stages, built by the hub from its parts.
+pub struct Stages<S> {
+    /// Spreads messages over the decode workers; connections and refusals.
+    pub router: Router,
+    /// Decode, validate, normalize (shared by the workers).
+    pub decoder: Decoder,
+    /// Applies health, desired state and command results (called by the workers).
+    pub control: ControlStage,
+    /// Store, then publish.
+    pub commit: Committer<S>,
 }
 
 /// A message made ready for the store: its points, and what to do once they are durable.
 pub struct Prepared {
     /// Completed once durable.
     pub done: Option<oneshot::Sender<Disposition>>,
-    /// The write (taken by the store stage).
+    /// The write (taken by the commit stage).
     pub batch: WriteBatch,
     /// The agent sequence number to acknowledge once durable.
     pub ack: Option<(AgentIdx, u64, u64)>,
@@ -89,7 +87,7 @@ pub struct Prepared {
 
 /// A prepared message with the store's answer.
 pub struct Stored {
-    /// The message.
+    /// The message as the decode stage prepared it (its write taken by the store).
     pub prepared: Prepared,
     /// What the store said.
     pub result: Result<Appended, StoreError>,
@@ -124,26 +122,34 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts every stage, reading ingress events from `events`.
     pub fn start<S: SeriesStore>(
-        ctx: Arc<Context<S>>,
+        stages: Stages<S>,
         events: mpsc::Receiver<IngressEvent>,
         opts: PipelineOptions,
     ) -> Pipeline {
+        let Stages {
+            router,
+            decoder,
+            control,
+            commit,
+        } = stages;
+        let (decoder, control) = (Arc::new(decoder), Arc::new(control));
         let mut tasks = Vec::new();
         let (store_tx, store_rx) = mpsc::channel(opts.queue);
-        tasks.push(tokio::spawn(durable::run(ctx.clone(), store_rx)));
+        tasks.push(tokio::spawn(commit::run(Arc::new(commit), store_rx)));
         let mut workers = Vec::with_capacity(opts.workers);
         for _ in 0..opts.workers.max(1) {
             let (tx, rx) = mpsc::channel(opts.queue);
             workers.push(tx);
             tasks.push(tokio::spawn(decode_worker(
-                ctx.clone(),
+                decoder.clone(),
+                control.clone(),
                 rx,
                 store_tx.clone(),
             )));
         }
         drop(store_tx);
         let (stop, stop_rx) = oneshot::channel();
-        tasks.push(tokio::spawn(route(ctx, events, workers, stop_rx)));
+        tasks.push(tokio::spawn(router.run(events, workers, stop_rx)));
         Pipeline {
             tasks,
             stop: Some(stop),
@@ -164,79 +170,28 @@ impl Pipeline {
     }
 }
 
-async fn decode_worker<S: SeriesStore>(
-    ctx: Arc<Context<S>>,
+/// One decode worker: decodes its share of the messages, hands writes to the commit stage and
+/// applies control messages inline.
+async fn decode_worker(
+    decoder: Arc<Decoder>,
+    control: Arc<ControlStage>,
     mut input: mpsc::Receiver<Inbound>,
     output: mpsc::Sender<Prepared>,
 ) {
     let mut scratch = Scratch::default();
+    let metrics = decoder.metrics();
     while let Some(msg) = input.recv().await {
-        ctx.metrics.decode_queue.taken.fetch_add(1, Relaxed);
-        if let Decoded::Write(p) = decode::handle(&ctx, msg, &mut scratch) {
-            ctx.metrics.store_queue.sent.fetch_add(1, Relaxed);
-            if output.send(*p).await.is_err() {
-                tracing::error!("store stage is gone; stopping a decode worker");
-                return;
-            }
-        }
-    }
-}
-
-/// Spreads messages over the workers by client, so one client's messages stay in order.
-async fn route<S: SeriesStore>(
-    ctx: Arc<Context<S>>,
-    mut events: mpsc::Receiver<IngressEvent>,
-    workers: Vec<mpsc::Sender<Inbound>>,
-    stop: oneshot::Receiver<()>,
-) {
-    let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    let mut stop = Some(stop);
-    loop {
-        let next = tokio::select! {
-            biased;
-            ev = events.recv() => ev,
-            _ = async { if let Some(s) = stop.as_mut() { let _ = s.await; } }, if stop.is_some() => {
-                // Refuse new events; the ones queued are still taken below.
-                events.close();
-                stop = None;
-                continue;
-            }
-        };
-        let Some(ev) = next else { break };
-        match ev {
-            IngressEvent::Message(m) => {
-                let w = (hasher.hash_one(&*m.client_id) % workers.len() as u64) as usize;
-                ctx.metrics.decode_queue.sent.fetch_add(1, Relaxed);
-                if workers[w].send(m).await.is_err() {
-                    tracing::error!("decode worker is gone; stopping the router");
+        metrics.decode_queue.taken.fetch_add(1, Relaxed);
+        match decoder.decode(msg, &mut scratch) {
+            Decoded::Write(p) => {
+                metrics.store_queue.sent.fetch_add(1, Relaxed);
+                if output.send(*p).await.is_err() {
+                    tracing::error!("commit stage is gone; stopping a decode worker");
                     return;
                 }
             }
-            IngressEvent::Refused {
-                principal,
-                topic,
-                reason,
-                payload,
-            } => {
-                deadletter::send(
-                    &ctx.outlet,
-                    &ctx.metrics,
-                    principal.id(),
-                    principal.id(),
-                    &topic,
-                    "refused",
-                    &reason,
-                    &payload,
-                    protocols::time::now_ms(),
-                );
-            }
-            IngressEvent::Connected { principal, .. } => {
-                ctx.status.connected(&principal, protocols::time::now_ms());
-            }
-            IngressEvent::Disconnected { principal, .. } => {
-                ctx.status
-                    .disconnected(&principal, protocols::time::now_ms());
-            }
+            Decoded::Control(c) => control.apply(*c),
+            Decoded::Handled => {}
         }
     }
 }

@@ -104,9 +104,7 @@ impl StatusBoard {
     ) -> Result<Vec<String>, HealthError> {
         let a = self.registry.agent(agent);
         if h.agent != *a.id {
-            return Err(HealthError::AgentMismatch(
-                h.agent.chars().take(64).collect(),
-            ));
+            return Err(HealthError::AgentMismatch(protocols::id::clip(&h.agent)));
         }
         let mut foreign = Vec::new();
         let mut touched = Vec::new();

@@ -1,18 +1,19 @@
 //! Video sensing at the hub: camera events and snapshots from agents, the camera catalog.
 //!
 //! ```text
-//! v1/agents/{id}/events ─▶ decode (ingest::event: parse, check camera ∈ agent) ─▶ store stage:
-//!   archive.record_event (fsync) then the origin (agent, stream, seq) into the series store's
-//!   dedup ─▶ publish stage: seq in the coalesced Ack.seqs; feed v1/feeds/camera/{id} (motion)
+//! v1/agents/{id}/events ─▶ decode (pipeline::decode::camera: parse, check camera ∈ agent) ─▶
+//!   commit: archive.record_event (fsync) then the origin (agent, stream, seq) into the series
+//!   store's dedup, then the seq in the coalesced Ack.seqs; feed v1/feeds/camera/{id} (motion)
 //!   and the live `event`
-//! v1/agents/{id}/snapshots/{event} ─▶ decode (ingest::snapshot: a whole JPEG, its size) ─▶
-//!   store stage: archive.store_snapshot (file + index, fsync) ─▶ publish stage: event id in
-//!   Ack.snapshots; the live `event` again, now with its snapshot
+//! v1/agents/{id}/snapshots/{event} ─▶ decode (a whole JPEG, its size) ─▶ commit:
+//!   archive.store_snapshot (file + index, fsync), then the event id in Ack.snapshots; the live
+//!   `event` again, now with its snapshot
 //! ```
-//! Events share the agent's sequence numbers with batches, so they are deduplicated by the
-//! same origin index as batches (the series store's), which keeps that index's watermark
-//! contiguous. Recording an event is idempotent (phases merge), so a crash between the archive
-//! commit and the origin commit only means the redelivery is merged again.
+//! This module is the service the pipeline calls ([`Video`], [`Work`]); it knows nothing of
+//! the pipeline. Events share the agent's sequence numbers with batches, so they are
+//! deduplicated by the same origin index as batches (the series store's), which keeps that
+//! index's watermark contiguous. Recording an event is idempotent (phases merge), so a crash
+//! between the archive commit and the origin commit only means the redelivery is merged again.
 //!
 //! The catalog is in [`catalog`] (its HTTP routes in `api::cameras`); an app sees a camera
 //! (catalog entry, snapshots, events) only with a grant matching `v1/feeds/camera/{id}`.
@@ -20,7 +21,6 @@
 pub mod archive;
 pub mod catalog;
 pub mod events;
-pub mod ingest;
 pub mod snapshots;
 
 use std::fmt::Write as _;
@@ -276,8 +276,6 @@ impl Video {
 pub enum Work {
     /// An event phase to record.
     Event {
-        /// The service.
-        video: Arc<Video>,
         /// The sending agent (the camera's).
         agent: AgentIdx,
         /// The camera.
@@ -291,8 +289,6 @@ pub enum Work {
     },
     /// A snapshot to store.
     Snapshot {
-        /// The service.
-        video: Arc<Video>,
         /// The sending agent.
         agent: AgentIdx,
         /// The event id.
@@ -314,12 +310,11 @@ pub enum Work {
 }
 
 impl Work {
-    /// Makes the work durable (blocking I/O on the blocking pool). The pipeline appends the
-    /// message's origin only after this succeeded.
-    pub async fn persist(&mut self) -> Result<(), VideoError> {
+    /// Makes the work durable in `video`'s archive (blocking I/O on the blocking pool). The
+    /// pipeline appends the message's origin only after this succeeded.
+    pub async fn persist(&mut self, video: &Arc<Video>) -> Result<(), VideoError> {
         match self {
             Work::Event {
-                video,
                 agent,
                 id,
                 event,
@@ -348,7 +343,6 @@ impl Work {
                 Ok(())
             }
             Work::Snapshot {
-                video,
                 agent,
                 id,
                 jpeg,
@@ -389,10 +383,9 @@ impl Work {
 
     /// After durable: publishes what changed (not for a duplicate) and returns the snapshot
     /// acknowledgement owed to the agent, if any.
-    pub fn after_durable(&self, duplicate: bool) -> Option<(AgentIdx, String)> {
+    pub fn after_durable(&self, video: &Video, duplicate: bool) -> Option<(AgentIdx, String)> {
         match self {
             Work::Event {
-                video,
                 device,
                 event,
                 stored,
@@ -404,11 +397,7 @@ impl Work {
                 None
             }
             Work::Snapshot {
-                video,
-                agent,
-                id,
-                stored,
-                ..
+                agent, id, stored, ..
             } => {
                 if let Some(record) = stored
                     && let Some(d) = video.registry.device_by_id(&record.camera)
@@ -420,34 +409,4 @@ impl Work {
             Work::Refused { agent, id } => Some((*agent, id.clone())),
         }
     }
-}
-
-/// The store stage's step for a message with video work: make the work durable, then append
-/// the message's origin (deduplication of agent seqs). A write with neither origin nor points
-/// (a snapshot) is not sent to the store.
-pub async fn persist_then_append<S: series_store::SeriesStore>(
-    work: &mut Work,
-    store: &S,
-    batch: series_store::WriteBatch,
-) -> Result<series_store::Appended, series_store::StoreError> {
-    match work.persist().await {
-        Ok(()) => {}
-        Err(VideoError::IdClash { id, camera }) => {
-            // The agent can never fix this: drop the phase, still record and acknowledge it.
-            tracing::warn!(
-                id,
-                camera,
-                "event id reused for another camera; phase dropped"
-            );
-        }
-        Err(e) => {
-            return Err(series_store::StoreError::Io(std::io::Error::other(
-                e.to_string(),
-            )));
-        }
-    }
-    if batch.origin.is_none() && batch.series.is_empty() {
-        return Ok(series_store::Appended::Stored);
-    }
-    store.append(batch).await
 }

@@ -17,8 +17,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::Committer;
 use super::ack::AckCoalescer;
-use super::{Context, Stored};
+use crate::pipeline::Stored;
+use crate::twin::Twins;
 use mqtt_broker::ingress::Disposition;
 use series_store::Appended;
 
@@ -31,7 +33,7 @@ pub const TWIN_FLUSH: std::time::Duration = std::time::Duration::from_millis(50)
 const TWIN_CHUNK: usize = 256;
 
 /// The publish side of the commit stage: what happens to a write once it is durable. Owned by
-/// the durable stage's task (see [`super::durable`]), which calls it as appends complete: a
+/// the commit stage's task (see [`super::run`]), which calls it as appends complete: a
 /// separate task behind a queue made every write wait for one more wake-up of the runtime
 /// (up to 6 ms at p99 on a busy 2-core machine). Twin documents, the heavy part, are left to
 /// [`twin_rounds`] on its own task.
@@ -42,18 +44,18 @@ pub struct Publish {
 
 impl Publish {
     /// A durable (or failed) write: PUBACK, ack, twins, rules, feeds.
-    pub fn handle<S>(&mut self, ctx: &Context<S>, stored: Stored) {
-        handle(ctx, stored, &mut self.acks);
+    pub fn handle<S>(&mut self, c: &Committer<S>, stored: Stored) {
+        handle(c, stored, &mut self.acks);
     }
 
     /// After a drain: one coalesced ack per agent.
-    pub fn flush<S>(&mut self, ctx: &Context<S>) {
+    pub fn flush<S>(&mut self, c: &Committer<S>) {
         self.acks.flush(|agent, ack| {
-            let a = ctx.registry.agent(agent);
+            let a = c.registry.agent(agent);
             match serde_json::to_vec(&ack) {
                 Ok(bytes) => {
-                    ctx.outlet.publish(&a.ack_topic, Bytes::from(bytes), false);
-                    ctx.metrics.acks_published.fetch_add(1, Relaxed);
+                    c.outlet.publish(&a.ack_topic, Bytes::from(bytes), false);
+                    c.metrics.acks_published.fetch_add(1, Relaxed);
                 }
                 Err(e) => tracing::error!("ack not serializable: {e}"),
             }
@@ -63,7 +65,7 @@ impl Publish {
 
 /// Publishes changed twins every [`TWIN_FLUSH`], [`TWIN_CHUNK`] at a time with a yield in
 /// between, until `stop` fires or is dropped; then the last round.
-pub async fn twin_rounds<S>(ctx: Arc<Context<S>>, mut stop: oneshot::Receiver<()>) {
+pub async fn twin_rounds(twins: Arc<Twins>, mut stop: oneshot::Receiver<()>) {
     let mut tick = tokio::time::interval(TWIN_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,19 +73,19 @@ pub async fn twin_rounds<S>(ctx: Arc<Context<S>>, mut stop: oneshot::Receiver<()
             _ = tick.tick() => {}
             _ = &mut stop => break,
         }
-        for chunk in ctx.twins.take_stale().chunks(TWIN_CHUNK) {
+        for chunk in twins.take_stale().chunks(TWIN_CHUNK) {
             for &d in chunk {
-                ctx.twins.publish_stale(d);
+                twins.publish_stale(d);
             }
             tokio::task::yield_now().await;
         }
     }
-    for d in ctx.twins.take_stale() {
-        ctx.twins.publish_stale(d);
+    for d in twins.take_stale() {
+        twins.publish_stale(d);
     }
 }
 
-fn handle<S>(ctx: &Context<S>, stored: Stored, acks: &mut AckCoalescer) {
+fn handle<S>(c: &Committer<S>, stored: Stored, acks: &mut AckCoalescer) {
     let Stored {
         mut prepared,
         result,
@@ -91,7 +93,7 @@ fn handle<S>(ctx: &Context<S>, stored: Stored, acks: &mut AckCoalescer) {
     let appended = match result {
         Ok(a) => a,
         Err(e) => {
-            ctx.metrics.store_errors.fetch_add(1, Relaxed);
+            c.metrics.store_errors.fetch_add(1, Relaxed);
             tracing::error!("store append failed, message left unacknowledged: {e}");
             // Dropping `done` without a disposition tells the ingress not to acknowledge.
             drop(prepared.done.take());
@@ -105,45 +107,44 @@ fn handle<S>(ctx: &Context<S>, stored: Stored, acks: &mut AckCoalescer) {
         acks.add(agent, stream, seq);
     }
     if let Some(work) = &prepared.video
-        && let Some((agent, event)) = work.after_durable(appended == Appended::Duplicate)
+        && let Some((agent, event)) = work.after_durable(&c.video, appended == Appended::Duplicate)
     {
         acks.add_snapshot(agent, event);
     }
     match appended {
         Appended::Duplicate => {
-            ctx.metrics.duplicates.fetch_add(1, Relaxed);
+            c.metrics.duplicates.fetch_add(1, Relaxed);
             return;
         }
         // Durable before a crash, maybe never published: publish now (at-least-once).
         Appended::Recovered => {
-            ctx.metrics.duplicates.fetch_add(1, Relaxed);
-            ctx.metrics.recovered.fetch_add(1, Relaxed);
+            c.metrics.duplicates.fetch_add(1, Relaxed);
+            c.metrics.recovered.fetch_add(1, Relaxed);
         }
         Appended::Stored => {
-            ctx.metrics
+            c.metrics
                 .readings_stored
                 .fetch_add(prepared.readings as u64, Relaxed);
         }
     }
     let now = protocols::time::now_ms();
     for g in &prepared.groups {
-        if ctx
-            .twins
+        if c.twins
             .apply_reported(g.device, g.ts_ms, &prepared.values[g.values.clone()], now)
         {
-            ctx.twins.mark_stale(g.device);
+            c.twins.mark_stale(g.device);
         }
-        ctx.rules
+        c.rules
             .observe(g.device, g.ts_ms, &prepared.values[g.values.clone()], now);
-        let device = ctx.registry.device(g.device);
-        ctx.outlet.publish(
+        let device = c.registry.device(g.device);
+        c.outlet.publish(
             &device.feed_topic,
             prepared.feeds.slice(g.feed.clone()),
             false,
         );
-        ctx.metrics.feeds_published.fetch_add(1, Relaxed);
+        c.metrics.feeds_published.fetch_add(1, Relaxed);
     }
-    ctx.metrics
+    c.metrics
         .pipeline_latency
         .observe(prepared.arrived.elapsed());
 }

@@ -1,22 +1,23 @@
-//! The decode stage's part for video: events and snapshots checked and turned into
-//! [`Prepared`] work, or refused to the dead letters.
+//! Camera events and snapshots from agents: checked and turned into [`Prepared`] video work
+//! for the commit stage, or refused to the dead letters.
 //!
 //! Refusals that the agent could never fix are still acknowledged, as rejected batch parts
 //! are: an event with a seq is recorded as an empty write with its origin (so the agent's
 //! queue moves on and the origin index stays contiguous), a snapshot is acknowledged by its
 //! event id. Only what cannot even be parsed (no seq to acknowledge) is refused outright.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
+use protocols::id::clip;
 use protocols::messages::CameraEvent;
 
-use super::events::{self, camera_of_id, valid_id};
-use super::snapshots::jpeg_size;
-use super::{Video, Work};
-use crate::pipeline::decode::Decoded;
-use crate::pipeline::{Context, Prepared, deadletter};
-use crate::registry::{Agent, AgentIdx};
+use super::{Decoded, Decoder, Reason};
+use crate::pipeline::Prepared;
+use crate::pipeline::deadletter::Source;
+use crate::registry::AgentIdx;
+use crate::video::Work;
+use crate::video::catalog::is_camera;
+use crate::video::events::{self, camera_of_id, valid_id};
+use crate::video::snapshots::jpeg_size;
 use mqtt_broker::ingress::{Disposition, Inbound};
 use series_store::{Origin, WriteBatch};
 
@@ -25,30 +26,26 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Most bytes of a refused message quoted in its dead letter (a refused snapshot can be MiBs).
 const QUOTE_MAX: usize = 64 * 1024;
 
-fn dead_letter<S>(ctx: &Context<S>, msg: &Inbound, topic: &str, label: &'static str, detail: &str) {
-    deadletter::send(
-        &ctx.outlet,
-        &ctx.metrics,
-        msg.principal.id(),
-        &msg.client_id,
-        topic,
-        label,
-        detail,
-        &msg.payload[..msg.payload.len().min(QUOTE_MAX)],
-        msg.received_ms,
-    );
-}
+impl Decoder {
+    /// Dead-letters the message (quoting at most [`QUOTE_MAX`] bytes) without completing it.
+    fn camera_dead_letter(&self, msg: &Inbound, topic: &str, reason: Reason, detail: &str) {
+        let part = &msg.payload[..msg.payload.len().min(QUOTE_MAX)];
+        self.dead_letters
+            .send(&Source::of(msg, topic), reason, detail, part);
+    }
 
-fn reject<S>(
-    ctx: &Context<S>,
-    mut msg: Inbound,
-    topic: &str,
-    label: &'static str,
-    detail: &str,
-) -> Decoded {
-    dead_letter(ctx, &msg, topic, label, detail);
-    msg.finish(Disposition::Rejected(format!("{label}: {detail}")));
-    Decoded::Handled
+    /// Rejects the message outright: dead letter, then `Rejected`.
+    fn camera_reject(
+        &self,
+        mut msg: Inbound,
+        topic: &str,
+        reason: Reason,
+        detail: &str,
+    ) -> Decoded {
+        self.dead_letters
+            .reject(&mut msg, topic, reason, detail, QUOTE_MAX);
+        Decoded::Handled
+    }
 }
 
 fn prepared(
@@ -70,38 +67,29 @@ fn prepared(
     })
 }
 
-fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
 /// `v1/agents/{id}/events` from that agent.
-pub fn event<S>(
-    ctx: &Arc<Context<S>>,
-    video: &Arc<Video>,
-    mut msg: Inbound,
-    topic: &str,
-) -> Decoded {
-    let Some(agent) = ctx.registry.agent_by_id(msg.principal.id()) else {
-        return reject(ctx, msg, topic, "unknown_agent", "not in the registry");
+pub fn event(dec: &Decoder, mut msg: Inbound, topic: &str) -> Decoded {
+    let Some(agent) = dec.registry.agent_by_id(msg.principal.id()) else {
+        return dec.camera_reject(msg, topic, Reason::UnknownAgent, "not in the registry");
     };
     if msg.payload.len() > MAX_EVENT_BYTES {
         let detail = format!(
             "event of {} bytes, at most {MAX_EVENT_BYTES}",
             msg.payload.len()
         );
-        return reject(ctx, msg, topic, "too_large", &detail);
+        return dec.camera_reject(msg, topic, Reason::TooLarge, &detail);
     }
     let mut ev: CameraEvent = match serde_json::from_slice(&msg.payload) {
         Ok(e) => e,
-        Err(e) => return reject(ctx, msg, topic, "bad_event", &e.to_string()),
+        Err(e) => return dec.camera_reject(msg, topic, Reason::BadEvent, &e.to_string()),
     };
     let origin = match (ev.stream, ev.seq) {
         (Some(stream), Some(seq)) => Some((stream, seq)),
         _ => None,
     };
     // Refused, but acknowledged when it has a seq: the agent cannot make it acceptable.
-    let refuse = |ctx: &Arc<Context<S>>, mut msg: Inbound, label: &'static str, detail: &str| {
-        dead_letter(ctx, &msg, topic, label, detail);
+    let refuse = |mut msg: Inbound, reason: Reason, detail: &str| {
+        dec.camera_dead_letter(&msg, topic, reason, detail);
         match origin {
             Some((stream, seq)) => {
                 let batch = WriteBatch {
@@ -120,32 +108,32 @@ pub fn event<S>(
                 ))
             }
             None => {
-                msg.finish(Disposition::Rejected(format!("{label}: {detail}")));
+                msg.finish(Disposition::Rejected(format!("{reason}: {detail}")));
                 Decoded::Handled
             }
         }
     };
-    let device = match ctx.registry.device_by_id(&ev.camera) {
+    let device = match dec.registry.device_by_id(&ev.camera) {
         Some(d) if d.agent != Some(agent.idx) => {
             let detail = format!("camera `{}` is not behind this agent", clip(&ev.camera));
-            return refuse(ctx, msg, "device_not_of_agent", &detail);
+            return refuse(msg, Reason::DeviceNotOfAgent, &detail);
         }
-        Some(d) if !super::catalog::is_camera(d) => {
+        Some(d) if !is_camera(d) => {
             let detail = format!("`{}` is a {}, not a camera", d.id, d.kind);
-            return refuse(ctx, msg, "not_a_camera", &detail);
+            return refuse(msg, Reason::NotACamera, &detail);
         }
         Some(d) => d,
         None => {
             let detail = format!("no device `{}`", clip(&ev.camera));
-            return refuse(ctx, msg, "unknown_device", &detail);
+            return refuse(msg, Reason::UnknownDevice, &detail);
         }
     };
     let id = match events::check(&mut ev) {
         Ok(id) => id,
-        Err(e) => return refuse(ctx, msg, "bad_event", &e.to_string()),
+        Err(e) => return refuse(msg, Reason::BadEvent, &e.to_string()),
     };
     // A camera clock far off is replaced by hub time, as for readings.
-    ev.ts = ctx.normalizer.stamp(Some(ev.ts), msg.received_ms).ts_ms;
+    ev.ts = dec.normalizer.stamp(Some(ev.ts), msg.received_ms).ts_ms;
     let batch = WriteBatch {
         origin: origin.map(|(stream, seq)| Origin {
             agent: agent.id.clone(),
@@ -156,7 +144,6 @@ pub fn event<S>(
     };
     let ack = origin.map(|(stream, seq)| (agent.idx, stream, seq));
     let work = Work::Event {
-        video: video.clone(),
         agent: agent.idx,
         device: device.idx,
         id,
@@ -167,27 +154,21 @@ pub fn event<S>(
 }
 
 /// `v1/agents/{id}/snapshots/{event}` from that agent.
-pub fn snapshot<S>(
-    ctx: &Arc<Context<S>>,
-    video: &Arc<Video>,
-    mut msg: Inbound,
-    topic: &str,
-    event: &str,
-) -> Decoded {
-    let Some(agent): Option<&Agent> = ctx.registry.agent_by_id(msg.principal.id()) else {
-        return reject(ctx, msg, topic, "unknown_agent", "not in the registry");
+pub fn snapshot(dec: &Decoder, mut msg: Inbound, topic: &str, event: &str) -> Decoded {
+    let Some(agent) = dec.registry.agent_by_id(msg.principal.id()) else {
+        return dec.camera_reject(msg, topic, Reason::UnknownAgent, "not in the registry");
     };
     if !valid_id(event) {
-        return reject(
-            ctx,
+        return dec.camera_reject(
             msg,
             topic,
-            "bad_event_id",
+            Reason::BadEventId,
             "an event id is 1..128 characters of [A-Za-z0-9_.-], not starting with `.`",
         );
     }
-    let refuse = |ctx: &Arc<Context<S>>, mut msg: Inbound, label: &'static str, detail: &str| {
-        dead_letter(ctx, &msg, topic, label, detail);
+    // Refused, and acknowledged by its event id so the agent stops sending it.
+    let refuse = |mut msg: Inbound, reason: Reason, detail: &str| {
+        dec.camera_dead_letter(&msg, topic, reason, detail);
         let work = Work::Refused {
             agent: agent.idx,
             id: event.to_string(),
@@ -197,18 +178,17 @@ pub fn snapshot<S>(
     // Our agents name events `{camera}.{ms}.{n}`: a snapshot naming another agent's camera is
     // refused at once (a snapshot is only ever joined to an event of its own agent anyway).
     if let Some(camera) = camera_of_id(event)
-        && let Some(d) = ctx.registry.device_by_id(camera)
+        && let Some(d) = dec.registry.device_by_id(camera)
         && d.agent != Some(agent.idx)
     {
         let detail = format!("camera `{}` is not behind this agent", d.id);
-        return refuse(ctx, msg, "device_not_of_agent", &detail);
+        return refuse(msg, Reason::DeviceNotOfAgent, &detail);
     }
     let size = match jpeg_size(&msg.payload) {
         Ok(s) => s,
-        Err(e) => return refuse(ctx, msg, "bad_snapshot", &e.to_string()),
+        Err(e) => return refuse(msg, Reason::BadSnapshot, &e.to_string()),
     };
     let work = Work::Snapshot {
-        video: video.clone(),
         agent: agent.idx,
         id: event.to_string(),
         jpeg: msg.payload.clone(),
