@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 
-use crate::pipeline::deadletter::DeadLetterReason;
+use protocols::deadletter::DeadLetterReason;
 
 /// Something that appends its own metrics to the `/metrics` page.
 pub trait MetricsSource: Send + Sync + 'static {

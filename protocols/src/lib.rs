@@ -24,6 +24,8 @@ pub mod access;
 pub mod batch;
 #[cfg(feature = "std")]
 pub mod config;
+#[cfg(feature = "std")]
+pub mod deadletter;
 #[cfg(feature = "alloc")]
 pub mod gb28181;
 #[cfg(feature = "alloc")]

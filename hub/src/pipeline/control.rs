@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use super::deadletter::{DeadLetterReason as Reason, DeadLetters, Source};
+use super::deadletter::{DeadLetters, Source};
 use super::decode::Control;
 use super::status::StatusBoard;
 use crate::twin::Twins;
 use mqtt_broker::ingress::{Disposition, Inbound};
+use protocols::deadletter::DeadLetterReason as Reason;
 
 /// Applies control messages to the status board and the twins.
 pub struct ControlStage {

@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::deadletter::{DeadLetterReason, DeadLetters, Source};
+use super::deadletter::{DeadLetters, Source};
 use super::status::StatusBoard;
 use crate::metrics::Metrics;
 use mqtt_broker::ingress::{Inbound, IngressEvent};
+use protocols::deadletter::DeadLetterReason;
 
 /// What the router updates besides the decode queues.
 pub struct Router {

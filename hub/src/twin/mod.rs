@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use protocols::deadletter::DeadLetterReason;
 use protocols::messages::{
     Command, CommandResult, CommandState, DesiredUpdate, ReportedValue, Scalar, Twin, TwinCommand,
 };
@@ -269,15 +270,21 @@ pub enum DesiredError {
 impl DesiredError {
     /// A short stable label for metrics and dead letters.
     pub fn label(&self) -> &'static str {
-        match self {
-            DesiredError::UnknownDevice(_) => "unknown_device",
-            DesiredError::Empty => "empty_desired",
-            DesiredError::UnknownQuantity(_) => "unknown_quantity",
-            DesiredError::NotControllable(_) => "not_controllable",
-            DesiredError::OutOfRange(_) => "out_of_range",
-            DesiredError::BadValue { .. } => "bad_value",
-            DesiredError::Conflict { .. } => "version_conflict",
-            DesiredError::Persist(_) => "persist_failed",
+        DeadLetterReason::from(self).label()
+    }
+}
+
+impl From<&DesiredError> for DeadLetterReason {
+    fn from(e: &DesiredError) -> Self {
+        match e {
+            DesiredError::UnknownDevice(_) => DeadLetterReason::UnknownDevice,
+            DesiredError::Empty => DeadLetterReason::EmptyDesired,
+            DesiredError::UnknownQuantity(_) => DeadLetterReason::UnknownQuantity,
+            DesiredError::NotControllable(_) => DeadLetterReason::NotControllable,
+            DesiredError::OutOfRange(_) => DeadLetterReason::OutOfRange,
+            DesiredError::BadValue { .. } => DeadLetterReason::BadValue,
+            DesiredError::Conflict { .. } => DeadLetterReason::VersionConflict,
+            DesiredError::Persist(_) => DeadLetterReason::PersistFailed,
         }
     }
 }

@@ -29,12 +29,13 @@ use protocols::topic::Topic;
 use protocols::{Value, ValueKind};
 
 use super::Prepared;
-use super::deadletter::{DeadLetterReason as Reason, DeadLetters, Source};
+use super::deadletter::{DeadLetters, Source};
 use crate::feeds::{NormValue, canonical_order, write_feed};
 use crate::metrics::{Metrics, TopicKind};
 use crate::normalize::Normalizer;
 use crate::registry::{AgentIdx, Device, DeviceIdx, Registry};
 use mqtt_broker::ingress::{Disposition, Inbound};
+use protocols::deadletter::DeadLetterReason as Reason;
 use series_store::{Origin, Point, SeriesId, WriteBatch};
 
 /// One device and timestamp group of a prepared write.

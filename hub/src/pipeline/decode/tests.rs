@@ -16,10 +16,11 @@ use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::outbound::Outlet;
-use crate::pipeline::deadletter::{DeadLetterReason as Reason, DeadLetters, MAX_PER_MESSAGE};
+use crate::pipeline::deadletter::{DeadLetters, MAX_PER_MESSAGE};
 use crate::registry::Registry;
 use crate::video::Work;
 use mqtt_broker::ingress::{Disposition, Inbound, Outbound, Publisher};
+use protocols::deadletter::DeadLetterReason as Reason;
 
 const CONFIG: &str = r#"
 [[devices]]
