@@ -190,9 +190,7 @@ impl Authenticator for RegistryAuthenticator {
         };
         let principal = self.verify_secret(user, password).await?;
         if !client_id_allowed(&principal, client_id) {
-            return Err(AuthError::ClientIdMismatch(
-                client_id.chars().take(64).collect(),
-            ));
+            return Err(AuthError::ClientIdMismatch(protocols::id::clip(client_id)));
         }
         Ok(principal)
     }

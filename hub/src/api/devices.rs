@@ -66,12 +66,10 @@ pub(super) fn visible<'a, S>(
     caller: &Caller,
     id: &str,
 ) -> Result<&'a Device, Failure> {
-    let d = state.registry.device_by_id(id).ok_or_else(|| {
-        Failure::not_found(format!(
-            "no device `{}`",
-            id.chars().take(64).collect::<String>()
-        ))
-    })?;
+    let d = state
+        .registry
+        .device_by_id(id)
+        .ok_or_else(|| Failure::not_found(format!("no device `{}`", protocols::id::clip(id))))?;
     if !state.registry.visible_to(&caller.0, d) {
         return Err(Failure::forbidden(format!(
             "no grant covers {} or {}",
@@ -121,12 +119,10 @@ pub async fn desired<S: SeriesStore>(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Twin>, Failure> {
-    let d = state.registry.device_by_id(&id).ok_or_else(|| {
-        Failure::not_found(format!(
-            "no device `{}`",
-            id.chars().take(64).collect::<String>()
-        ))
-    })?;
+    let d = state
+        .registry
+        .device_by_id(&id)
+        .ok_or_else(|| Failure::not_found(format!("no device `{}`", protocols::id::clip(&id))))?;
     let topic = Topic::TwinDesired(&d.id).to_string();
     caller
         .0

@@ -52,7 +52,7 @@ fn parse_time(name: &str, text: &str) -> Result<i64, Failure> {
     parse_rfc3339(text).map_err(|e| {
         Failure::bad_request(format!(
             "`{name}`: `{}` is neither epoch milliseconds nor RFC 3339 ({e})",
-            text.chars().take(64).collect::<String>()
+            protocols::id::clip(text)
         ))
     })
 }
@@ -92,7 +92,7 @@ pub async fn query<S: SeriesStore>(
     let quantity = Quantity::from_name(quantity_name).ok_or_else(|| {
         Failure::bad_request(format!(
             "`quantity`: unknown quantity `{}`",
-            quantity_name.chars().take(64).collect::<String>()
+            protocols::id::clip(quantity_name)
         ))
     })?;
     let to = match &q.to {

@@ -116,7 +116,7 @@ impl StatusBoard {
                         b.reported_down.insert(dev.idx, !d.online);
                         touched.push(dev.idx);
                     }
-                    _ => foreign.push(d.id.chars().take(64).collect()),
+                    _ => foreign.push(protocols::id::clip(&d.id)),
                 }
             }
         }

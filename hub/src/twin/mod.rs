@@ -538,14 +538,14 @@ impl Twins {
         let device = self
             .registry
             .device_by_id(device_id)
-            .ok_or_else(|| DesiredError::UnknownDevice(device_id.chars().take(64).collect()))?;
+            .ok_or_else(|| DesiredError::UnknownDevice(protocols::id::clip(device_id)))?;
         if update.values.is_empty() {
             return Err(DesiredError::Empty);
         }
         let mut values = Vec::with_capacity(update.values.len());
         for (name, scalar) in &update.values {
             let q = Quantity::from_name(name)
-                .ok_or_else(|| DesiredError::UnknownQuantity(name.chars().take(64).collect()))?;
+                .ok_or_else(|| DesiredError::UnknownQuantity(protocols::id::clip(name)))?;
             let writable = match self.controls.profile(device.idx) {
                 Some(p) => p.point(q).is_some_and(|pt| pt.writable),
                 None => q.is_controllable(),
