@@ -37,7 +37,7 @@ pub mod ingress;
 pub mod metrics;
 mod router;
 
-pub use metrics::{Metrics, RefuseReason};
+pub use metrics::{Metrics, MetricsCollector, RefuseReason};
 use router::{Message, Router, Session};
 
 /// How the broker runs. [`BrokerConfig::new`] gives the defaults for a list of addresses.
@@ -333,7 +333,7 @@ impl BrokerHandle {
         &self.addrs
     }
 
-    /// The ingress metrics (append them to /metrics with [`Metrics::write_prometheus`]).
+    /// The ingress metrics (export them on /metrics with a [`MetricsCollector`]).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.core.metrics
     }
