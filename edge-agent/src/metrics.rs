@@ -1,26 +1,26 @@
-//! Counters of every stage, served locally in the Prometheus text format (`metrics_listen`).
+//! Counters of every stage, served locally in the Prometheus text format (`metrics_listen`),
+//! encoded by `prometheus_client` from one [`Collector`] ([`MetricsCollector`]).
 //!
 //! The server is a few lines over a TCP listener: it answers `GET /metrics` (and `/`) with the
 //! text format and everything else with 404, one request per connection. A full HTTP stack
 //! would double the binary for one read-only page on a loopback port.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeMetric, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::queue::QueueStats;
-
-/// (name, type, help, getter) of a per-device metric.
-type PerDevice = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&DeviceStats) -> f64,
-);
 
 /// Counters of one Modbus device.
 #[derive(Debug, Default)]
@@ -143,276 +143,315 @@ impl Metrics {
     pub fn set_devices(&self, devices: Vec<Arc<DeviceStats>>) {
         *self.devices.lock().unwrap_or_else(|e| e.into_inner()) = devices;
     }
+}
 
-    /// The Prometheus text exposition of every counter.
-    pub fn render(&self, queue: Option<&QueueStats>, now_ms: i64) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(
-                out,
-                "# HELP edge_agent_{name} {help}\n# TYPE edge_agent_{name} {kind}\nedge_agent_{name} {value}"
-            );
-        };
-        let c = |a: &AtomicU64| a.load(Relaxed) as f64;
-        metric(
+/// Where the agent's collector gets the queue's figures, asked on each scrape.
+pub type QueueStatsFn = Arc<dyn Fn() -> Option<QueueStats> + Send + Sync>;
+
+/// Exports [`Metrics`] (and the queue's figures) through a [`prometheus_client`] registry.
+///
+/// Names carry no prefix: [`registry`] puts the collector in a registry with the prefix
+/// `edge_agent`. Values are read at scrape time; counting stays relaxed atomic updates.
+pub struct MetricsCollector {
+    metrics: Arc<Metrics>,
+    queue_stats: QueueStatsFn,
+    now_ms: fn() -> i64,
+}
+
+impl std::fmt::Debug for MetricsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsCollector")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsCollector {
+    /// A collector reading `metrics`, and `queue_stats` on each scrape (it may block on the
+    /// queue's file: encode off the async threads).
+    pub fn new(metrics: Arc<Metrics>, queue_stats: QueueStatsFn) -> MetricsCollector {
+        MetricsCollector {
+            metrics,
+            queue_stats,
+            now_ms: protocols::time::now_ms,
+        }
+    }
+}
+
+/// The registry behind the agent's `/metrics` page: prefix `edge_agent`, one collector.
+pub fn registry(metrics: Arc<Metrics>, queue_stats: QueueStatsFn) -> Registry {
+    let mut registry = Registry::with_prefix("edge_agent");
+    registry.register_collector(Box::new(MetricsCollector::new(metrics, queue_stats)));
+    registry
+}
+
+/// (name without the prefix and `_total`, type, help, getter) of a per-device metric.
+type PerDevice = (
+    &'static str,
+    MetricType,
+    &'static str,
+    fn(&DeviceStats) -> u64,
+);
+
+fn metric(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    m: impl EncodeMetric,
+) -> std::fmt::Result {
+    let metric_type = m.metric_type();
+    m.encode(e.encode_descriptor(name, help, None, metric_type)?)
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    metric(e, name, help, ConstCounter::new(v))
+}
+
+fn gauge<N: EncodeGaugeValue>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: N,
+) -> std::fmt::Result {
+    metric(e, name, help, ConstGauge::new(v))
+}
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let m = &*self.metrics;
+        let e = &mut e;
+        let c = |a: &AtomicU64| a.load(Relaxed);
+        gauge(
+            e,
             "uptime_seconds",
-            "gauge",
             "Seconds since the agent started.",
-            self.uptime().as_secs_f64(),
-        );
-        metric(
-            "samples_dropped_total",
-            "counter",
-            "Polled samples lost because the batcher input was full.",
-            c(&self.samples_dropped),
-        );
-        metric(
-            "batches_committed_total",
-            "counter",
-            "Batches committed (fsynced) to the durable queue.",
-            c(&self.batches_committed),
-        );
-        metric(
-            "readings_committed_total",
-            "counter",
-            "Readings committed to the durable queue.",
-            c(&self.readings_committed),
-        );
-        metric(
-            "commit_errors_total",
-            "counter",
-            "Failed queue commits (retried).",
-            c(&self.commit_errors),
-        );
-        metric(
-            "entries_sent_total",
-            "counter",
-            "Queue entries published, re-sends included.",
-            c(&self.entries_sent),
-        );
-        metric(
-            "entries_resent_total",
-            "counter",
-            "Queue entries published again after an ack timeout or reconnect.",
-            c(&self.entries_resent),
-        );
-        metric(
-            "entries_acked_total",
-            "counter",
-            "Queue entries deleted on the hub's ack.",
-            c(&self.entries_acked),
-        );
-        metric(
-            "acks_total",
-            "counter",
-            "Acks received from the hub.",
-            c(&self.acks),
-        );
-        metric(
-            "acks_foreign_stream_total",
-            "counter",
-            "Acks for another queue stream, ignored.",
-            c(&self.acks_foreign),
-        );
-        metric(
-            "acks_invalid_total",
-            "counter",
-            "Acks that did not parse.",
-            c(&self.acks_invalid),
-        );
-        metric(
+            m.uptime().as_secs_f64(),
+        )?;
+        let counters: [(&str, &str, &AtomicU64); 10] = [
+            (
+                "samples_dropped",
+                "Polled samples lost because the batcher input was full.",
+                &m.samples_dropped,
+            ),
+            (
+                "batches_committed",
+                "Batches committed (fsynced) to the durable queue.",
+                &m.batches_committed,
+            ),
+            (
+                "readings_committed",
+                "Readings committed to the durable queue.",
+                &m.readings_committed,
+            ),
+            (
+                "commit_errors",
+                "Failed queue commits (retried).",
+                &m.commit_errors,
+            ),
+            (
+                "entries_sent",
+                "Queue entries published, re-sends included.",
+                &m.entries_sent,
+            ),
+            (
+                "entries_resent",
+                "Queue entries published again after an ack timeout or reconnect.",
+                &m.entries_resent,
+            ),
+            (
+                "entries_acked",
+                "Queue entries deleted on the hub's ack.",
+                &m.entries_acked,
+            ),
+            ("acks", "Acks received from the hub.", &m.acks),
+            (
+                "acks_foreign_stream",
+                "Acks for another queue stream, ignored.",
+                &m.acks_foreign,
+            ),
+            ("acks_invalid", "Acks that did not parse.", &m.acks_invalid),
+        ];
+        for (name, help, v) in counters {
+            counter(e, name, help, c(v))?;
+        }
+        gauge(
+            e,
             "inflight",
-            "gauge",
             "Entries sent and not yet acknowledged.",
-            c(&self.inflight),
-        );
-        metric(
+            c(&m.inflight),
+        )?;
+        gauge(
+            e,
             "mqtt_connected",
-            "gauge",
             "1 while the MQTT session to the hub is up.",
-            self.mqtt_connected.load(Relaxed) as u8 as f64,
-        );
-        metric(
-            "mqtt_connects_total",
-            "counter",
-            "Successful MQTT connects.",
-            c(&self.mqtt_connects),
-        );
-        metric(
-            "mqtt_errors_total",
-            "counter",
-            "MQTT connection errors.",
-            c(&self.mqtt_errors),
-        );
-        metric(
-            "commands_ok_total",
-            "counter",
-            "Commands carried out.",
-            c(&self.commands_ok),
-        );
-        metric(
-            "commands_failed_total",
-            "counter",
-            "Commands refused or failed.",
-            c(&self.commands_failed),
-        );
-        metric(
-            "health_published_total",
-            "counter",
-            "Health messages published.",
-            c(&self.health_published),
-        );
-        metric(
-            "camera_events_total",
-            "counter",
-            "Camera events committed to the queue.",
-            c(&self.camera_events),
-        );
-        metric(
-            "camera_snapshots_total",
-            "counter",
-            "Camera snapshots committed to the queue.",
-            c(&self.camera_snapshots),
-        );
-        metric(
-            "camera_commit_errors_total",
-            "counter",
-            "Camera events or snapshots that failed to commit (retried).",
-            c(&self.camera_commit_errors),
-        );
-        metric(
-            "snapshots_sent_total",
-            "counter",
-            "Camera snapshots published (first sends and re-sends).",
-            c(&self.snapshots_sent),
-        );
-        metric(
-            "snapshots_acked_total",
-            "counter",
-            "Camera snapshots deleted from the queue on the hub's ack.",
-            c(&self.snapshots_acked),
-        );
-        if let Some(q) = queue {
-            metric(
+            u64::from(m.mqtt_connected.load(Relaxed)),
+        )?;
+        let counters: [(&str, &str, &AtomicU64); 10] = [
+            (
+                "mqtt_connects",
+                "Successful MQTT connects.",
+                &m.mqtt_connects,
+            ),
+            ("mqtt_errors", "MQTT connection errors.", &m.mqtt_errors),
+            ("commands_ok", "Commands carried out.", &m.commands_ok),
+            (
+                "commands_failed",
+                "Commands refused or failed.",
+                &m.commands_failed,
+            ),
+            (
+                "health_published",
+                "Health messages published.",
+                &m.health_published,
+            ),
+            (
+                "camera_events",
+                "Camera events committed to the queue.",
+                &m.camera_events,
+            ),
+            (
+                "camera_snapshots",
+                "Camera snapshots committed to the queue.",
+                &m.camera_snapshots,
+            ),
+            (
+                "camera_commit_errors",
+                "Camera events or snapshots that failed to commit (retried).",
+                &m.camera_commit_errors,
+            ),
+            (
+                "snapshots_sent",
+                "Camera snapshots published (first sends and re-sends).",
+                &m.snapshots_sent,
+            ),
+            (
+                "snapshots_acked",
+                "Camera snapshots deleted from the queue on the hub's ack.",
+                &m.snapshots_acked,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(e, name, help, c(v))?;
+        }
+        if let Some(q) = (self.queue_stats)() {
+            gauge(
+                e,
                 "queue_snapshots",
-                "gauge",
                 "Camera snapshots waiting for the hub's ack.",
-                q.snapshots as f64,
-            );
-            metric(
+                q.snapshots,
+            )?;
+            gauge(
+                e,
                 "queue_depth",
-                "gauge",
                 "Entries waiting for the hub's ack.",
-                q.depth as f64,
-            );
-            metric(
+                q.depth,
+            )?;
+            gauge(
+                e,
                 "queue_readings",
-                "gauge",
                 "Readings waiting for the hub's ack.",
-                q.readings as f64,
-            );
-            metric(
+                q.readings,
+            )?;
+            gauge(
+                e,
                 "queue_bytes",
-                "gauge",
                 "Bytes counted against the queue budget.",
-                q.bytes as f64,
-            );
-            metric(
-                "queue_dropped_total",
-                "counter",
+                q.bytes,
+            )?;
+            counter(
+                e,
+                "queue_dropped",
                 "Entries dropped for the disk budget since the queue was created.",
-                q.dropped as f64,
-            );
-            metric(
-                "queue_dropped_readings_total",
-                "counter",
+                q.dropped,
+            )?;
+            counter(
+                e,
+                "queue_dropped_readings",
                 "Readings in the dropped entries.",
-                q.dropped_readings as f64,
-            );
+                q.dropped_readings,
+            )?;
             let age = q
                 .oldest_enqueued_ms
-                .map(|t| (now_ms - t).max(0) as f64 / 1000.0)
+                .map(|t| ((self.now_ms)() - t).max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
-            metric(
+            gauge(
+                e,
                 "queue_oldest_age_seconds",
-                "gauge",
                 "Age of the oldest waiting entry.",
                 age,
-            );
+            )?;
         }
-        let devices = self.devices();
+        let devices = m.devices();
         let per_device: [PerDevice; 7] = [
             (
                 "device_online",
-                "gauge",
+                MetricType::Gauge,
                 "1 while the device answers polls.",
-                |d| d.online.load(Relaxed) as u8 as f64,
+                |d| u64::from(d.online.load(Relaxed)),
             ),
             (
-                "modbus_requests_total",
-                "counter",
+                "modbus_requests",
+                MetricType::Counter,
                 "Modbus requests sent.",
-                |d| d.requests.load(Relaxed) as f64,
+                |d| d.requests.load(Relaxed),
             ),
             (
-                "modbus_errors_total",
-                "counter",
+                "modbus_errors",
+                MetricType::Counter,
                 "Failed Modbus requests and undecodable values.",
-                |d| d.errors.load(Relaxed) as f64,
+                |d| d.errors.load(Relaxed),
             ),
             (
-                "modbus_timeouts_total",
-                "counter",
+                "modbus_timeouts",
+                MetricType::Counter,
                 "Modbus requests that timed out.",
-                |d| d.timeouts.load(Relaxed) as f64,
+                |d| d.timeouts.load(Relaxed),
             ),
             (
-                "modbus_exceptions_total",
-                "counter",
+                "modbus_exceptions",
+                MetricType::Counter,
                 "Modbus exception responses.",
-                |d| d.exceptions.load(Relaxed) as f64,
+                |d| d.exceptions.load(Relaxed),
             ),
             (
-                "polls_total",
-                "counter",
+                "polls",
+                MetricType::Counter,
                 "Polls with at least one block read.",
-                |d| d.polls.load(Relaxed) as f64,
+                |d| d.polls.load(Relaxed),
             ),
             (
-                "readings_total",
-                "counter",
+                "readings",
+                MetricType::Counter,
                 "Readings passed to the batcher (after deadband).",
-                |d| d.readings.load(Relaxed) as f64,
+                |d| d.readings.load(Relaxed),
             ),
         ];
-        for (name, kind, help, get) in per_device {
-            let _ = writeln!(
-                out,
-                "# HELP edge_agent_{name} {help}\n# TYPE edge_agent_{name} {kind}"
-            );
+        for (name, metric_type, help, get) in per_device {
+            let mut family = e.encode_descriptor(name, help, None, metric_type)?;
             for d in &devices {
-                let _ = writeln!(out, "edge_agent_{name}{{device=\"{}\"}} {}", d.id, get(d));
+                let labels = [("device", d.id.as_str())];
+                let sample = family.encode_family(&labels)?;
+                match metric_type {
+                    MetricType::Gauge => ConstGauge::new(get(d)).encode(sample)?,
+                    _ => ConstCounter::new(get(d)).encode(sample)?,
+                }
             }
         }
-        out
+        Ok(())
     }
 }
 
 /// Serves `GET /metrics` on `addr` until the task is dropped. `queue_stats` is asked on each
 /// scrape.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    queue_stats: Arc<dyn Fn() -> Option<QueueStats> + Send + Sync>,
-) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, queue_stats: QueueStatsFn) {
+    let registry = Arc::new(registry(metrics, queue_stats));
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             // Out of file descriptors and the like: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let metrics = metrics.clone();
-        let queue_stats = queue_stats.clone();
+        let registry = registry.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             let mut n = 0;
@@ -439,15 +478,20 @@ pub async fn serve(
             let mut parts = line.split(' ');
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let response = if method == "GET" && (path == "/metrics" || path == "/") {
-                let stats = tokio::task::spawn_blocking(move || queue_stats())
-                    .await
-                    .ok()
-                    .flatten();
-                let body = metrics.render(stats.as_ref(), protocols::time::now_ms());
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
+                // Blocking: the collector asks the queue for its figures.
+                let body = tokio::task::spawn_blocking(move || {
+                    let mut body = String::with_capacity(4096);
+                    prometheus_text::encode(&mut body, &registry).map(|()| body)
+                })
+                .await;
+                match body {
+                    Ok(Ok(body)) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        prometheus_text::CONTENT_TYPE,
+                        body.len()
+                    ),
+                    _ => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                }
             } else {
                 let body = "not found: the agent serves GET /metrics\n";
                 format!(
@@ -465,29 +509,61 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// Renders the page as [`serve`] does, at `now_ms`.
+    fn render(m: &Arc<Metrics>, q: Option<QueueStats>, now_ms: fn() -> i64) -> String {
+        let mut registry = Registry::with_prefix("edge_agent");
+        registry.register_collector(Box::new(MetricsCollector {
+            now_ms,
+            ..MetricsCollector::new(m.clone(), Arc::new(move || q))
+        }));
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
     #[test]
     fn renders_prometheus_text_with_device_labels() {
         let m = Metrics::new();
         m.entries_sent.fetch_add(3, Relaxed);
+        m.inflight.fetch_add(2, Relaxed);
         let d = DeviceStats::new("SL-0001");
         d.set_online(true);
         d.errors.fetch_add(2, Relaxed);
-        m.set_devices(vec![d]);
+        m.set_devices(vec![d, DeviceStats::new("SL-0002")]);
         let q = QueueStats {
             depth: 4,
             bytes: 1000,
             oldest_enqueued_ms: Some(1_000),
             ..QueueStats::default()
         };
-        let text = m.render(Some(&q), 3_000);
-        assert!(text.contains("edge_agent_entries_sent_total 3\n"), "{text}");
-        assert!(text.contains("edge_agent_queue_depth 4\n"));
-        assert!(text.contains("edge_agent_queue_oldest_age_seconds 2\n"));
+        let text = render(&m, Some(q), || 3_500);
+        assert!(
+            text.contains(
+                "# HELP edge_agent_entries_sent_total Queue entries published, re-sends included.\n\
+                 # TYPE edge_agent_entries_sent_total counter\n\
+                 edge_agent_entries_sent_total 3\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE edge_agent_inflight gauge\nedge_agent_inflight 2\n"));
+        assert!(text.contains("# TYPE edge_agent_queue_depth gauge\nedge_agent_queue_depth 4\n"));
+        assert!(text.contains("edge_agent_queue_oldest_age_seconds 2.5\n"));
+        assert!(text.contains("edge_agent_mqtt_connected 0\n"));
+        assert!(text.contains("# TYPE edge_agent_device_online gauge\n"));
         assert!(text.contains("edge_agent_device_online{device=\"SL-0001\"} 1\n"));
-        assert!(text.contains("edge_agent_modbus_errors_total{device=\"SL-0001\"} 2\n"));
-        assert!(text.contains("# TYPE edge_agent_queue_depth gauge"));
+        assert!(text.contains("edge_agent_device_online{device=\"SL-0002\"} 0\n"));
+        assert!(text.contains(
+            "# TYPE edge_agent_modbus_errors_total counter\n\
+             edge_agent_modbus_errors_total{device=\"SL-0001\"} 2\n"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("edge_agent_"), "{line}");
         }
+        // 1 + 10 + 2 + 10 metrics, 7 of the queue, 7 per device.
+        assert_eq!(text.matches("# TYPE ").count(), 37, "{text}");
+        // Without the queue's figures its families are left out.
+        let text = render(&m, None, || 3_500);
+        assert!(!text.contains("edge_agent_queue_"));
+        assert_eq!(text.matches("# TYPE ").count(), 30);
     }
 }

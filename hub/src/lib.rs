@@ -58,6 +58,7 @@ use crate::shutdown::{Shutdown, Signal};
 use crate::twin::controls::Controls;
 use crate::twin::{CommandSettings, Twins};
 use mqtt_broker::ingress::{IngressEvent, Publisher};
+use prometheus_client::registry::Registry as MetricsRegistry;
 use series_store::SeriesStore;
 
 /// Capacity of the ingress event queue.
@@ -96,6 +97,7 @@ pub struct Hub<S> {
     registry: Arc<Registry>,
     auth: RegistryAuthenticator,
     metrics: Arc<Metrics>,
+    metrics_registry: MetricsRegistry,
     store: Arc<S>,
     events_tx: mpsc::Sender<IngressEvent>,
     events_rx: mpsc::Receiver<IngressEvent>,
@@ -110,11 +112,13 @@ impl<S: SeriesStore> Hub<S> {
         let controls = Controls::load(&config)?;
         let registry = Arc::new(Registry::from_config(&config));
         let (events_tx, events_rx) = mpsc::channel(INGRESS_QUEUE);
+        let metrics = Arc::new(Metrics::default());
         Ok(Hub {
             auth: RegistryAuthenticator::new(registry.clone()),
             registry,
             config,
-            metrics: Arc::new(Metrics::default()),
+            metrics_registry: metrics::registry(&metrics),
+            metrics,
             store,
             events_tx,
             events_rx,
@@ -139,9 +143,15 @@ impl<S: SeriesStore> Hub<S> {
         self.registry.clone()
     }
 
-    /// The metrics, so the ingress can add its own ([`metrics::Metrics::add_source`]).
+    /// The hub core's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The registry behind `/metrics` (prefix `hub`), so the ingress can register its
+    /// collector, e.g. under `sub_registry_with_prefix("mqtt")`.
+    pub fn metrics_registry(&mut self) -> &mut MetricsRegistry {
+        &mut self.metrics_registry
     }
 
     /// A sender for ingress events (give it to the ingress). The pipeline also drains and stops
@@ -162,6 +172,7 @@ impl<S: SeriesStore> Hub<S> {
             registry,
             auth,
             metrics,
+            mut metrics_registry,
             store,
             events_tx,
             events_rx,
@@ -226,26 +237,10 @@ impl<S: SeriesStore> Hub<S> {
                 tracing::error!("rule warm-up failed: {e}");
             }
         }
-        {
-            // Weak: the twins hold the metrics, so a strong reference here would be a cycle
-            // that keeps the twin and alert files open after shutdown.
-            let (a, r, t) = (
-                Arc::downgrade(&alerts),
-                Arc::downgrade(&rules),
-                Arc::downgrade(&twins),
-            );
-            metrics.add_source(Arc::new(move |out: &mut String| {
-                if let Some(a) = a.upgrade() {
-                    a.write_prometheus(out);
-                }
-                if let Some(r) = r.upgrade() {
-                    r.write_prometheus(out);
-                }
-                if let Some(t) = t.upgrade() {
-                    t.write_prometheus(out);
-                }
-            }));
-        }
+        // The collectors hold the services' counters, not the services.
+        metrics_registry.register_collector(Box::new(alerts.collector()));
+        metrics_registry.register_collector(Box::new(rules.collector()));
+        metrics_registry.register_collector(Box::new(twins.collector()));
         // The broker's retained store may be empty after a restart: publish every twin.
         for d in registry.devices() {
             twins.publish(d.idx);
@@ -261,12 +256,7 @@ impl<S: SeriesStore> Hub<S> {
             let v = video.clone();
             maintenance.spawn("video retention", move |stop| v.run_retention(stop));
         }
-        let weak_video = Arc::downgrade(&video);
-        metrics.add_source(Arc::new(move |out: &mut String| {
-            if let Some(v) = weak_video.upgrade() {
-                v.write_prometheus(out);
-            }
-        }));
+        metrics_registry.register_collector(Box::new(video.collector()));
         let dead_letters = DeadLetters::new(outlet.clone(), metrics.clone());
         let status = Arc::new(StatusBoard::new(
             registry.clone(),
@@ -312,7 +302,7 @@ impl<S: SeriesStore> Hub<S> {
             video,
             twins: twins.clone(),
             store,
-            metrics,
+            metrics: Arc::new(metrics_registry),
             outlet,
             shutdown: http.signal(),
             alerts: alerts.clone(),

@@ -1,29 +1,24 @@
-//! The hub's counters and gauges, rendered in the Prometheus text format (`GET /metrics`).
+//! The hub's counters and gauges, exported in the Prometheus text format (`GET /metrics`).
 //!
 //! Hot-path counters are relaxed atomics; rejections are counted per [`DeadLetterReason`].
-//! Other parts (the MQTT broker's `hub_mqtt_*`, the store) plug in through [`MetricsSource`].
+//! They are read at scrape time by [`MetricsCollector`], one `prometheus_client` collector in
+//! the page's [`registry`]; other parts (the MQTT broker's `hub_mqtt_*`, commands, rules,
+//! alerts, video) register their own collectors there.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use parking_lot::Mutex;
-
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use protocols::deadletter::DeadLetterReason;
-
-/// Something that appends its own metrics to the `/metrics` page.
-pub trait MetricsSource: Send + Sync + 'static {
-    /// Appends metric families in the Prometheus text format.
-    fn render(&self, out: &mut String);
-}
-
-/// Any `Fn(&mut String)` is a source, e.g.
-/// `move |out: &mut String| broker_metrics.write_prometheus(out)`.
-impl<F: Fn(&mut String) + Send + Sync + 'static> MetricsSource for F {
-    fn render(&self, out: &mut String) {
-        self(out)
-    }
-}
 
 /// Kinds of inbound topics, for `hub_messages_in_total{kind}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,18 +132,6 @@ impl Histogram {
         }
         None
     }
-
-    fn render(&self, name: &str, out: &mut String) {
-        let mut cumulative = 0;
-        for (b, n) in LATENCY_BOUNDS.iter().zip(&self.buckets) {
-            cumulative += n.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
-    }
 }
 
 /// One counter per [`DeadLetterReason`], indexed by the variant.
@@ -193,7 +176,6 @@ pub struct Metrics {
     /// From a message's arrival at the ingress to its feeds handed to the subscribers' queues
     /// (the part of the feed latency the hub owns).
     pub pipeline_latency: Histogram,
-    sources: Mutex<Vec<Arc<dyn MetricsSource>>>,
 }
 
 impl Metrics {
@@ -211,110 +193,201 @@ impl Metrics {
     pub fn rejected_count(&self, reason: DeadLetterReason) -> u64 {
         self.rejected.0[reason as usize].load(Relaxed)
     }
+}
 
-    /// Adds a source of further metrics (e.g. the broker's `hub_mqtt_*`).
-    pub fn add_source(&self, source: Arc<dyn MetricsSource>) {
-        self.sources.lock().push(source);
+// ---------------------------------------------------------------------------- exposition
+
+/// The registry behind the hub's `/metrics` page: prefix `hub`, with the core metrics
+/// ([`MetricsCollector`]) registered. The broker, twins, rules, alerts and video add their
+/// collectors at start-up; the page is encoded with `prometheus_text::encode`.
+pub fn registry(metrics: &Arc<Metrics>) -> Registry {
+    let mut registry = Registry::with_prefix("hub");
+    registry.register_collector(Box::new(MetricsCollector(metrics.clone())));
+    registry
+}
+
+/// Writes one family without labels. `name` has neither the registry's prefix nor, for a
+/// counter, the `_total` the encoder appends.
+pub(crate) fn encode_one(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> fmt::Result {
+    let metric_type = metric.metric_type();
+    metric.encode(e.encode_descriptor(name, help, None, metric_type)?)
+}
+
+/// Writes a counter without labels (see [`encode_one`]).
+pub(crate) fn encode_counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> fmt::Result {
+    encode_one(e, name, help, ConstCounter::new(v))
+}
+
+/// Writes one family with a sample per label set (see [`encode_one`]).
+pub(crate) fn encode_family<L: EncodeLabelSet, M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl EncodeLabelValue for TopicKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(self.label())
+    }
+}
+
+#[derive(Debug, EncodeLabelSet)]
+struct KindLabels {
+    kind: TopicKind,
+}
+
+impl EncodeMetric for &Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let buckets: [(f64, u64); LATENCY_BOUNDS.len()] =
+            std::array::from_fn(|i| (LATENCY_BOUNDS[i], self.buckets[i].load(Relaxed)));
+        encoder.encode_histogram::<NoLabelSet>(
+            self.sum_us.load(Relaxed) as f64 / 1e6,
+            self.count.load(Relaxed),
+            &buckets,
+            None,
+        )
     }
 
-    /// The whole page in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP hub_messages_in_total Inbound messages by topic kind.\n");
-        out.push_str("# TYPE hub_messages_in_total counter\n");
-        for k in TopicKind::ALL {
-            let _ = writeln!(
-                out,
-                "hub_messages_in_total{{kind=\"{}\"}} {}",
-                k.label(),
-                self.messages_in[k as usize].load(Relaxed)
-            );
-        }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Exports [`Metrics`] (the `hub_*` families of the core) at scrape time.
+pub struct MetricsCollector(Arc<Metrics>);
+
+impl fmt::Debug for MetricsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MetricsCollector")
+    }
+}
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let m = &*self.0;
+        let e = &mut e;
+        encode_family(
+            e,
+            "messages_in",
+            "Inbound messages by topic kind.",
+            MetricType::Counter,
+            TopicKind::ALL.map(|kind| {
+                let n = m.messages_in[kind as usize].load(Relaxed);
+                (KindLabels { kind }, ConstCounter::new(n))
+            }),
+        )?;
         let counters: [(&str, &str, &AtomicU64); 10] = [
             (
-                "hub_readings_stored_total",
+                "readings_stored",
                 "Readings durably stored.",
-                &self.readings_stored,
+                &m.readings_stored,
             ),
             (
-                "hub_duplicates_total",
+                "duplicates",
                 "Redelivered agent messages, re-acknowledged and not stored again.",
-                &self.duplicates,
+                &m.duplicates,
             ),
             (
-                "hub_recovered_total",
+                "recovered",
                 "Redeliveries of messages made durable before a restart, published again.",
-                &self.recovered,
+                &m.recovered,
             ),
             (
-                "hub_store_errors_total",
+                "store_errors",
                 "Failed store appends (left unacknowledged).",
-                &self.store_errors,
+                &m.store_errors,
             ),
             (
-                "hub_feeds_published_total",
+                "feeds_published",
                 "Feed messages published.",
-                &self.feeds_published,
+                &m.feeds_published,
             ),
             (
-                "hub_twins_published_total",
+                "twins_published",
                 "Twin documents published.",
-                &self.twins_published,
+                &m.twins_published,
             ),
             (
-                "hub_acks_published_total",
+                "acks_published",
                 "Acknowledgements published to agents.",
-                &self.acks_published,
+                &m.acks_published,
             ),
+            ("deadletters", "Dead letters published.", &m.deadletters),
             (
-                "hub_deadletters_total",
-                "Dead letters published.",
-                &self.deadletters,
-            ),
-            (
-                "hub_commands_sent_total",
+                "commands_sent",
                 "Commands sent to devices and agents.",
-                &self.commands_sent,
+                &m.commands_sent,
             ),
             (
-                "hub_decode_taken_total",
+                "decode_taken",
                 "Messages taken by the decode workers.",
-                &self.decode_queue.taken,
+                &m.decode_queue.taken,
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+            encode_counter(e, name, help, v.load(Relaxed))?;
         }
-        out.push_str("# HELP hub_rejected_total Rejected messages or parts by reason.\n");
-        out.push_str("# TYPE hub_rejected_total counter\n");
-        // Only the reasons seen so far: three dozen zero series would bury the ones that count.
-        for reason in DeadLetterReason::ALL {
-            let n = self.rejected_count(reason);
-            if n > 0 {
-                let _ = writeln!(out, "hub_rejected_total{{reason=\"{reason}\"}} {n}");
-            }
-        }
-        out.push_str("# HELP hub_queue_depth Items waiting in front of a pipeline stage.\n");
-        out.push_str("# TYPE hub_queue_depth gauge\n");
-        for (stage, g) in [("decode", &self.decode_queue), ("store", &self.store_queue)] {
-            let _ = writeln!(out, "hub_queue_depth{{stage=\"{stage}\"}} {}", g.depth());
-        }
-        out.push_str("# HELP hub_store_append_seconds Latency of durable appends.\n");
-        out.push_str("# TYPE hub_store_append_seconds histogram\n");
-        self.append_latency
-            .render("hub_store_append_seconds", &mut out);
-        out.push_str(
-            "# HELP hub_pipeline_seconds From arrival to the feeds handed to subscribers.\n",
-        );
-        out.push_str("# TYPE hub_pipeline_seconds histogram\n");
-        self.pipeline_latency
-            .render("hub_pipeline_seconds", &mut out);
-        for s in self.sources.lock().iter() {
-            s.render(&mut out);
-        }
-        out
+        encode_family(
+            e,
+            "rejected",
+            "Rejected messages or parts by reason.",
+            MetricType::Counter,
+            // Only the reasons seen so far: three dozen zero series would bury the ones that
+            // count.
+            DeadLetterReason::ALL.into_iter().filter_map(|reason| {
+                let n = m.rejected_count(reason);
+                (n > 0).then(|| ([("reason", reason.label())], ConstCounter::new(n)))
+            }),
+        )?;
+        encode_family(
+            e,
+            "queue_depth",
+            "Items waiting in front of a pipeline stage.",
+            MetricType::Gauge,
+            [("decode", &m.decode_queue), ("store", &m.store_queue)]
+                .map(|(stage, g)| ([("stage", stage)], ConstGauge::new(g.depth()))),
+        )?;
+        encode_one(
+            e,
+            "store_append_seconds",
+            "Latency of durable appends.",
+            &m.append_latency,
+        )?;
+        encode_one(
+            e,
+            "pipeline_seconds",
+            "From arrival to the feeds handed to subscribers.",
+            &m.pipeline_latency,
+        )
     }
+}
+
+/// The page of a `hub` registry holding only `collector` (collectors' unit tests).
+#[cfg(test)]
+pub(crate) fn render_collector(collector: impl Collector) -> String {
+    let mut registry = Registry::with_prefix("hub");
+    registry.register_collector(Box::new(collector));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+    text
 }
 
 #[cfg(test)]
@@ -337,29 +410,53 @@ mod tests {
         assert_eq!(h.quantile_bound(1.0), None);
     }
 
+    fn render(m: &Arc<Metrics>) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry(m)).unwrap();
+        text
+    }
+
     #[test]
     fn renders_prometheus_text() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         m.message_in(TopicKind::Batch);
+        m.message_in(TopicKind::CmdResult);
         m.rejected(DeadLetterReason::UnknownQuantity);
         m.rejected(DeadLetterReason::UnknownQuantity);
+        m.readings_stored.fetch_add(7, Relaxed);
         m.decode_queue.sent.fetch_add(5, Relaxed);
         m.decode_queue.taken.fetch_add(2, Relaxed);
         m.append_latency
             .observe(std::time::Duration::from_micros(1500));
-        m.add_source(Arc::new(|out: &mut String| {
-            out.push_str("hub_mqtt_connections 3\n")
-        }));
-        let text = m.render();
+        let text = render(&m);
         assert!(
-            text.contains("hub_messages_in_total{kind=\"batch\"} 1\n"),
+            text.contains(
+                "# HELP hub_messages_in_total Inbound messages by topic kind.\n\
+                 # TYPE hub_messages_in_total counter\n\
+                 hub_messages_in_total{kind=\"batch\"} 1\n"
+            ),
             "{text}"
         );
+        assert!(text.contains("hub_messages_in_total{kind=\"cmd_result\"} 1\n"));
+        assert!(text.contains(
+            "# HELP hub_readings_stored_total Readings durably stored.\n\
+             # TYPE hub_readings_stored_total counter\n\
+             hub_readings_stored_total 7\n"
+        ));
+        assert!(text.contains("hub_decode_taken_total 2\n"));
         assert!(text.contains("hub_rejected_total{reason=\"unknown_quantity\"} 2\n"));
-        assert!(text.contains("hub_queue_depth{stage=\"decode\"} 3\n"));
+        assert!(
+            text.contains("# TYPE hub_queue_depth gauge\nhub_queue_depth{stage=\"decode\"} 3\n")
+        );
+        assert!(text.contains("hub_queue_depth{stage=\"store\"} 0\n"));
+        assert!(text.contains("# TYPE hub_store_append_seconds histogram\n"));
         assert!(text.contains("hub_store_append_seconds_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("hub_store_append_seconds_bucket{le=\"0.002\"} 1\n"));
+        assert!(text.contains("hub_store_append_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("hub_store_append_seconds_sum 0.0015\n"));
         assert!(text.contains("hub_store_append_seconds_count 1\n"));
-        assert!(text.contains("hub_mqtt_connections 3\n"));
+        assert!(text.contains("hub_pipeline_seconds_count 0\n"));
+        // 1 + 10 + rejected, queue depth and the two histograms.
+        assert_eq!(text.matches("# TYPE ").count(), 15, "{text}");
     }
 }

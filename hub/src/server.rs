@@ -76,13 +76,15 @@ impl Server {
         let opts = store_options(&config.hub);
         // Opening replays the write-ahead log: blocking work.
         let store = Arc::new(tokio::task::spawn_blocking(move || TsStore::open(dir, opts)).await??);
-        let hub = Hub::new(config, store.clone())?.with_options(options);
+        let mut hub = Hub::new(config, store.clone())?.with_options(options);
         let broker_cfg = broker_config(&hub.config().hub)?;
         let broker = Broker::start(broker_cfg, hub.authenticator(), hub.ingress_sender()).await?;
         let metrics = hub.metrics();
-        let m = broker.metrics().clone();
-        hub.metrics()
-            .add_source(Arc::new(move |out: &mut String| m.write_prometheus(out)));
+        hub.metrics_registry()
+            .sub_registry_with_prefix("mqtt")
+            .register_collector(Box::new(mqtt_broker::MetricsCollector::new(
+                broker.metrics().clone(),
+            )));
         let running = match hub.start(Arc::new(broker.clone())).await {
             Ok(r) => r,
             Err(e) => {

@@ -78,7 +78,7 @@ mod session;
 
 pub use access::{AccessPolicy, ContractAccess, client_id_allowed};
 use message::Message;
-pub use metrics::{Metrics, RefuseReason};
+pub use metrics::{Metrics, MetricsCollector, RefuseReason};
 use registry::Slot;
 use router::Router;
 
@@ -323,7 +323,7 @@ impl BrokerHandle {
         &self.addrs
     }
 
-    /// The ingress metrics (append them to /metrics with [`Metrics::write_prometheus`]).
+    /// The ingress metrics (export them on /metrics with a [`MetricsCollector`]).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.core.metrics
     }

@@ -1,7 +1,17 @@
-//! Counters and gauges of the MQTT ingress, rendered as Prometheus text.
+//! Counters and gauges of the MQTT ingress, exported through a `prometheus_client`
+//! [`Collector`] ([`MetricsCollector`]).
 
-use std::fmt::Write;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Why a CONNECT was refused (one counter each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,141 +103,184 @@ impl Metrics {
     pub fn refused(&self, reason: RefuseReason) -> u64 {
         self.refused[reason as usize].load(Ordering::Relaxed)
     }
+}
 
-    /// Appends the metrics in Prometheus text format, each name prefixed `hub_mqtt_`.
-    pub fn write_prometheus(&self, out: &mut String) {
-        let g = |v: &AtomicI64| v.load(Ordering::Relaxed);
-        let c = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP hub_mqtt_{name} {help}");
-            let _ = writeln!(out, "# TYPE hub_mqtt_{name} {kind}");
-            let _ = writeln!(out, "hub_mqtt_{name} {value}");
-        };
-        line(
+/// Exports a [`Metrics`] through a [`prometheus_client`] registry.
+///
+/// Names carry no prefix: the hub registers this under `hub_mqtt` (a `hub` registry's
+/// `sub_registry_with_prefix("mqtt")`), which gives `hub_mqtt_connections`,
+/// `hub_mqtt_messages_in_total` and so on. The values are read at scrape time; counting stays
+/// the relaxed atomic updates of [`Metrics`].
+#[derive(Debug, Clone)]
+pub struct MetricsCollector(Arc<Metrics>);
+
+impl MetricsCollector {
+    /// A collector reading `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> MetricsCollector {
+        MetricsCollector(metrics)
+    }
+}
+
+/// The label set of `connects_refused_total`.
+#[derive(Debug, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: RefuseReason,
+}
+
+impl EncodeLabelValue for RefuseReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(self.label())
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: &AtomicU64) -> fmt::Result {
+    let c = ConstCounter::new(v.load(Ordering::Relaxed));
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: &AtomicI64) -> fmt::Result {
+    let g = ConstGauge::new(v.load(Ordering::Relaxed));
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let m = &*self.0;
+        gauge(
+            &mut e,
             "connections",
-            "gauge",
             "Open MQTT connections.",
-            g(&self.connections).to_string(),
-        );
-        line(
-            "tcp_accepted_total",
-            "counter",
+            &m.connections,
+        )?;
+        counter(
+            &mut e,
+            "tcp_accepted",
             "TCP connections accepted.",
-            c(&self.tcp_accepted).to_string(),
-        );
-        line(
-            "connects_total",
-            "counter",
-            "CONNECTs accepted.",
-            c(&self.connects).to_string(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hub_mqtt_connects_refused_total CONNECTs refused, by reason."
-        );
-        let _ = writeln!(out, "# TYPE hub_mqtt_connects_refused_total counter");
-        for r in RefuseReason::ALL {
-            let _ = writeln!(
-                out,
-                "hub_mqtt_connects_refused_total{{reason=\"{}\"}} {}",
-                r.label(),
-                self.refused(r)
-            );
+            &m.tcp_accepted,
+        )?;
+        counter(&mut e, "connects", "CONNECTs accepted.", &m.connects)?;
+        {
+            let mut family = e.encode_descriptor(
+                "connects_refused",
+                "CONNECTs refused, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for reason in RefuseReason::ALL {
+                ConstCounter::new(m.refused(reason))
+                    .encode(family.encode_family(&RefusedLabels { reason })?)?;
+            }
         }
-        let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP hub_mqtt_{name} {help}");
-            let _ = writeln!(out, "# TYPE hub_mqtt_{name} {kind}");
-            let _ = writeln!(out, "hub_mqtt_{name} {value}");
-        };
         let counters: [(&str, &str, &AtomicU64); 13] = [
             (
-                "protocol_errors_total",
+                "protocol_errors",
                 "Connections closed for malformed or unexpected packets.",
-                &self.protocol_errors,
+                &m.protocol_errors,
             ),
             (
-                "oversized_total",
+                "oversized",
                 "Connections closed for an oversized packet.",
-                &self.oversized,
+                &m.oversized,
             ),
             (
-                "keepalive_timeouts_total",
+                "keepalive_timeouts",
                 "Connections closed because the keepalive expired.",
-                &self.keepalive_timeouts,
+                &m.keepalive_timeouts,
             ),
             (
-                "takeovers_total",
+                "takeovers",
                 "Sessions taken over by a new connection with the same client id.",
-                &self.takeovers,
+                &m.takeovers,
             ),
+            ("messages_in", "PUBLISH packets received.", &m.messages_in),
+            ("bytes_in", "Bytes received.", &m.bytes_in),
+            ("messages_out", "PUBLISH packets sent.", &m.messages_out),
+            ("bytes_out", "Bytes sent.", &m.bytes_out),
             (
-                "messages_in_total",
-                "PUBLISH packets received.",
-                &self.messages_in,
-            ),
-            ("bytes_in_total", "Bytes received.", &self.bytes_in),
-            (
-                "messages_out_total",
-                "PUBLISH packets sent.",
-                &self.messages_out,
-            ),
-            ("bytes_out_total", "Bytes sent.", &self.bytes_out),
-            (
-                "publishes_refused_total",
+                "publishes_refused",
                 "Publishes refused by the access rules.",
-                &self.publishes_refused,
+                &m.publishes_refused,
             ),
             (
-                "subscribes_refused_total",
+                "subscribes_refused",
                 "Subscription filters refused by the access rules.",
-                &self.subscribes_refused,
+                &m.subscribes_refused,
             ),
             (
-                "dropped_total",
+                "dropped",
                 "Messages dropped for a slow subscriber (queue full).",
-                &self.dropped,
+                &m.dropped,
             ),
             (
-                "slow_disconnects_total",
+                "slow_disconnects",
                 "Subscribers disconnected for being stuck.",
-                &self.slow_disconnects,
+                &m.slow_disconnects,
             ),
-            ("wills_total", "Will messages published.", &self.wills),
+            ("wills", "Will messages published.", &m.wills),
         ];
         for (name, help, v) in counters {
-            line(name, "counter", help, c(v).to_string());
+            counter(&mut e, name, help, v)?;
         }
         for (name, help, v) in [
-            ("retained", "Retained messages held.", &self.retained),
+            ("retained", "Retained messages held.", &m.retained),
             (
                 "sessions",
                 "Sessions held (connected or persistent).",
-                &self.sessions,
+                &m.sessions,
             ),
-            ("subscriptions", "Subscriptions held.", &self.subscriptions),
+            ("subscriptions", "Subscriptions held.", &m.subscriptions),
         ] {
-            line(name, "gauge", help, g(v).to_string());
+            gauge(&mut e, name, help, v)?;
         }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::encoding::prometheus_text;
+    use prometheus_client::registry::Registry;
+
+    /// The page as the hub serves it: a `hub` registry with the broker under `mqtt`.
+    fn render(m: &Arc<Metrics>) -> String {
+        let mut registry = Registry::with_prefix("hub");
+        registry
+            .sub_registry_with_prefix("mqtt")
+            .register_collector(Box::new(MetricsCollector::new(m.clone())));
+        let mut s = String::new();
+        prometheus_text::encode(&mut s, &registry).unwrap();
+        s
+    }
 
     #[test]
     fn renders_prometheus_text() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         m.refuse(RefuseReason::BadCredentials);
+        m.refuse(RefuseReason::ShuttingDown);
         m.messages_in.fetch_add(3, Ordering::Relaxed);
-        let mut s = String::new();
-        m.write_prometheus(&mut s);
-        assert!(s.contains("hub_mqtt_connects_refused_total{reason=\"bad_credentials\"} 1\n"));
-        assert!(s.contains("hub_mqtt_messages_in_total 3\n"));
+        m.connections.fetch_add(2, Ordering::Relaxed);
+        let s = render(&m);
+        assert!(s.contains(
+            "# HELP hub_mqtt_connects_refused_total CONNECTs refused, by reason.\n\
+             # TYPE hub_mqtt_connects_refused_total counter\n\
+             hub_mqtt_connects_refused_total{reason=\"bad_credentials\"} 1\n\
+             hub_mqtt_connects_refused_total{reason=\"client_id\"} 0\n"
+        ));
+        assert!(s.contains("hub_mqtt_connects_refused_total{reason=\"shutting_down\"} 1\n"));
+        assert!(s.contains(
+            "# HELP hub_mqtt_messages_in_total PUBLISH packets received.\n\
+             # TYPE hub_mqtt_messages_in_total counter\n\
+             hub_mqtt_messages_in_total 3\n"
+        ));
+        assert!(s.contains("# TYPE hub_mqtt_connections gauge\nhub_mqtt_connections 2\n"));
         assert!(s.contains("# TYPE hub_mqtt_retained gauge\n"));
         assert!(
             s.lines()
                 .all(|l| l.starts_with('#') || l.starts_with("hub_mqtt_"))
         );
+        // 20 families: 4 gauges, 16 counters.
+        assert_eq!(s.matches("# TYPE ").count(), 20, "{s}");
+        assert_eq!(s.matches(" gauge\n").count(), 4);
     }
 }

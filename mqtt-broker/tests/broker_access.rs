@@ -556,8 +556,14 @@ async fn metrics_render_with_the_hub_prefix() {
     let _c = v4::connect(v4::options(b.addr, "ops", "ops", "opss"))
         .await
         .unwrap();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("hub");
+    registry
+        .sub_registry_with_prefix("mqtt")
+        .register_collector(Box::new(mqtt_broker::MetricsCollector::new(
+            b.broker.metrics().clone(),
+        )));
     let mut s = String::new();
-    b.broker.metrics().write_prometheus(&mut s);
+    prometheus_client::encoding::prometheus_text::encode(&mut s, &registry).unwrap();
     assert!(s.contains("hub_mqtt_connections 1\n"), "{s}");
     assert!(s.contains("hub_mqtt_connects_total 1\n"), "{s}");
 }

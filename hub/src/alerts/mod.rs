@@ -216,13 +216,14 @@ struct BookState {
 /// The alert book.
 pub struct AlertBook {
     registry: Arc<Registry>,
-    state: Mutex<BookState>,
+    /// Shared with [`AlertCollector`] for `hub_alerts_open`.
+    state: Arc<Mutex<BookState>>,
     store: Arc<AlertStore>,
     outlet: Outlet,
     wake: Notify,
     flushed: watch::Sender<u64>,
     cap: CapSettings,
-    metrics: AlertMetrics,
+    metrics: Arc<AlertMetrics>,
 }
 
 fn rfc(ms: i64) -> String {
@@ -299,7 +300,7 @@ impl AlertBook {
         let (flushed, _) = watch::channel(0);
         let book = AlertBook {
             registry,
-            state: Mutex::new(st),
+            state: Arc::new(Mutex::new(st)),
             store: Arc::new(store),
             outlet,
             wake: Notify::new(),
@@ -309,7 +310,7 @@ impl AlertBook {
                 sender_name: config.hub.cap_sender_name.clone(),
                 offset: config.hub.utc_offset,
             },
-            metrics: AlertMetrics::default(),
+            metrics: Arc::default(),
         };
         // Alerts of rules that are gone or changed while the hub was down end now.
         let open: Vec<(String, String)> = {
@@ -597,25 +598,51 @@ impl AlertBook {
         }
     }
 
-    /// Renders the `hub_alerts_*` metrics.
-    pub fn write_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let m = &self.metrics;
-        out.push_str("# HELP hub_alerts_raised_total Alerts raised by level.\n# TYPE hub_alerts_raised_total counter\n");
-        for l in AlertLevel::ALL {
-            let _ = writeln!(
-                out,
-                "hub_alerts_raised_total{{level=\"{l}\"}} {}",
-                m.raised[level_idx(l)].load(Relaxed)
-            );
+    /// The collector of the `hub_alerts_*` families for the `/metrics` registry. It holds the
+    /// counters and the in-memory alert state, not the book (nor its file).
+    pub fn collector(&self) -> AlertCollector {
+        AlertCollector {
+            metrics: self.metrics.clone(),
+            state: self.state.clone(),
         }
-        out.push_str("# HELP hub_alerts_cleared_total Alerts cleared by level.\n# TYPE hub_alerts_cleared_total counter\n");
-        for l in AlertLevel::ALL {
-            let _ = writeln!(
-                out,
-                "hub_alerts_cleared_total{{level=\"{l}\"}} {}",
-                m.cleared[level_idx(l)].load(Relaxed)
-            );
+    }
+}
+
+/// Exports the `hub_alerts_*` families at scrape time; see [`AlertBook::collector`].
+pub struct AlertCollector {
+    metrics: Arc<AlertMetrics>,
+    state: Arc<Mutex<BookState>>,
+}
+
+impl std::fmt::Debug for AlertCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertCollector")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for AlertCollector {
+    fn encode(&self, mut e: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{encode_counter, encode_family};
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let m = &*self.metrics;
+        for (name, help, by_level) in [
+            ("alerts_raised", "Alerts raised by level.", &m.raised),
+            ("alerts_cleared", "Alerts cleared by level.", &m.cleared),
+        ] {
+            encode_family(
+                &mut e,
+                name,
+                help,
+                MetricType::Counter,
+                AlertLevel::ALL.map(|l| {
+                    let n = by_level[level_idx(l)].load(Relaxed);
+                    ([("level", l.name())], ConstCounter::new(n))
+                }),
+            )?;
         }
         let mut open = [[0u64; 2]; 4];
         {
@@ -627,39 +654,43 @@ impl AlertBook {
                 }
             }
         }
-        out.push_str("# HELP hub_alerts_open Open alerts by level and state.\n# TYPE hub_alerts_open gauge\n");
-        for l in AlertLevel::ALL {
-            for (s, name) in ["active", "acknowledged"].iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "hub_alerts_open{{level=\"{l}\",state=\"{name}\"}} {}",
-                    open[level_idx(l)][s]
-                );
-            }
-        }
+        encode_family(
+            &mut e,
+            "alerts_open",
+            "Open alerts by level and state.",
+            MetricType::Gauge,
+            AlertLevel::ALL.into_iter().flat_map(|l| {
+                ["active", "acknowledged"]
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(s, state)| {
+                        (
+                            [("level", l.name()), ("state", state)],
+                            ConstGauge::new(open[level_idx(l)][s]),
+                        )
+                    })
+            }),
+        )?;
         for (name, help, v) in [
             (
-                "hub_alerts_acknowledged_total",
+                "alerts_acknowledged",
                 "Alerts acknowledged by operators.",
                 &m.acknowledged,
             ),
             (
-                "hub_alerts_published_total",
+                "alerts_published",
                 "Alert changes written and published.",
                 &m.published,
             ),
             (
-                "hub_alerts_persist_errors_total",
+                "alerts_persist_errors",
                 "Failed writes of the alert file (retried).",
                 &m.persist_errors,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
+            encode_counter(&mut e, name, help, v.load(Relaxed))?;
         }
+        Ok(())
     }
 }
 
@@ -812,5 +843,40 @@ fn event_name(rule: &Rule) -> String {
             None => q,
         },
         Condition::Silent { .. } => "device silent".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod collector_tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_alert_families() {
+        let metrics = Arc::new(AlertMetrics::default());
+        metrics.raised[level_idx(AlertLevel::ALL[1])].fetch_add(2, Relaxed);
+        metrics.acknowledged.fetch_add(1, Relaxed);
+        let text = crate::metrics::render_collector(AlertCollector {
+            metrics,
+            state: Arc::default(),
+        });
+        let l = AlertLevel::ALL[1].name();
+        assert!(
+            text.contains(&format!(
+                "# TYPE hub_alerts_raised_total counter\n\
+                 hub_alerts_raised_total{{level=\"{}\"}} 0\n\
+                 hub_alerts_raised_total{{level=\"{l}\"}} 2\n",
+                AlertLevel::ALL[0].name()
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("hub_alerts_cleared_total{{level=\"{l}\"}} 0\n")));
+        assert!(text.contains(&format!(
+            "hub_alerts_open{{level=\"{l}\",state=\"acknowledged\"}} 0\n"
+        )));
+        assert_eq!(text.matches("hub_alerts_open{").count(), 8);
+        assert!(text.contains("# TYPE hub_alerts_open gauge\n"));
+        assert!(text.contains("hub_alerts_acknowledged_total 1\n"));
+        assert!(text.contains("hub_alerts_persist_errors_total 0\n"));
+        assert_eq!(text.matches("# TYPE ").count(), 6);
     }
 }

@@ -28,7 +28,6 @@ use protocols::messages::ApiError;
 
 use crate::alerts::AlertBook;
 use crate::auth::RegistryAuthenticator;
-use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::Registry;
 use crate::rules::Rules;
@@ -46,8 +45,8 @@ pub struct ApiState<S> {
     pub twins: Arc<Twins>,
     /// Time series.
     pub store: Arc<S>,
-    /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    /// Every collector of `/metrics`.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
     /// Live updates for the stream.
     pub outlet: Outlet,
     /// Raised when the hub stops; open streams end then.
@@ -197,12 +196,17 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn metrics<S: SeriesStore>(
     axum::extract::State(state): axum::extract::State<Arc<ApiState<S>>>,
 ) -> Response {
+    use prometheus_client::encoding::prometheus_text;
+    let mut body = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_text::encode(&mut body, &state.metrics) {
+        return Failure::internal(format!("encoding the metrics: {e}")).into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(prometheus_text::CONTENT_TYPE),
         )],
-        state.metrics.render(),
+        body,
     )
         .into_response()
 }

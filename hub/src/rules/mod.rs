@@ -420,12 +420,13 @@ pub struct RuleMetrics {
 /// The engine.
 pub struct Rules {
     registry: Arc<Registry>,
-    set: RwLock<Arc<RuleSet>>,
+    /// The running set (shared with [`RulesCollector`] for `hub_rules_loaded`).
+    set: Arc<RwLock<Arc<RuleSet>>>,
     /// Per device: when a reading last arrived (hub time).
     heard: Vec<AtomicI64>,
     sink: Arc<dyn AlertSink>,
     offset: UtcOffset,
-    metrics: RuleMetrics,
+    metrics: Arc<RuleMetrics>,
 }
 
 impl Rules {
@@ -443,11 +444,11 @@ impl Rules {
             .collect();
         Rules {
             registry,
-            set: RwLock::new(Arc::new(set)),
+            set: Arc::new(RwLock::new(Arc::new(set))),
             heard,
             sink,
             offset: config.hub.utc_offset,
-            metrics: RuleMetrics::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -853,25 +854,92 @@ impl Rules {
         Ok(report)
     }
 
-    /// Renders the engine's metrics in the Prometheus text format.
-    pub fn write_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let m = &self.metrics;
-        let _ = writeln!(
-            out,
-            "# HELP hub_rules_evaluations_total Readings evaluated against a rule.\n# TYPE hub_rules_evaluations_total counter\nhub_rules_evaluations_total {}",
-            m.evaluations.load(Relaxed)
+    /// The collector of the `hub_rules_*` families for the `/metrics` registry. It holds the
+    /// counters and the running set, not the engine.
+    pub fn collector(&self) -> RulesCollector {
+        RulesCollector {
+            metrics: self.metrics.clone(),
+            set: self.set.clone(),
+        }
+    }
+}
+
+/// Exports the `hub_rules_*` families at scrape time; see [`Rules::collector`].
+pub struct RulesCollector {
+    metrics: Arc<RuleMetrics>,
+    set: Arc<RwLock<Arc<RuleSet>>>,
+}
+
+impl std::fmt::Debug for RulesCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesCollector")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for RulesCollector {
+    fn encode(&self, mut e: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{encode_counter, encode_family, encode_one};
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let m = &*self.metrics;
+        encode_counter(
+            &mut e,
+            "rules_evaluations",
+            "Readings evaluated against a rule.",
+            m.evaluations.load(Relaxed),
+        )?;
+        encode_family(
+            &mut e,
+            "rules_reloads",
+            "Rule reloads by result.",
+            MetricType::Counter,
+            [("ok", &m.reloads_ok), ("refused", &m.reloads_failed)]
+                .map(|(result, v)| ([("result", result)], ConstCounter::new(v.load(Relaxed)))),
+        )?;
+        let loaded = self.set.read().rules.len() as u64;
+        encode_one(
+            &mut e,
+            "rules_loaded",
+            "Rules in the running set.",
+            ConstGauge::new(loaded),
+        )
+    }
+}
+
+#[cfg(test)]
+mod collector_tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_rule_families() {
+        let config = HubConfig::from_toml(
+            "[[devices]]\nid = \"SL-1\"\nkind = \"streetlight\"\nsecret = \"device-secret\"\n",
+        )
+        .unwrap();
+        let registry = Registry::from_config(&config);
+        let metrics = Arc::new(RuleMetrics::default());
+        metrics.evaluations.fetch_add(5, Relaxed);
+        metrics.reloads_failed.fetch_add(1, Relaxed);
+        let text = crate::metrics::render_collector(RulesCollector {
+            metrics,
+            set: Arc::new(RwLock::new(Arc::new(RuleSet::compile(&[], &registry)))),
+        });
+        assert!(
+            text.contains(
+                "# HELP hub_rules_evaluations_total Readings evaluated against a rule.\n\
+                 # TYPE hub_rules_evaluations_total counter\n\
+                 hub_rules_evaluations_total 5\n"
+            ),
+            "{text}"
         );
-        let _ = writeln!(
-            out,
-            "# HELP hub_rules_reloads_total Rule reloads by result.\n# TYPE hub_rules_reloads_total counter\nhub_rules_reloads_total{{result=\"ok\"}} {}\nhub_rules_reloads_total{{result=\"refused\"}} {}",
-            m.reloads_ok.load(Relaxed),
-            m.reloads_failed.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hub_rules_loaded Rules in the running set.\n# TYPE hub_rules_loaded gauge\nhub_rules_loaded {}",
-            self.set.read().rules.len()
-        );
+        assert!(text.contains(
+            "hub_rules_reloads_total{result=\"ok\"} 0\n\
+             hub_rules_reloads_total{result=\"refused\"} 1\n"
+        ));
+        assert!(text.contains("# TYPE hub_rules_loaded gauge\nhub_rules_loaded 0\n"));
+        assert_eq!(text.matches("# TYPE ").count(), 3);
     }
 }

@@ -298,11 +298,11 @@ pub struct Twins {
     desired_writes: tokio::sync::Mutex<()>,
     outlet: Outlet,
     metrics: Arc<Metrics>,
-    /// Live commands by id.
-    pending: Mutex<HashMap<String, DeviceIdx>>,
+    /// Live commands by id (shared with [`CommandCollector`] for `hub_commands_pending`).
+    pending: Arc<Mutex<HashMap<String, DeviceIdx>>>,
     controls: Controls,
     settings: CommandSettings,
-    command_metrics: CommandMetrics,
+    command_metrics: Arc<CommandMetrics>,
     /// Documents to publish in the next twin round.
     stale: stale::Stale,
 }
@@ -366,10 +366,10 @@ impl Twins {
             desired_writes: tokio::sync::Mutex::new(()),
             outlet,
             metrics,
-            pending: Mutex::new(HashMap::new()),
+            pending: Arc::default(),
             controls: Controls::default(),
             settings: CommandSettings::default(),
-            command_metrics: CommandMetrics::default(),
+            command_metrics: Arc::default(),
         })
     }
 
@@ -837,36 +837,13 @@ impl Twins {
             .collect()
     }
 
-    /// Renders the `hub_commands_*` metrics (besides `hub_commands_sent_total`).
-    pub fn write_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let m = &self.command_metrics;
-        let _ = writeln!(
-            out,
-            "# HELP hub_commands_retried_total Commands sent again (no matching report yet).\n# TYPE hub_commands_retried_total counter\nhub_commands_retried_total {}",
-            m.retried.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hub_commands_finished_total Commands by how they ended.\n# TYPE hub_commands_finished_total counter"
-        );
-        for (how, v) in [
-            ("done", &m.done),
-            ("refused", &m.refused),
-            ("timeout", &m.timed_out),
-            ("superseded", &m.superseded),
-        ] {
-            let _ = writeln!(
-                out,
-                "hub_commands_finished_total{{result=\"{how}\"}} {}",
-                v.load(Relaxed)
-            );
+    /// The collector of the `hub_commands_*` families for the `/metrics` registry. It holds
+    /// the command counters and the pending-command map, not the twins.
+    pub fn collector(&self) -> CommandCollector {
+        CommandCollector {
+            metrics: self.command_metrics.clone(),
+            pending: self.pending.clone(),
         }
-        let _ = writeln!(
-            out,
-            "# HELP hub_commands_pending Commands waiting for reported state to match.\n# TYPE hub_commands_pending gauge\nhub_commands_pending {}",
-            self.pending.lock().len()
-        );
     }
 
     /// Writes changed versions to the file; `clean` marks an orderly shutdown.
@@ -889,6 +866,57 @@ impl Twins {
             s.checkpointed = s.checkpointed.max(v);
         }
         Ok(())
+    }
+}
+
+/// Exports the `hub_commands_*` families (besides `hub_commands_sent_total`, which the core
+/// metrics carry) at scrape time; see [`Twins::collector`].
+pub struct CommandCollector {
+    metrics: Arc<CommandMetrics>,
+    pending: Arc<Mutex<HashMap<String, DeviceIdx>>>,
+}
+
+impl std::fmt::Debug for CommandCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandCollector")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for CommandCollector {
+    fn encode(&self, mut e: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{encode_counter, encode_family, encode_one};
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let m = &*self.metrics;
+        encode_counter(
+            &mut e,
+            "commands_retried",
+            "Commands sent again (no matching report yet).",
+            m.retried.load(Relaxed),
+        )?;
+        encode_family(
+            &mut e,
+            "commands_finished",
+            "Commands by how they ended.",
+            MetricType::Counter,
+            [
+                ("done", &m.done),
+                ("refused", &m.refused),
+                ("timeout", &m.timed_out),
+                ("superseded", &m.superseded),
+            ]
+            .map(|(how, v)| ([("result", how)], ConstCounter::new(v.load(Relaxed)))),
+        )?;
+        let pending = self.pending.lock().len() as u64;
+        encode_one(
+            &mut e,
+            "commands_pending",
+            "Commands waiting for reported state to match.",
+            ConstGauge::new(pending),
+        )
     }
 }
 

@@ -193,3 +193,26 @@ async fn desired_delta_command_conflict_and_restart() {
     assert_eq!(t.pending_commands().len(), 1);
     assert!(rec.0.lock().iter().any(|m| m.topic == "v1/agents/AG-1/cmd"));
 }
+
+#[test]
+fn renders_the_command_families() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _) = twins(dir.path());
+    t.command_metrics.retried.fetch_add(2, Relaxed);
+    t.command_metrics.timed_out.fetch_add(1, Relaxed);
+    t.pending.lock().insert("c-1".into(), 0);
+    let text = crate::metrics::render_collector(t.collector());
+    assert!(
+        text.contains(
+            "# HELP hub_commands_retried_total Commands sent again (no matching report yet).\n\
+             # TYPE hub_commands_retried_total counter\n\
+             hub_commands_retried_total 2\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("hub_commands_finished_total{result=\"done\"} 0\n"));
+    assert!(text.contains("hub_commands_finished_total{result=\"timeout\"} 1\n"));
+    assert!(text.contains("hub_commands_finished_total{result=\"superseded\"} 0\n"));
+    assert!(text.contains("# TYPE hub_commands_pending gauge\nhub_commands_pending 1\n"));
+    assert_eq!(text.matches("# TYPE ").count(), 3);
+}

@@ -23,7 +23,6 @@ pub mod catalog;
 pub mod events;
 pub mod snapshots;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -95,7 +94,7 @@ pub struct Video {
     archive: Archive,
     event_retention: Duration,
     snapshot_retention: Duration,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Video {
@@ -128,7 +127,7 @@ impl Video {
             archive,
             event_retention: config.hub.retention.0,
             snapshot_retention: config.hub.snapshot_retention.0,
-            counters: Counters::default(),
+            counters: Arc::default(),
         }))
     }
 
@@ -183,55 +182,10 @@ impl Video {
         }
     }
 
-    /// Appends the video counters in the Prometheus text format.
-    pub fn write_prometheus(&self, out: &mut String) {
-        let c = &self.counters;
-        let mut metric = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP hub_video_{name} {help}\n# TYPE hub_video_{name} counter\nhub_video_{name} {v}"
-            );
-        };
-        metric(
-            "events_total",
-            "Camera event phases recorded.",
-            c.events.load(Relaxed),
-        );
-        metric(
-            "events_unchanged_total",
-            "Camera event phases that changed nothing (redeliveries).",
-            c.events_unchanged.load(Relaxed),
-        );
-        metric(
-            "snapshots_total",
-            "Snapshots stored.",
-            c.snapshots.load(Relaxed),
-        );
-        metric(
-            "snapshots_redelivered_total",
-            "Snapshots received again after they were stored.",
-            c.snapshots_redelivered.load(Relaxed),
-        );
-        metric(
-            "snapshot_bytes_total",
-            "Bytes of snapshots stored.",
-            c.snapshot_bytes.load(Relaxed),
-        );
-        metric(
-            "pruned_events_total",
-            "Events removed by retention.",
-            c.pruned_events.load(Relaxed),
-        );
-        metric(
-            "pruned_snapshots_total",
-            "Snapshots removed by retention.",
-            c.pruned_snapshots.load(Relaxed),
-        );
-        metric(
-            "failures_total",
-            "Events or snapshots that could not be stored (left unacknowledged).",
-            c.failures.load(Relaxed),
-        );
+    /// The collector of the `hub_video_*` families for the `/metrics` registry. It holds the
+    /// counters, not the service (nor its archive).
+    pub fn collector(&self) -> VideoCollector {
+        VideoCollector(self.counters.clone())
     }
 
     /// Publishes an event change: the feed `v1/feeds/camera/{id}` with the motion value and
@@ -408,5 +362,77 @@ impl Work {
             }
             Work::Refused { agent, id } => Some((*agent, id.clone())),
         }
+    }
+}
+
+/// Exports the `hub_video_*` counters at scrape time; see [`Video::collector`].
+#[derive(Debug)]
+pub struct VideoCollector(Arc<Counters>);
+
+impl prometheus_client::collector::Collector for VideoCollector {
+    fn encode(&self, mut e: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        let c = &*self.0;
+        for (name, help, v) in [
+            ("video_events", "Camera event phases recorded.", &c.events),
+            (
+                "video_events_unchanged",
+                "Camera event phases that changed nothing (redeliveries).",
+                &c.events_unchanged,
+            ),
+            ("video_snapshots", "Snapshots stored.", &c.snapshots),
+            (
+                "video_snapshots_redelivered",
+                "Snapshots received again after they were stored.",
+                &c.snapshots_redelivered,
+            ),
+            (
+                "video_snapshot_bytes",
+                "Bytes of snapshots stored.",
+                &c.snapshot_bytes,
+            ),
+            (
+                "video_pruned_events",
+                "Events removed by retention.",
+                &c.pruned_events,
+            ),
+            (
+                "video_pruned_snapshots",
+                "Snapshots removed by retention.",
+                &c.pruned_snapshots,
+            ),
+            (
+                "video_failures",
+                "Events or snapshots that could not be stored (left unacknowledged).",
+                &c.failures,
+            ),
+        ] {
+            crate::metrics::encode_counter(&mut e, name, help, v.load(Relaxed))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod collector_tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_video_counters() {
+        let c = Arc::new(Counters::default());
+        c.events.fetch_add(3, Relaxed);
+        c.snapshot_bytes.fetch_add(4096, Relaxed);
+        let text = crate::metrics::render_collector(VideoCollector(c));
+        assert!(
+            text.contains(
+                "# HELP hub_video_events_total Camera event phases recorded.\n\
+                 # TYPE hub_video_events_total counter\n\
+                 hub_video_events_total 3\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("hub_video_snapshot_bytes_total 4096\n"));
+        assert!(text.contains("hub_video_failures_total 0\n"));
+        assert_eq!(text.matches("# TYPE ").count(), 8);
+        assert_eq!(text.matches(" counter\n").count(), 8);
     }
 }
