@@ -68,7 +68,9 @@ mod head;
 mod query;
 mod wal;
 
-pub use engine::{RetentionReport, StoreOptions, StoreStats, TsStore};
+pub use engine::{
+    REOPEN_HEADROOM, RetentionReport, StoreOptions, StoreStats, TsStore, free_disk_bytes,
+};
 
 /// One time series: a quantity of a device.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -172,6 +174,24 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// An earlier failure stopped writes (the reason is that failure's); the store reopens
+    /// itself once it can (see [`SeriesStore::health`]).
+    #[error("store stopped after an earlier failure, reopening: {0}")]
+    Stopped(String),
+}
+
+/// Whether a store takes writes now, for health checks and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Appends are taken.
+    Writable,
+    /// Appends are refused until the store has recovered.
+    Failed {
+        /// The failure, e.g. "write-ahead log write: No space left on device (os error 28)".
+        reason: String,
+        /// When it happened, epoch ms.
+        since_ms: i64,
+    },
 }
 
 /// A time-series store as the pipeline and the API use it: the seam a backend implements.
@@ -203,7 +223,8 @@ pub enum StoreError {
 /// - **Same series and timestamp twice: the last write wins**, in queries and in `latest`.
 /// - **Errors are unknown outcomes.** On `Err` the batch may or may not be stored; the caller
 ///   does not acknowledge it, and the redelivery is deduplicated. After an I/O failure an
-///   implementation may refuse every later append until it is reopened ([`TsStore`] does).
+///   implementation may refuse every later append until it has recovered ([`TsStore`] refuses
+///   with [`StoreError::Stopped`] and reopens itself; [`SeriesStore::health`] tells).
 ///
 /// # Reads
 ///
@@ -237,4 +258,10 @@ pub trait SeriesStore: Send + Sync + 'static {
     /// `device`, sorted by quantity; series without points and unknown devices give nothing.
     /// Used to rebuild twins at start, so it must reflect everything stored before a restart.
     fn latest(&self, device: &str) -> Result<Vec<(Quantity, Point)>, StoreError>;
+
+    /// Whether appends are taken now. A store that never stops taking writes needs not
+    /// implement it.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Writable
+    }
 }

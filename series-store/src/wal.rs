@@ -77,9 +77,16 @@ impl Segment {
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(MAGIC);
         header[8..].copy_from_slice(&id.to_le_bytes());
-        file.write_all(&header)?;
-        file.sync_data()?;
-        sync_dir(dir)?;
+        let written = file
+            .write_all(&header)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| sync_dir(dir));
+        if let Err(e) = written {
+            // On a full disk: leave no headerless segment behind for the next open to take for
+            // damage in the middle of the log.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         Ok(Segment {
             id,
             file: Arc::new(file),

@@ -18,9 +18,12 @@
 //! threads. Queries ([`read`]) read the heads under a short read lock, and redb through an MVCC
 //! read transaction.
 //!
-//! Once a `write`, `fdatasync` or checkpoint fails the store is failed: every later append is
-//! refused ("store stopped after an earlier failure") until it is reopened, which replays the
-//! WAL. An fsync whose outcome is unknown is never retried.
+//! Once a `write`, `fdatasync` or checkpoint fails the engine is failed: every later append is
+//! refused ([`StoreError::Stopped`]). An fsync whose outcome is unknown is never retried; instead
+//! the handle ([`TsStore`], with [`recovery`]) closes the failed engine and opens a new one on the
+//! same files, which replays the WAL like a restart after a crash, and takes writes again once
+//! a first checkpoint has rewritten what it replayed (a full disk that is freed again needs no
+//! restart).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,7 +35,7 @@ use protocols::Quantity;
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use tokio::sync::{mpsc as amsc, oneshot};
 
-use crate::{Appended, Point, Query, SeriesId, SeriesStore, StoreError, WriteBatch};
+use crate::{Appended, Point, Query, SeriesId, SeriesStore, StoreError, StoreHealth, WriteBatch};
 use channels::Request;
 use shared::{CHUNKS, DB_FILE, Shared, WAL_DIR, db_err};
 
@@ -40,10 +43,13 @@ mod channels;
 mod checkpointer;
 mod open;
 mod read;
+mod recovery;
 mod retention;
 mod shared;
 mod syncer;
 mod writer;
+
+pub use recovery::{REOPEN_HEADROOM, free_disk_bytes};
 
 /// Tuning of the engine. `Default` is what the hub uses unless hub.toml says otherwise.
 #[derive(Clone, Debug)]
@@ -105,6 +111,8 @@ pub struct StoreStats {
     pub db_bytes: u64,
     /// Bytes of all WAL segments.
     pub wal_bytes: u64,
+    /// Times the store reopened itself after a failure since it was opened.
+    pub recoveries: u64,
 }
 
 /// What a retention run removed.
@@ -120,25 +128,129 @@ pub struct RetentionReport {
 ///
 /// Open it with [`TsStore::open`] (blocking: it replays the WAL), share it in an `Arc`, close it
 /// with [`TsStore::close`]. Dropping it without `close` loses nothing acknowledged; the next open
-/// replays the WAL.
+/// replays the WAL. After an I/O failure (a full disk, say) it refuses appends with
+/// [`StoreError::Stopped`] and reopens itself in the background, at most once per backoff
+/// interval (1 s doubling to 30 s) while appends keep coming; [`SeriesStore::health`] says which.
 pub struct TsStore {
-    shared: Arc<Shared>,
-    tx: amsc::Sender<Request>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    inner: Arc<recovery::Inner>,
 }
 
 impl std::fmt::Debug for TsStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TsStore")
-            .field("dir", &self.shared.dir)
+            .field("dir", &self.inner.dir)
             .finish_non_exhaustive()
     }
 }
 
 impl TsStore {
+    /// Opens (or creates) the store in `dir`: `dir/series.redb` and `dir/wal/`. Recovers from a
+    /// crash by replaying the WAL after the last checkpoint; a torn last record is cut off.
+    /// Blocking; in async code call it through `spawn_blocking`.
+    pub fn open(
+        dir: impl AsRef<std::path::Path>,
+        opts: StoreOptions,
+    ) -> Result<TsStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let engine = Engine::open(&dir, &opts)?;
+        Ok(TsStore {
+            inner: recovery::Inner::new(dir, opts, engine),
+        })
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        self.inner.engine.read().clone()
+    }
+
     /// Commits everything to redb now (sealed chunks, head snapshots, dedup state) and deletes
     /// the WAL segments that covers. Normally periodic; useful before measuring disk use.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.engine().checkpoint().await
+    }
+
+    /// Finishes queued appends, checkpoints, syncs and stops the store's threads (after a
+    /// reopen in progress has finished). Later calls return `Closed`.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.stop_recovering().await;
+        self.engine().close().await
+    }
+
+    /// Drops every chunk whose newest point is older than `cutoff_ms`. Runs by itself every
+    /// `retention_interval` with `now - retention`; blocking.
+    pub fn drop_before(&self, cutoff_ms: i64) -> Result<RetentionReport, StoreError> {
+        self.engine().drop_before(cutoff_ms)
+    }
+
+    /// Every series ever written (retention does not forget series), sorted.
+    pub fn series(&self) -> Vec<SeriesId> {
+        self.engine().series()
+    }
+
+    /// Counters and sizes, for metrics and benchmarks.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut s = self.engine().stats()?;
+        s.recoveries = self.inner.recoveries.load(Ordering::Relaxed);
+        Ok(s)
+    }
+}
+
+impl SeriesStore for TsStore {
+    async fn append(&self, batch: WriteBatch) -> Result<Appended, StoreError> {
+        let engine = self.engine();
+        if let Some(reason) = engine.failure() {
+            self.inner.kick();
+            return Err(StoreError::Stopped(reason.reason));
+        }
+        let r = engine.append(batch).await;
+        if r.is_err() && engine.failure().is_some() {
+            self.inner.kick();
+        }
+        r
+    }
+
+    fn query(&self, q: &Query) -> Result<Vec<(i64, f64)>, StoreError> {
+        read::query(&self.engine().shared, q)
+    }
+
+    fn latest(&self, device: &str) -> Result<Vec<(Quantity, Point)>, StoreError> {
+        read::latest(&self.engine().shared, device)
+    }
+
+    fn health(&self) -> StoreHealth {
+        match self.engine().failure() {
+            None => StoreHealth::Writable,
+            Some(f) => StoreHealth::Failed {
+                reason: f.reason,
+                since_ms: f.since_ms,
+            },
+        }
+    }
+}
+
+/// One open instance of the engine on the store's files: its threads and what they share. A
+/// [`TsStore`] replaces it with a new one after a failure.
+struct Engine {
+    shared: Arc<Shared>,
+    tx: amsc::Sender<Request>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Why this engine stopped taking writes, once it has.
+    fn failure(&self) -> Option<shared::Failure> {
+        self.shared.failed.lock().clone()
+    }
+
+    async fn append(&self, batch: WriteBatch) -> Result<Appended, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Append(batch, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn checkpoint(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Request::Checkpoint(tx))
@@ -147,38 +259,61 @@ impl TsStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Finishes queued appends, checkpoints, syncs and stops the store's threads. Later calls
-    /// return `Closed`.
-    pub async fn close(&self) -> Result<(), StoreError> {
+    /// [`Engine::checkpoint`] from a thread outside the runtime.
+    fn checkpoint_blocking(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Request::Checkpoint(tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Request::Close(tx))
             .await
             .map_err(|_| StoreError::Closed)?;
         let r = rx.await.map_err(|_| StoreError::Closed)?;
+        self.join();
+        r
+    }
+
+    /// [`Engine::close`] from a thread outside the runtime.
+    fn close_blocking(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Request::Close(tx))
+            .map_err(|_| StoreError::Closed)?;
+        let r = rx.blocking_recv().map_err(|_| StoreError::Closed)?;
+        self.join();
+        r
+    }
+
+    /// Waits for the threads and lets go of the database file (a new engine may open it).
+    fn join(&self) {
         let threads = std::mem::take(&mut *self.threads.lock());
         for t in threads {
             let _ = t.join();
         }
         *self.shared.db.write() = None;
-        r
     }
 
     /// Drops every chunk whose newest point is older than `cutoff_ms`. Runs by itself every
     /// `retention_interval` with `now - retention`; blocking.
-    pub fn drop_before(&self, cutoff_ms: i64) -> Result<RetentionReport, StoreError> {
+    fn drop_before(&self, cutoff_ms: i64) -> Result<RetentionReport, StoreError> {
         retention::drop_before(&self.shared, cutoff_ms)
     }
 
     /// Every series ever written (retention does not forget series), sorted.
-    pub fn series(&self) -> Vec<SeriesId> {
+    fn series(&self) -> Vec<SeriesId> {
         let mut v: Vec<SeriesId> = self.shared.registry.read().ids.keys().cloned().collect();
         v.sort();
         v
     }
 
     /// Counters and sizes, for metrics and benchmarks.
-    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+    fn stats(&self) -> Result<StoreStats, StoreError> {
         let (head_points, pending_chunks) = {
             let st = self.shared.state.read();
             (
@@ -207,25 +342,7 @@ impl TsStore {
             checkpoints: self.shared.checkpoints.load(Ordering::Relaxed),
             db_bytes: std::fs::metadata(self.shared.dir.join(DB_FILE))?.len(),
             wal_bytes,
+            recoveries: 0,
         })
-    }
-}
-
-impl SeriesStore for TsStore {
-    async fn append(&self, batch: WriteBatch) -> Result<Appended, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Append(batch, tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
-
-    fn query(&self, q: &Query) -> Result<Vec<(i64, f64)>, StoreError> {
-        read::query(&self.shared, q)
-    }
-
-    fn latest(&self, device: &str) -> Result<Vec<(Quantity, Point)>, StoreError> {
-        read::latest(&self.shared, device)
     }
 }

@@ -30,18 +30,16 @@ use super::shared::{
 };
 use super::syncer::{self, SyncQueue, Syncer};
 use super::writer::Writer;
-use super::{StoreOptions, TsStore};
+use super::{Engine, StoreOptions};
 use crate::dedup::OriginIndex;
 use crate::head::{SealPolicy, SeriesHead};
 use crate::wal::{self, Segment};
 use crate::{SeriesId, StoreError};
 
-impl TsStore {
-    /// Opens (or creates) the store in `dir`: `dir/series.redb` and `dir/wal/`. Recovers from a
-    /// crash by replaying the WAL after the last checkpoint; a torn last record is cut off.
-    /// Blocking; in async code call it through `spawn_blocking`.
-    pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<TsStore, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
+impl Engine {
+    /// Opens an engine on `dir`: `dir/series.redb` and `dir/wal/` (see [`super::TsStore::open`]).
+    pub(super) fn open(dir: &Path, opts: &StoreOptions) -> Result<Engine, StoreError> {
+        let dir = dir.to_path_buf();
         let wal_dir = dir.join(WAL_DIR);
         std::fs::create_dir_all(&wal_dir)?;
         let db = Database::builder()
@@ -138,7 +136,7 @@ impl TsStore {
                 .name("store-write".into())
                 .spawn(move || writer.run(rx))?,
         );
-        Ok(TsStore {
+        Ok(Engine {
             shared,
             tx,
             threads: Mutex::new(threads),

@@ -13,6 +13,7 @@ use std::sync::atomic::AtomicU64;
 
 use parking_lot::{Mutex, RwLock};
 use protocols::Quantity;
+use protocols::time::now_ms;
 use redb::{Database, TableDefinition};
 
 use crate::chunk::{ChunkMeta, encode_record};
@@ -139,7 +140,7 @@ pub(super) struct Shared {
     /// Series names and ids.
     pub(super) registry: RwLock<Registry>,
     /// Why the store stopped taking writes, once it has.
-    pub(super) failed: Mutex<Option<String>>,
+    pub(super) failed: Mutex<Option<Failure>>,
     /// When heads seal chunks.
     pub(super) policy: SealPolicy,
     /// Widest chunk span ever written (queries look back this far before `from`).
@@ -152,13 +153,20 @@ pub(super) struct Shared {
     pub(super) checkpoints: AtomicU64,
 }
 
+/// Why and since when an engine refuses writes.
+#[derive(Clone, Debug)]
+pub(super) struct Failure {
+    /// The first error, e.g. "write-ahead log write: No space left on device (os error 28)".
+    pub(super) reason: String,
+    /// When it happened, epoch ms.
+    pub(super) since_ms: i64,
+}
+
 impl Shared {
     /// `Err` once the store has failed: nothing more is written until it is reopened.
     pub(super) fn check_failed(&self) -> Result<(), StoreError> {
         match &*self.failed.lock() {
-            Some(m) => Err(StoreError::Io(std::io::Error::other(format!(
-                "store stopped after an earlier failure: {m}"
-            )))),
+            Some(f) => Err(StoreError::Stopped(f.reason.clone())),
             None => Ok(()),
         }
     }
@@ -176,10 +184,13 @@ impl Shared {
 
     /// Puts the store into the failed state; the first reason is kept.
     pub(super) fn fail(&self, msg: String) {
-        tracing::error!(error = %msg, "time-series store failed; writes are refused until reopened");
         let mut f = self.failed.lock();
         if f.is_none() {
-            *f = Some(msg);
+            tracing::error!(error = %msg, "time-series store failed; writes are refused until it reopens");
+            *f = Some(Failure {
+                reason: msg,
+                since_ms: now_ms(),
+            });
         }
     }
 }
