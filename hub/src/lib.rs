@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod feeds;
+pub mod health;
 pub mod metrics;
 pub mod normalize;
 pub mod outbound;
@@ -65,6 +66,8 @@ use series_store::SeriesStore;
 const INGRESS_QUEUE: usize = 4096;
 /// How often twin versions are checkpointed.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// Failed appends are summarized in one log line per this interval.
+const APPEND_ERRORS_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +259,15 @@ impl<S: SeriesStore> Hub<S> {
             let v = video.clone();
             maintenance.spawn("video retention", move |stop| v.run_retention(stop));
         }
+        let disk = health::DiskWatch::new(
+            config.hub.data_dir.clone(),
+            config.hub.min_free_disk.bytes(),
+        );
+        {
+            let d = disk.clone();
+            maintenance.spawn("disk watch", move |stop| d.run(stop));
+        }
+        metrics_registry.register_collector(Box::new(disk.collector()));
         metrics_registry.register_collector(Box::new(video.collector()));
         let dead_letters = DeadLetters::new(outlet.clone(), metrics.clone());
         let status = Arc::new(StatusBoard::new(
@@ -280,6 +292,11 @@ impl<S: SeriesStore> Hub<S> {
                 outlet: outlet.clone(),
                 registry: registry.clone(),
                 metrics: metrics.clone(),
+                disk: disk.clone(),
+                append_errors: health::ErrorBurst::new(
+                    "store append failed, messages left unacknowledged",
+                    APPEND_ERRORS_EVERY,
+                ),
             },
         };
         let pipeline = Pipeline::start(stages, events_rx, options);
@@ -308,6 +325,7 @@ impl<S: SeriesStore> Hub<S> {
             alerts: alerts.clone(),
             rules: rules.clone(),
             config_source: config.source.clone(),
+            disk,
         }));
         http.spawn("HTTP server", move |mut stop| async move {
             let serve = axum::serve(listener, router)

@@ -1,5 +1,6 @@
 //! Shared pieces of configuration files (hub.toml, agent.toml, profiles): TOML loading that
-//! names the offending key in one line, and human durations (`500ms`, `30s`, `10m`, `1h30m`).
+//! names the offending key in one line, human durations (`500ms`, `30s`, `10m`, `1h30m`) and
+//! sizes (`64MiB`).
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -206,6 +207,80 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A size written in a config file: a number of bytes (`67108864`) or text with a unit
+/// (`"64MiB"`, `"500 MB"`, `"1GiB"`, `"4096B"`); KB/MB/GB are powers of 1000, KiB/MiB/GiB of
+/// 1024.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// From mebibytes.
+    pub const fn mib(n: u64) -> ByteSize {
+        ByteSize(n << 20)
+    }
+
+    /// The number of bytes.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+/// Parses `"64MiB"`, `"500 MB"`, `"4096"` into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. `64MiB`, `500MB`, `4096`)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "MB" => 1000 * 1000,
+        "GB" => 1000 * 1000 * 1000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: bytes, or text like \"64MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +304,26 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("500 MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2KB"), Ok(2000));
+        for bad in ["", "MiB", "1.5GiB", "-1", "10 parsecs", "99999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        #[derive(Debug, Deserialize)]
+        struct S {
+            a: ByteSize,
+            b: ByteSize,
+        }
+        let s: S = parse_toml("a = 1024\nb = \"16MiB\"\n").unwrap();
+        assert_eq!((s.a, s.b), (ByteSize(1024), ByteSize::mib(16)));
+        assert!(parse_toml::<S>("a = -1\nb = 1\n").is_err());
     }
 
     #[derive(Debug, Deserialize)]

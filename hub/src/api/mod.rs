@@ -59,13 +59,16 @@ pub struct ApiState<S> {
     pub config_source: Option<std::path::PathBuf>,
     /// Cameras: catalog, events, snapshots.
     pub video: Arc<crate::video::Video>,
+    /// Free disk space against `[hub] min_free_disk`.
+    pub disk: Arc<crate::health::DiskWatch>,
 }
 
 /// The router with every route of the HTTP contract.
 pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
     Router::new()
         .route("/", get(dashboard::page))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz::<S>))
+        .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/api/v1/devices", get(devices::list::<S>))
         .route("/api/v1/devices/{id}", get(devices::one::<S>))
@@ -189,8 +192,50 @@ impl<S: SeriesStore> FromRequestParts<Arc<ApiState<S>>> for Caller {
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// 200 `{"status":"ok","components":[...]}` while every component works; 503 with
+/// `"status":"failing"` and the failing component's reason while one does not (the store
+/// cannot write, the disk is below `[hub] min_free_disk`). The process answering at all is
+/// the liveness signal; the status is the truth about what it can do.
+async fn healthz<S: SeriesStore>(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState<S>>>,
+) -> Response {
+    let (ok, components) = crate::health::components(&*state.store, &state.disk);
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let status = if ok { "ok" } else { "failing" };
+    (
+        code,
+        Json(serde_json::json!({"status": status, "components": components})),
+    )
+        .into_response()
+}
+
+/// For a load balancer: 200 `{"ready":true}` while the hub takes data, 503 with the reasons
+/// while it does not (a failing component, or the hub stopping).
+async fn readyz<S: SeriesStore>(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState<S>>>,
+) -> Response {
+    let (ok, components) = crate::health::components(&*state.store, &state.disk);
+    let mut reasons: Vec<String> = components
+        .iter()
+        .filter(|c| c.status != "ok")
+        .map(|c| format!("{}: {}", c.component, c.detail))
+        .collect();
+    if state.shutdown.is_set() {
+        reasons.push("the hub is stopping".into());
+    }
+    if ok && reasons.is_empty() {
+        (StatusCode::OK, Json(serde_json::json!({"ready": true}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"ready": false, "reasons": reasons})),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics<S: SeriesStore>(

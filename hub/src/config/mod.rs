@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use protocols::Quantity;
 use protocols::access::grant_filter;
-use protocols::config::{ConfigError, HumanDuration, parse_toml};
+use protocols::config::{ByteSize, ConfigError, HumanDuration, parse_toml};
 use protocols::gb28181::GbId;
 use protocols::id::{validate_id, validate_kind};
 use protocols::topic::AlertLevel;
@@ -132,6 +132,15 @@ pub struct HubSettings {
     /// First wait before a command is sent again; doubles with every retry (at most 30 s).
     #[serde(default = "default_command_retry")]
     pub command_retry: HumanDuration,
+    /// Below this much free space on the data directory's filesystem the hub refuses new data
+    /// (leaves it unacknowledged) and reports the disk as failing, so that the store, twins
+    /// and alerts keep room to finish and recover (bytes, or `"64MiB"`).
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk: ByteSize,
+}
+
+fn default_min_free_disk() -> ByteSize {
+    ByteSize::mib(64)
 }
 
 impl Default for HubSettings {
@@ -150,6 +159,7 @@ impl Default for HubSettings {
             cap_sender_name: default_cap_sender_name(),
             command_timeout: default_command_timeout(),
             command_retry: default_command_retry(),
+            min_free_disk: default_min_free_disk(),
         }
     }
 }

@@ -20,6 +20,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Prepared, Stored};
+use crate::health::{DiskWatch, ErrorBurst};
 use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::Registry;
@@ -48,6 +49,10 @@ pub struct Committer<S> {
     pub registry: Arc<Registry>,
     /// Store latency, queue depth and publish counters.
     pub metrics: Arc<Metrics>,
+    /// Below `[hub] min_free_disk` new writes are refused (not acknowledged).
+    pub disk: Arc<DiskWatch>,
+    /// Failed appends, logged as a summary per interval rather than one line each.
+    pub append_errors: ErrorBurst,
 }
 
 /// Runs the stage until its input closes and every append has finished and been published.
@@ -76,9 +81,18 @@ pub async fn run<S: SeriesStore>(c: Arc<Committer<S>>, mut input: mpsc::Receiver
                     let batch = std::mem::take(&mut p.batch);
                     in_flight.push(async move {
                         let started = Instant::now();
-                        let result = match p.video.as_mut() {
-                            Some(work) => persist_then_append(work, &c.video, &*c.store, batch).await,
-                            None => c.store.append(batch).await,
+                        let result = if c.disk.is_low() {
+                            // Not acknowledged: the sender keeps it and sends it again later.
+                            c.disk.refused();
+                            Err(StoreError::Io(std::io::Error::new(
+                                std::io::ErrorKind::StorageFull,
+                                c.disk.reason(),
+                            )))
+                        } else {
+                            match p.video.as_mut() {
+                                Some(work) => persist_then_append(work, &c.video, &*c.store, batch).await,
+                                None => c.store.append(batch).await,
+                            }
                         };
                         c.metrics.append_latency.observe(started.elapsed());
                         c.metrics.store_queue.taken.fetch_add(1, Relaxed);

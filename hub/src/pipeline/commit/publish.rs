@@ -91,10 +91,13 @@ fn handle<S>(c: &Committer<S>, stored: Stored, acks: &mut AckCoalescer) {
         result,
     } = stored;
     let appended = match result {
-        Ok(a) => a,
+        Ok(a) => {
+            c.append_errors.clear();
+            a
+        }
         Err(e) => {
             c.metrics.store_errors.fetch_add(1, Relaxed);
-            tracing::error!("store append failed, message left unacknowledged: {e}");
+            c.append_errors.record(&e);
             // Dropping `done` without a disposition tells the ingress not to acknowledge.
             drop(prepared.done.take());
             return;

@@ -1,0 +1,277 @@
+//! The hub on a real small filesystem (a tmpfs these tests mount; they run as root) that fills
+//! up and is freed again: it refuses what it cannot store (no ack), says so in `/healthz`,
+//! `/readyz` and `/metrics`, and takes data again by itself, with every acknowledged reading
+//! stored.
+
+mod hub_e2e_support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hub_e2e_support::*;
+use protocols::Quantity;
+use protocols::batch::{Ack, encode};
+use protocols::config::ByteSize;
+use rumqttc::QoS;
+
+/// A tmpfs of `size` mounted on a fresh temporary directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and must run as root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Writes a file until the filesystem is full, then gives `leave` bytes back.
+fn fill(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("create filler");
+    let block = vec![0xA5u8; 64 << 10];
+    let mut len = 0u64;
+    loop {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(n) => len += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    f.set_len(len.saturating_sub(leave)).expect("shrink filler");
+    path
+}
+
+fn ack_of(p: &rumqttc::Publish) -> Ack {
+    serde_json::from_slice(&p.payload).unwrap()
+}
+
+/// `/healthz` until `pred` holds on (status, body); panics after a minute.
+async fn health_until(
+    base: &str,
+    path: &str,
+    pred: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get_json(base, path, None).await;
+        if pred(status.as_u16(), &body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path} stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn component<'a>(body: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    body["components"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["component"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+struct Agent {
+    client: Client,
+    t0: i64,
+}
+
+impl Agent {
+    async fn connect(hub: &E2eHub) -> Agent {
+        // Withheld PUBACKs hold their packet ids until the session ends: room for many.
+        let mut o = options(hub.mqtt, "AG-0001", "AG-0001", "ag-secret-0001");
+        o.set_inflight(u16::MAX);
+        let mut client = connect_with(o).await.unwrap();
+        client
+            .subscribe("v1/agents/AG-0001/ack", QoS::AtLeastOnce)
+            .await;
+        Agent {
+            client,
+            t0: now_ms() - 600_000,
+        }
+    }
+
+    async fn send(&self, seq: u64) {
+        let b = batch(
+            "AG-0001",
+            1,
+            seq,
+            "SL-0001",
+            vec![(
+                self.t0 + seq as i64 * 1000,
+                vec![reading(Quantity::LampPower, 100.0 + seq as f64)],
+            )],
+        );
+        self.client
+            .publish("v1/agents/AG-0001/batch", QoS::AtLeastOnce, encode(&b))
+            .await;
+    }
+
+    /// Sends `seq` and waits for the ack that covers it.
+    async fn send_acked(&mut self, seq: u64) {
+        self.send(seq).await;
+        let deadline = Instant::now() + WAIT;
+        while !ack_of(&self.client.next_on("v1/agents/AG-0001/ack").await).covers(seq) {
+            assert!(Instant::now() < deadline, "seq {seq} never acked");
+        }
+    }
+
+    /// Sends `seq` again every 300 ms (as an agent redelivers) until an ack covers it.
+    async fn redeliver_until_acked(&mut self, seq: u64) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            self.send(seq).await;
+            let got = tokio::time::timeout(
+                Duration::from_millis(300),
+                self.client.next_on("v1/agents/AG-0001/ack"),
+            )
+            .await;
+            if let Ok(p) = got
+                && ack_of(&p).covers(seq)
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "seq {seq} never acked");
+        }
+    }
+
+    fn expected(&self, seqs: impl IntoIterator<Item = u64>) -> Vec<(i64, f64)> {
+        seqs.into_iter()
+            .map(|s| (self.t0 + s as i64 * 1000, 100.0 + s as f64))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_free_disk_data_is_refused_and_taken_again_once_freed() {
+    let disk = SmallDisk::mount("64m");
+    let mut cfg = config(&disk.path().join("data"));
+    cfg.hub.min_free_disk = ByteSize::mib(16);
+    let hub = E2eHub::start(cfg).await;
+    let base = hub.base_url();
+    let body = health_until(&base, "/healthz", |s, _| s == 200).await;
+    assert_eq!(body["status"], "ok");
+    assert_eq!(component(&body, "disk")["status"], "ok");
+    assert_eq!(get_json(&base, "/readyz", None).await.0, 200);
+
+    let mut agent = Agent::connect(&hub).await;
+    for seq in 1..=5 {
+        agent.send_acked(seq).await;
+    }
+
+    // 4 MiB left: the store could still write, but the hub keeps the rest for recovery.
+    let filler = fill(disk.path(), 4 << 20);
+    let body = health_until(&base, "/healthz", |s, _| s == 503).await;
+    assert_eq!(body["status"], "failing");
+    let d = component(&body, "disk");
+    assert_eq!(d["status"], "failing");
+    assert!(
+        d["detail"].as_str().unwrap().contains("min_free_disk"),
+        "{d}"
+    );
+    assert_eq!(component(&body, "store")["status"], "ok");
+    let ready = health_until(&base, "/readyz", |s, _| s == 503).await;
+    assert_eq!(ready["ready"], false);
+    assert!(ready["reasons"][0].as_str().unwrap().starts_with("disk:"));
+    assert_eq!(metric(&base, "hub_disk_low").await, 1.0);
+
+    // Refused, counted, not acknowledged.
+    agent.send(6).await;
+    let deadline = Instant::now() + WAIT;
+    while metric(&base, "hub_disk_refused_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "refusal never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    health_until(&base, "/healthz", |s, _| s == 200).await;
+    assert_eq!(get_json(&base, "/readyz", None).await.0, 200);
+    agent.redeliver_until_acked(6).await;
+    agent.send_acked(7).await;
+
+    let now = now_ms();
+    assert_eq!(
+        series(&base, "SL-0001", "lamp_power", agent.t0, now).await,
+        agent.expected(1..=7)
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_hit_enospc_reports_it_and_recovers_without_restart() {
+    let disk = SmallDisk::mount("64m");
+    let mut cfg = config(&disk.path().join("data"));
+    // No watermark: the store itself meets the full disk.
+    cfg.hub.min_free_disk = ByteSize(0);
+    let hub = E2eHub::start(cfg).await;
+    let base = hub.base_url();
+    let mut agent = Agent::connect(&hub).await;
+    let mut acked = Vec::new();
+    for seq in 1..=5 {
+        agent.send_acked(seq).await;
+        acked.push(seq);
+    }
+
+    let filler = fill(disk.path(), 0);
+    // New messages until the store's log needs a page the filesystem does not have.
+    let mut seq = 6;
+    let body = loop {
+        agent.send(seq).await;
+        let (status, body) = get_json(&base, "/healthz", None).await;
+        if status == 503 {
+            break body;
+        }
+        seq += 1;
+        assert!(seq < 50_000, "the store never met the full disk");
+    };
+    let store = component(&body, "store");
+    assert_eq!(store["status"], "failing", "{body}");
+    assert!(
+        store["detail"].as_str().unwrap().contains("No space left"),
+        "{store}"
+    );
+    assert!(store["since"].is_string());
+    assert_eq!(get_json(&base, "/readyz", None).await.0, 503);
+
+    std::fs::remove_file(&filler).unwrap();
+    // Every message sent so far is redelivered until acknowledged (an agent's uplink does
+    // this); the store reopens on its own along the way.
+    for s in 6..=seq {
+        agent.redeliver_until_acked(s).await;
+        acked.push(s);
+    }
+    health_until(&base, "/healthz", |s, _| s == 200).await;
+    agent.send_acked(seq + 1).await;
+    acked.push(seq + 1);
+    assert!(metric(&base, "hub_store_errors_total").await >= 1.0);
+
+    let now = now_ms();
+    assert_eq!(
+        series(&base, "SL-0001", "lamp_power", agent.t0, now).await,
+        agent.expected(acked.iter().copied())
+    );
+    hub.stop().await;
+}
