@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use protocols::batch::Ack;
-use protocols::messages::{CommandResult, Health, STATUS_OFFLINE, STATUS_ONLINE};
+use protocols::messages::{CommandResult, STATUS_OFFLINE, STATUS_ONLINE};
 use protocols::topic::Topic;
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Request,
@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::disk::RateLog;
 use crate::metrics::Metrics;
 use crate::queue::{EntryKind, Queue, StoredEntry};
 
@@ -278,6 +279,7 @@ impl Uplink {
             max_sent: 0,
             live_turn: true,
             snaps: Snapshots::default(),
+            queue_log: RateLog::new("queue access"),
         };
         let forwarder = tokio::spawn(forwarder.run(link_rx, committed, snapshots_rx));
         Ok((
@@ -348,7 +350,7 @@ impl Uplink {
     }
 
     /// Publishes health (QoS 0; the next one replaces a lost one). Never waits.
-    pub fn publish_health(&self, health: &Health) -> bool {
+    pub fn publish_health(&self, health: &crate::health::AgentHealth) -> bool {
         let body = serde_json::to_vec(health).unwrap_or_default();
         self.client
             .try_publish(self.topics.health.clone(), QoS::AtMostOnce, false, body)
@@ -498,6 +500,8 @@ struct Forwarder {
     /// Whose turn it is when live and old work both wait.
     live_turn: bool,
     snaps: Snapshots,
+    /// Queue errors (a failing disk) are summed up, not logged per ack and per read.
+    queue_log: RateLog,
 }
 
 /// Snapshots to send and in flight, by event id.
@@ -576,7 +580,7 @@ impl Forwarder {
         match tokio::task::spawn_blocking(move || q.stats()).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
-                tracing::error!("queue: {e}");
+                self.queue_log.failed(&e);
                 None
             }
             Err(_) => None,
@@ -597,7 +601,10 @@ impl Forwarder {
         let q = self.queue.clone();
         match tokio::task::spawn_blocking(move || q.snapshot_ids()).await {
             Ok(Ok(ids)) => ids.into_iter().for_each(|id| self.snaps.add(id)),
-            Ok(Err(e)) => tracing::error!("queue: cannot list snapshots: {e}"),
+            Ok(Err(e)) => {
+                self.queue_log
+                    .failed(&format_args!("cannot list snapshots: {e}"));
+            }
             Err(_) => {}
         }
         if s.depth > 0 {
@@ -623,9 +630,15 @@ impl Forwarder {
         let ack = Arc::new(ack);
         let a2 = ack.clone();
         let outcome = match tokio::task::spawn_blocking(move || q.ack(&a2)).await {
-            Ok(Ok(o)) => o,
+            Ok(Ok(o)) => {
+                self.queue_log.ok();
+                o
+            }
             Ok(Err(e)) => {
-                tracing::error!("queue: cannot apply an ack: {e}");
+                // The entries stay in flight: their ack timeout sends them again, and the
+                // hub's ack of the re-send deletes them once the disk works.
+                self.queue_log
+                    .failed(&format_args!("cannot apply an ack: {e}"));
                 return;
             }
             Err(_) => return,
@@ -711,7 +724,8 @@ impl Forwarder {
         match tokio::task::spawn_blocking(move || q.read_range(from, until, limit)).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                tracing::error!("queue: cannot read entries {from}..{until}: {e}");
+                self.queue_log
+                    .failed(&format_args!("cannot read entries {from}..{until}: {e}"));
                 Vec::new()
             }
             Err(_) => Vec::new(),
