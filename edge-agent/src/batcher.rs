@@ -319,11 +319,7 @@ impl Batcher {
     /// Commits the sealed batches, oldest first; stops at the first failure (or while free
     /// space is below the watermark) and returns when to try again.
     async fn drain(&mut self, backlog: &mut Backlog) -> Option<Instant> {
-        while backlog
-            .sealed
-            .front()
-            .is_some_and(|b| b.readings() == 0)
-        {
+        while backlog.sealed.front().is_some_and(|b| b.readings() == 0) {
             backlog.sealed.pop_front();
         }
         if backlog.sealed.is_empty() {

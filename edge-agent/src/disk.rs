@@ -116,8 +116,10 @@ impl DiskStatus {
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Logs a repeating failure once when it starts, then at most one summary line per
-/// [`LOG_EVERY`] with the count and the latest reason, and one line when it stops: a person
-/// reading the log during an incident sees what happens, not thousands of identical lines.
+/// [`LOG_EVERY`] with the count and the latest reason, and a line when it stops (at most one
+/// per [`LOG_EVERY`] too, so a disk that flaps between working and failing stays readable): a
+/// person reading the log during an incident sees what happens, not thousands of identical
+/// lines.
 #[derive(Debug)]
 pub struct RateLog {
     what: &'static str,
@@ -128,10 +130,16 @@ pub struct RateLog {
 struct RateState {
     /// Failures since the last line.
     unlogged: u64,
-    /// Failures since the last success.
+    /// Failures since the last recovery line.
     total: u64,
+    /// The last line, failure or recovery.
     last_line: Option<Instant>,
+    last_recovery_line: Option<Instant>,
     last_error: String,
+}
+
+fn due(t: Option<Instant>, now: Instant) -> bool {
+    t.is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
 }
 
 impl RateLog {
@@ -143,6 +151,7 @@ impl RateLog {
                 unlogged: 0,
                 total: 0,
                 last_line: None,
+                last_recovery_line: None,
                 last_error: String::new(),
             }),
         }
@@ -155,16 +164,18 @@ impl RateLog {
         s.total += 1;
         s.last_error = error.to_string();
         let now = Instant::now();
+        if !due(s.last_line, now) {
+            return None;
+        }
         let line = match s.last_line {
-            None => format!("{} failed: {}", self.what, s.last_error),
-            Some(t) if now.duration_since(t) >= LOG_EVERY => format!(
+            Some(t) if s.unlogged > 1 => format!(
                 "{} failed {} times in the last {} s: {}",
                 self.what,
                 s.unlogged,
                 now.duration_since(t).as_secs(),
                 s.last_error
             ),
-            Some(_) => return None,
+            _ => format!("{} failed: {}", self.what, s.last_error),
         };
         s.unlogged = 0;
         s.last_line = Some(now);
@@ -172,17 +183,22 @@ impl RateLog {
         Some(line)
     }
 
-    /// Records a success; after failures, says so once.
+    /// Records a success; after failures, says so (the count waits for a later success if a
+    /// recovery line was written less than [`LOG_EVERY`] ago).
     pub fn ok(&self) -> Option<String> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.total == 0 {
+        let now = Instant::now();
+        if s.total == 0 || !due(s.last_recovery_line, now) {
             return None;
         }
         let line = format!(
             "{} works again after {} failures (last: {})",
             self.what, s.total, s.last_error
         );
-        *s = RateState::default();
+        s.total = 0;
+        s.unlogged = 0;
+        s.last_line = Some(now);
+        s.last_recovery_line = Some(now);
         tracing::info!("{line}");
         Some(line)
     }
@@ -210,6 +226,19 @@ mod tests {
         let back = r.ok().unwrap();
         assert!(back.contains("after 502 failures"), "{back}");
         assert!(r.ok().is_none());
+        // Flapping: failures and successes right after a recovery line are only counted...
+        for _ in 0..3 {
+            assert!(r.failed(&"EIO").is_none());
+            assert!(r.ok().is_none());
+        }
+        // ...and summed up once the period has passed.
+        {
+            let mut s = r.state.lock().unwrap();
+            s.last_line = Some(Instant::now() - LOG_EVERY);
+            s.last_recovery_line = s.last_line;
+        }
+        let back = r.ok().unwrap();
+        assert!(back.contains("after 3 failures (last: EIO)"), "{back}");
     }
 
     #[test]

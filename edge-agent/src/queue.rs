@@ -346,6 +346,8 @@ struct ReopenState {
     backoff: Backoff,
     /// When the closed database may be opened again.
     next_attempt: Option<Instant>,
+    /// When it was last closed after an I/O error.
+    last_close: Option<Instant>,
     /// The error that closed it or made the last reopen fail.
     error: Option<String>,
     reopens: u64,
@@ -499,6 +501,7 @@ impl Queue {
             reopen: Mutex::new(ReopenState {
                 backoff: Backoff::new(REOPEN_BASE, REOPEN_MAX),
                 next_attempt: None,
+                last_close: None,
                 error: None,
                 reopens: 0,
             }),
@@ -579,6 +582,7 @@ impl Queue {
         let _ = db.close();
         let delay = r.backoff.next_delay();
         r.next_attempt = Some(Instant::now() + delay);
+        r.last_close = Some(Instant::now());
         tracing::warn!(
             attempt = r.backoff.failures(),
             "queue storage failed: {e}; closed it, reopening in {:.1}s",
@@ -638,11 +642,13 @@ impl Queue {
         }
     }
 
-    /// After a successful write: the disk works.
+    /// After a successful write: the disk works. The backoff starts over only once the queue
+    /// has stayed up for [`REOPEN_MAX`]: a nearly full disk lets a commit or two through after
+    /// each reopen, and resetting then would reopen it every second forever.
     fn wrote(&self) {
         let mut r = self.reopen_state();
-        if r.error.is_some() || r.backoff.failures() > 0 {
-            r.error = None;
+        r.error = None;
+        if r.backoff.failures() > 0 && r.last_close.is_some_and(|t| t.elapsed() >= REOPEN_MAX) {
             r.backoff.reset();
         }
     }

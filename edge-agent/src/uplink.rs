@@ -719,16 +719,18 @@ impl Forwarder {
             .store(self.inflight.len() as u64, Relaxed);
     }
 
-    async fn read(&self, from: u64, until: u64, limit: usize) -> Vec<StoredEntry> {
+    /// Entries in `from..until`; `None` when the queue cannot be read now (a failing disk):
+    /// the caller keeps the seqs for a later try instead of treating them as gone.
+    async fn read(&self, from: u64, until: u64, limit: usize) -> Option<Vec<StoredEntry>> {
         let q = self.queue.clone();
         match tokio::task::spawn_blocking(move || q.read_range(from, until, limit)).await {
-            Ok(Ok(v)) => v,
+            Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 self.queue_log
                     .failed(&format_args!("cannot read entries {from}..{until}: {e}"));
-                Vec::new()
+                None
             }
-            Err(_) => Vec::new(),
+            Err(_) => None,
         }
     }
 
@@ -743,13 +745,24 @@ impl Forwarder {
             if !self.live.is_empty() && old_waiting {
                 self.live_turn = !self.live_turn;
             }
+            // A failed read leaves the seq where it was; the next tick tries again.
             let entries = if take_live {
                 let s = self.live.pop_front().unwrap_or_default();
-                self.read(s, s + 1, 1).await
+                let Some(got) = self.read(s, s + 1, 1).await else {
+                    self.live.push_front(s);
+                    break;
+                };
+                got
             } else if let Some(s) = self.resend.pop_first() {
-                self.read(s, s + 1, 1).await
+                let Some(got) = self.read(s, s + 1, 1).await else {
+                    self.resend.insert(s);
+                    break;
+                };
+                got
             } else if self.backlog_next < self.live_from {
-                let got = self.read(self.backlog_next, self.live_from, room).await;
+                let Some(got) = self.read(self.backlog_next, self.live_from, room).await else {
+                    break;
+                };
                 self.backlog_next = got.last().map(|e| e.seq + 1).unwrap_or(self.live_from);
                 got
             } else {
@@ -780,6 +793,13 @@ impl Forwarder {
                     // Acked or dropped for the budget meanwhile.
                     self.snaps.known.remove(&id);
                     continue;
+                }
+                Ok(Err(e)) if e.is_disk_trouble() => {
+                    // Kept for a later try: the disk, not the snapshot, is the problem.
+                    self.queue_log
+                        .failed(&format_args!("cannot read snapshot {id}: {e}"));
+                    self.snaps.waiting.push_front(id);
+                    return;
                 }
                 Ok(Err(e)) => {
                     tracing::error!("queue: cannot read snapshot {id}: {e}");
