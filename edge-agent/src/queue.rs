@@ -1207,4 +1207,92 @@ mod tests {
                 .is_err()
         );
     }
+
+    /// A tmpfs of `size` at `at`, lazily unmounted on drop (the test runs as root).
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(at: &Path, size: &str) -> Tmpfs {
+            std::fs::create_dir_all(at).unwrap();
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at)
+                .output()
+                .expect("cannot run mount(8)");
+            assert!(
+                out.status.success(),
+                "this test mounts a tmpfs and must run as root: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Tmpfs(at.to_owned())
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    #[test]
+    fn an_io_error_closes_the_database_and_a_later_operation_reopens_it() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("fs");
+        let _fs = Tmpfs::mount(&dir, "4m");
+        let q = Queue::open(&dir, 64 << 20, 1 << 16)
+            .unwrap()
+            .with_reopen_backoff(Duration::from_millis(500), Duration::from_secs(1));
+        for i in 0..3 {
+            q.append_batch("AG-1", readings(10, i as f64), 1).unwrap();
+        }
+        // Not durable yet: a close after an I/O error would lose it, the reopen applies it again.
+        assert_eq!(
+            q.ack(&Ack::from_seqs(q.stream(), vec![1])).unwrap().deleted,
+            1
+        );
+
+        let filler = dir.join("filler");
+        {
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0u8; 4096];
+            while f.write(&chunk).is_ok_and(|n| n > 0) {}
+        }
+        let mut last_ok = 3;
+        let err = loop {
+            match q.append_batch("AG-1", readings(200, 0.0), 1) {
+                Ok(a) => last_ok = a.seq,
+                Err(e) => break e,
+            }
+            assert!(
+                last_ok < 10_000,
+                "the full file system never failed a commit"
+            );
+        };
+        assert!(err.is_io(), "{err}");
+        assert!(q.condition().failing);
+        // Closed: refused at once, without touching the disk, until the backoff has passed.
+        let again = q.append_batch("AG-1", readings(1, 0.0), 1).unwrap_err();
+        assert!(matches!(again, QueueError::Unavailable { .. }), "{again}");
+        // Counters are still reported.
+        assert_eq!(q.stats().unwrap().next_seq, last_ok + 1);
+
+        std::fs::remove_file(&filler).unwrap();
+        q.retry_now();
+        let a = q.append_batch("AG-1", readings(1, 0.0), 1).unwrap();
+        assert_eq!(a.seq, last_ok + 1, "gapless across the reopen");
+        let c = q.condition();
+        assert!(!c.failing && c.error.is_none(), "{c:?}");
+        assert_eq!(c.reopens, 1);
+        let seqs = q.seqs().unwrap();
+        assert_eq!(
+            seqs,
+            (2..=last_ok + 1).collect::<Vec<_>>(),
+            "acked 1 stays deleted"
+        );
+        assert_eq!(q.stats().unwrap().depth, seqs.len() as u64);
+    }
 }
