@@ -524,4 +524,57 @@ mod tests {
         let s = queue.stats().unwrap();
         assert_eq!((s.depth, s.readings), (2, 13));
     }
+
+    #[test]
+    fn the_buffer_drops_the_oldest_readings_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(Queue::open(dir.path(), 1 << 20, 1 << 16).unwrap());
+        let b = Batcher {
+            agent: "AG-1".into(),
+            queue,
+            data_dir: dir.path().to_owned(),
+            limits: BatchLimits::new(10, Duration::from_millis(200), 1 << 20).buffered(25, 0),
+            metrics: Metrics::new(),
+            committed: watch::channel(0).0,
+        };
+        let mut backlog = Backlog {
+            sealed: VecDeque::new(),
+            log: RateLog::new("queue commit"),
+            free_at_failure: None,
+        };
+        // Three sealed batches of 10 readings (two samples of 5 each), 5 open: 35 > 25.
+        for t in 0..3 {
+            let mut batch = OpenBatch::default();
+            batch.push(sample("A", 2 * t, 5));
+            batch.push(sample("A", 2 * t + 1, 5));
+            backlog.sealed.push_back(batch);
+        }
+        let mut open = OpenBatch::default();
+        open.push(sample("A", 6, 5));
+        b.bound(&mut open, &mut backlog);
+        let d = &b.metrics.disk;
+        assert_eq!(d.buffer_dropped_readings.load(Relaxed), 10);
+        assert_eq!(d.buffered_readings.load(Relaxed), 25);
+        // The oldest batch went as a whole; the rest keep their order and size.
+        let first: Vec<i64> = backlog.sealed[0].devices[0]
+            .samples
+            .iter()
+            .map(|s| s.ts_ms)
+            .collect();
+        assert_eq!(first, [2, 3]);
+        assert_eq!(backlog.sealed.len(), 2);
+        // Dropping part of a batch takes its oldest samples.
+        let b = Batcher {
+            limits: BatchLimits::new(10, Duration::from_millis(200), 1 << 20).buffered(20, 0),
+            ..b
+        };
+        b.bound(&mut open, &mut backlog);
+        let first: Vec<i64> = backlog.sealed[0].devices[0]
+            .samples
+            .iter()
+            .map(|s| s.ts_ms)
+            .collect();
+        assert_eq!(first, [3]);
+        assert_eq!(b.metrics.disk.buffer_dropped_readings.load(Relaxed), 15);
+    }
 }
