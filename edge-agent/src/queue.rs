@@ -642,6 +642,15 @@ impl Queue {
         }
     }
 
+    /// [`Queue::ensure_open`] for readers: they take the counters' lock (which a commit holds
+    /// through its fsync) only when the database is closed.
+    fn ensure_open_for_read(&self) -> Result<(), QueueError> {
+        if self.db.read().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Ok(());
+        }
+        self.ensure_open(&mut self.counters())
+    }
+
     /// After a successful write: the disk works. The backoff starts over only once the queue
     /// has stayed up for [`REOPEN_MAX`]: a nearly full disk lets a commit or two through after
     /// each reopen, and resetting then would reopen it every second forever.
@@ -760,7 +769,7 @@ impl Queue {
         if from >= until || limit == 0 {
             return Ok(Vec::new());
         }
-        self.ensure_open(&mut self.counters())?;
+        self.ensure_open_for_read()?;
         self.with_db(|db| {
             let tx = db.begin_read()?;
             let entries = tx.open_table(ENTRIES)?;
@@ -778,7 +787,7 @@ impl Queue {
 
     /// One entry, if still queued.
     pub fn get(&self, seq: u64) -> Result<Option<StoredEntry>, QueueError> {
-        self.ensure_open(&mut self.counters())?;
+        self.ensure_open_for_read()?;
         self.with_db(|db| {
             let tx = db.begin_read()?;
             let entries = tx.open_table(ENTRIES)?;
@@ -931,7 +940,7 @@ impl Queue {
 
     /// The JPEG of a stored snapshot, if still queued.
     pub fn snapshot(&self, event_id: &str) -> Result<Option<Vec<u8>>, QueueError> {
-        self.ensure_open(&mut self.counters())?;
+        self.ensure_open_for_read()?;
         self.with_db(|db| {
             let tx = db.begin_read()?;
             let snaps = tx.open_table(SNAPSHOTS)?;
@@ -947,7 +956,7 @@ impl Queue {
 
     /// Event ids of the queued snapshots, oldest first.
     pub fn snapshot_ids(&self) -> Result<Vec<String>, QueueError> {
-        self.ensure_open(&mut self.counters())?;
+        self.ensure_open_for_read()?;
         self.with_db(|db| {
             let tx = db.begin_read()?;
             let order = tx.open_table(SNAPSHOT_ORDER)?;
@@ -1014,7 +1023,7 @@ impl Queue {
 
     /// Seqs of every queued entry (for tests and diagnostics).
     pub fn seqs(&self) -> Result<Vec<u64>, QueueError> {
-        self.ensure_open(&mut self.counters())?;
+        self.ensure_open_for_read()?;
         self.with_db(|db| {
             let tx = db.begin_read()?;
             let entries = tx.open_table(ENTRIES)?;
