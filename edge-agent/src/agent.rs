@@ -172,7 +172,9 @@ pub async fn run_until(
     let batcher = Batcher {
         agent: a.id.clone(),
         queue: queue.clone(),
-        limits: BatchLimits::new(a.batch_max_readings, a.batch_max_age.0, a.queue_max_bytes),
+        data_dir: a.data_dir.clone(),
+        limits: BatchLimits::new(a.batch_max_readings, a.batch_max_age.0, a.queue_max_bytes)
+            .buffered(a.buffer_readings, a.min_free_disk),
         metrics: metrics.clone(),
         committed: committed_tx,
     };
@@ -325,21 +327,35 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
         }
         let source = shared.config.read().await.file.agent.link_source.clone();
         let link = crate::health::read_link(source.as_deref()).await;
+        let (dir, min_free) = {
+            let c = shared.config.read().await;
+            (c.file.agent.data_dir.clone(), c.file.agent.min_free_disk)
+        };
         let q = shared.queue.clone();
-        let stats = tokio::task::spawn_blocking(move || q.stats().ok())
-            .await
-            .ok()
-            .flatten();
+        let m = shared.metrics.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            // Fresh figures even while the batcher has nothing to commit.
+            m.disk.check(&dir, min_free);
+            let stats = q.stats().ok();
+            m.disk.set_queue(&q.condition());
+            stats
+        })
+        .await
+        .ok()
+        .flatten();
         let agent = shared.config.read().await.file.agent.id.clone();
         let mut devices = shared.metrics.devices();
         devices.extend(shared.camera_health.list());
-        let h = crate::health::build(
-            &agent,
-            shared.metrics.uptime(),
-            stats.as_ref(),
-            &devices,
-            link,
-            protocols::time::now_ms(),
+        let h = crate::health::with_disk(
+            crate::health::build(
+                &agent,
+                shared.metrics.uptime(),
+                stats.as_ref(),
+                &devices,
+                link,
+                protocols::time::now_ms(),
+            ),
+            &shared.metrics.disk,
         );
         if shared.uplink.is_connected() && shared.uplink.publish_health(&h) {
             shared.metrics.health_published.fetch_add(1, Relaxed);
@@ -446,11 +462,10 @@ async fn reload(shared: &Arc<Shared>) -> Result<usize, String> {
     let a = &new.file.agent;
     let _ = shared
         .batcher
-        .send(BatcherControl::Limits(BatchLimits::new(
-            a.batch_max_readings,
-            a.batch_max_age.0,
-            a.queue_max_bytes,
-        )))
+        .send(BatcherControl::Limits(
+            BatchLimits::new(a.batch_max_readings, a.batch_max_age.0, a.queue_max_bytes)
+                .buffered(a.buffer_readings, a.min_free_disk),
+        ))
         .await;
     shared.health_interval.send_replace(a.health_interval.0);
     *shared.config.write().await = new;

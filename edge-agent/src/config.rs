@@ -32,6 +32,27 @@ fn default_queue_bytes() -> u64 {
     256 << 20
 }
 
+/// Readings held in memory while the queue cannot be written (disk full or failing, or below
+/// `min_free_disk`). A reading costs about 40 bytes in memory (value, quantity, quality, its
+/// share of the sample), so the default holds ~4 MB: minutes to hours of a typical agent's
+/// polling (a 100-reading device at 10 Hz fills it in 100 s; 20 slow meters in hours) without
+/// threatening a 256 MB box.
+pub const DEFAULT_BUFFER_READINGS: usize = 100_000;
+
+/// Free bytes the agent leaves on the data directory's file system. 16 MiB: enough for redb to
+/// grow the queue file by a region and commit the buffered batches once writing resumes, and
+/// for the rest of the box (logs, an update's download) to keep working; on the smallest cards
+/// in the field (4 GB) it is under 0.5 %. 0 turns the watermark off.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 16 << 20;
+
+fn default_buffer_readings() -> usize {
+    DEFAULT_BUFFER_READINGS
+}
+
+fn default_min_free_disk() -> u64 {
+    DEFAULT_MIN_FREE_DISK
+}
+
 fn default_batch_readings() -> usize {
     2000
 }
@@ -78,6 +99,16 @@ pub struct AgentSection {
     /// ...or when its oldest reading is this old.
     #[serde(default = "default_batch_age")]
     pub batch_max_age: HumanDuration,
+    /// Readings held in memory while the queue cannot be written (see
+    /// [`DEFAULT_BUFFER_READINGS`]); past it the oldest are dropped and counted. At least
+    /// `batch_max_readings`.
+    #[serde(default = "default_buffer_readings")]
+    pub buffer_readings: usize,
+    /// Free bytes to leave on the data directory's file system (see [`DEFAULT_MIN_FREE_DISK`]):
+    /// below it nothing is written to the queue and readings are buffered in memory until
+    /// space is back.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk: u64,
     /// How often health is published.
     #[serde(default = "default_health_interval")]
     pub health_interval: HumanDuration,
@@ -345,6 +376,12 @@ impl AgentConfig {
             return Err(ConfigError::new(
                 "agent.batch_max_readings",
                 "must be at least 1",
+            ));
+        }
+        if a.buffer_readings < a.batch_max_readings {
+            return Err(ConfigError::new(
+                "agent.buffer_readings",
+                "must be at least batch_max_readings (the buffer holds whole batches)",
             ));
         }
         if let Some(m) = &a.metrics_listen

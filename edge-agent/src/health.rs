@@ -4,12 +4,18 @@
 //! Link quality comes from `link_source`: a file the modem daemon keeps current, or
 //! `cmd:PROGRAM ARGS` run without a shell (5 s limit), printing `rssi=-71`, `rsrp=-98`,
 //! `sinr=12` lines (`key: value` and a trailing unit such as `dBm` are accepted too).
+//!
+//! On top of the protocol's [`Health`] the agent adds (additive JSON fields, which the hub
+//! ignores until it reads them) `disk`: free space against `min_free_disk` and whether the
+//! queue can be written, and `buffer`: readings held in memory and dropped from it.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use protocols::messages::{DeviceHealth, Health, LinkQuality, QueueHealth};
+use serde::{Deserialize, Serialize};
 
+use crate::disk::DiskStatus;
 use crate::metrics::DeviceStats;
 use crate::queue::QueueStats;
 
@@ -79,6 +85,68 @@ pub async fn read_link(source: Option<&str>) -> LinkQuality {
         }
     };
     parse_link(&text)
+}
+
+/// The health document as the agent publishes it: the protocol's fields plus its disk state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentHealth {
+    /// The protocol's fields, at the top level.
+    #[serde(flatten)]
+    pub health: Health,
+    /// The data directory's disk and the queue.
+    pub disk: DiskHealth,
+    /// Readings waiting in memory.
+    pub buffer: BufferHealth,
+}
+
+/// `disk` in the health document.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiskHealth {
+    /// Free bytes on the data directory's file system (absent if it cannot be measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    /// The `min_free_disk` watermark.
+    pub min_free_bytes: u64,
+    /// Free space is below the watermark: nothing is written to the queue.
+    pub below_watermark: bool,
+    /// The queue's last write worked (false while it fails or is closed for a reopen).
+    pub queue_writable: bool,
+    /// Why the queue cannot be written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_error: Option<String>,
+    /// Reopens of the queue after I/O errors since the agent started.
+    pub queue_reopens: u64,
+}
+
+/// `buffer` in the health document.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BufferHealth {
+    /// Readings in memory, not yet committed to the queue.
+    pub readings: u64,
+    /// The bound (`buffer_readings`).
+    pub max_readings: u64,
+    /// Readings dropped, oldest first, because the buffer was full (since the agent started).
+    pub dropped_readings: u64,
+}
+
+/// Adds the disk state to a health document.
+pub fn with_disk(health: Health, d: &DiskStatus) -> AgentHealth {
+    AgentHealth {
+        health,
+        disk: DiskHealth {
+            free_bytes: d.free(),
+            min_free_bytes: d.min_free_bytes.load(Relaxed),
+            below_watermark: d.below_watermark.load(Relaxed),
+            queue_writable: !d.queue_failing.load(Relaxed),
+            queue_error: d.queue_error(),
+            queue_reopens: d.queue_reopens.load(Relaxed),
+        },
+        buffer: BufferHealth {
+            readings: d.buffered_readings.load(Relaxed),
+            max_readings: d.buffer_max_readings.load(Relaxed),
+            dropped_readings: d.buffer_dropped_readings.load(Relaxed),
+        },
+    }
 }
 
 /// Builds the health document.
@@ -198,5 +266,45 @@ mod tests {
         );
         assert_eq!(h.devices[0].errors, 3);
         assert_eq!(h.devices[0].last_ok_ms, Some(900));
+    }
+
+    #[test]
+    fn disk_fields_are_added_next_to_the_protocol_ones() {
+        let d = DiskStatus::default();
+        d.free_bytes.store(4096, Relaxed);
+        d.min_free_bytes.store(16 << 20, Relaxed);
+        d.below_watermark.store(true, Relaxed);
+        d.set_queue(&crate::queue::QueueCondition {
+            failing: true,
+            error: Some("No space left on device".into()),
+            reopens: 2,
+        });
+        d.buffered_readings.store(500, Relaxed);
+        d.buffer_max_readings.store(1000, Relaxed);
+        d.buffer_dropped_readings.store(7, Relaxed);
+        let base = build(
+            "AG-1",
+            Duration::from_secs(1),
+            None,
+            &[],
+            LinkQuality::default(),
+            1000,
+        );
+        let json = serde_json::to_value(with_disk(base.clone(), &d)).unwrap();
+        assert_eq!(json["agent"], "AG-1");
+        assert_eq!(json["queue"]["depth"], 0);
+        assert_eq!(
+            json["disk"],
+            serde_json::json!({"free_bytes": 4096, "min_free_bytes": 16 << 20,
+                "below_watermark": true, "queue_writable": false,
+                "queue_error": "No space left on device", "queue_reopens": 2})
+        );
+        assert_eq!(
+            json["buffer"],
+            serde_json::json!({"readings": 500, "max_readings": 1000, "dropped_readings": 7})
+        );
+        // The hub's type still reads it.
+        let back: Health = serde_json::from_value(json).unwrap();
+        assert_eq!(back, base);
     }
 }

@@ -20,6 +20,7 @@ pub mod camera;
 pub mod camera_feed;
 pub mod commands;
 pub mod config;
+pub mod disk;
 pub mod health;
 pub mod metrics;
 pub mod modbus;

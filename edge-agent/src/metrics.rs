@@ -113,6 +113,8 @@ pub struct Metrics {
     pub camera_snapshots: AtomicU64,
     /// Camera events or snapshots that could not be committed (disk trouble); retried.
     pub camera_commit_errors: AtomicU64,
+    /// Free space, queue condition and the in-memory buffer (see [`crate::disk`]).
+    pub disk: crate::disk::DiskStatus,
     /// Modbus devices (replaced on reload).
     pub devices: std::sync::Mutex<Vec<Arc<DeviceStats>>>,
     started: std::sync::OnceLock<Instant>,
@@ -381,6 +383,57 @@ impl Collector for MetricsCollector {
                 age,
             )?;
         }
+        let d = &m.disk;
+        if let Some(free) = d.free() {
+            gauge(
+                e,
+                "disk_free_bytes",
+                "Free bytes on the data directory's file system.",
+                free,
+            )?;
+        }
+        gauge(
+            e,
+            "disk_min_free_bytes",
+            "The min_free_disk watermark.",
+            d.min_free_bytes.load(Relaxed),
+        )?;
+        gauge(
+            e,
+            "disk_below_watermark",
+            "1 while free space is below min_free_disk (nothing is written to the queue).",
+            u64::from(d.below_watermark.load(Relaxed)),
+        )?;
+        gauge(
+            e,
+            "queue_writable",
+            "0 while queue writes fail or the queue is closed for a reopen after an I/O error.",
+            u64::from(!d.queue_failing.load(Relaxed)),
+        )?;
+        counter(
+            e,
+            "queue_reopens",
+            "Reopens of the queue after I/O errors.",
+            d.queue_reopens.load(Relaxed),
+        )?;
+        gauge(
+            e,
+            "buffered_readings",
+            "Readings held in memory, not yet committed to the queue.",
+            d.buffered_readings.load(Relaxed),
+        )?;
+        gauge(
+            e,
+            "buffer_max_readings",
+            "The in-memory buffer's bound (buffer_readings).",
+            d.buffer_max_readings.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "buffer_dropped_readings",
+            "Readings dropped, oldest first, because the in-memory buffer was full.",
+            d.buffer_dropped_readings.load(Relaxed),
+        )?;
         let devices = m.devices();
         let per_device: [PerDevice; 7] = [
             (
@@ -559,11 +612,21 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("edge_agent_"), "{line}");
         }
-        // 1 + 10 + 2 + 10 metrics, 7 of the queue, 7 per device.
-        assert_eq!(text.matches("# TYPE ").count(), 37, "{text}");
+        // 1 + 10 + 2 + 10 metrics, 7 of the queue, 7 of the disk (free bytes unknown yet),
+        // 7 per device.
+        assert_eq!(text.matches("# TYPE ").count(), 44, "{text}");
+        assert!(text.contains("edge_agent_queue_writable 1\n"));
+        m.disk.free_bytes.store(123, Relaxed);
+        m.disk.buffer_dropped_readings.store(5, Relaxed);
+        let text = render(&m, Some(q), || 3_500);
+        assert!(text.contains("edge_agent_disk_free_bytes 123\n"));
+        assert!(text.contains(
+            "# TYPE edge_agent_buffer_dropped_readings_total counter\n\
+             edge_agent_buffer_dropped_readings_total 5\n"
+        ));
         // Without the queue's figures its families are left out.
         let text = render(&m, None, || 3_500);
-        assert!(!text.contains("edge_agent_queue_"));
-        assert_eq!(text.matches("# TYPE ").count(), 30);
+        assert!(!text.contains("edge_agent_queue_depth"));
+        assert_eq!(text.matches("# TYPE ").count(), 38);
     }
 }

@@ -12,15 +12,26 @@
 //! the seq numbering (acknowledged like batches), and JPEG snapshots live in their own table,
 //! acknowledged by event id (`Ack::snapshots`) and counted against the same budget; when it is
 //! full the oldest snapshots go first, then the oldest entries.
+//!
+//! Disk trouble does not need a restart: when redb fails with an I/O error (it then refuses
+//! every further operation with "previous I/O error" until the database is closed and
+//! reopened), the queue closes the database and reopens it on the next operation after a
+//! backoff (1 s doubling to 30 s, see [`Queue::retry_now`]). Meanwhile operations fail with
+//! [`QueueError::Unavailable`] at once, without touching the disk. Counters are read back from
+//! the file at reopen, so seqs stay gapless; ack deletions that were not yet durable (see above)
+//! are applied again, so an acknowledged entry does not come back.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use protocols::batch::{Ack, AgentBatch, DeviceReadings, encode};
 use rand::Rng;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
+
+use crate::backoff::Backoff;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -35,6 +46,11 @@ const ENTRY_OVERHEAD: u64 = 32;
 const HEADER: usize = 13;
 /// Header of a stored snapshot: stored at (8, epoch ms LE), then the JPEG.
 const SNAPSHOT_HEADER: usize = 8;
+
+/// First wait before reopening the database after an I/O error.
+pub const REOPEN_BASE: Duration = Duration::from_secs(1);
+/// Longest wait between reopen attempts.
+pub const REOPEN_MAX: Duration = Duration::from_secs(30);
 
 /// The file name of the queue inside `data_dir`.
 pub const QUEUE_FILE: &str = "queue.redb";
@@ -163,6 +179,43 @@ pub enum QueueError {
     /// A stored entry is not in a form this agent wrote.
     #[error("queue entry {0} is corrupt")]
     Corrupt(u64),
+    /// The database was closed after an I/O error and is not reopened yet.
+    #[error("queue closed after an I/O error ({reason}); reopening in {}s", retry_in.as_secs_f32().ceil())]
+    Unavailable {
+        /// The error that closed it (or the last failed reopen).
+        reason: String,
+        /// Time until the next reopen attempt.
+        retry_in: Duration,
+    },
+}
+
+impl QueueError {
+    /// An I/O failure of the storage (or redb's latched "previous I/O error"): the database
+    /// must be closed and reopened before it works again.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Storage(
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+            )
+        )
+    }
+
+    /// The disk is failing: an I/O error, or the queue is closed waiting for a reopen.
+    pub fn is_disk_trouble(&self) -> bool {
+        self.is_io() || matches!(self, QueueError::Unavailable { .. })
+    }
+}
+
+/// Whether the queue works, as health reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueCondition {
+    /// The last operation failed with an I/O error, or the database is closed for a reopen.
+    pub failing: bool,
+    /// The error, while failing.
+    pub error: Option<String>,
+    /// Reopens after I/O errors since the queue was opened.
+    pub reopens: u64,
 }
 
 macro_rules! storage_from {
@@ -193,9 +246,33 @@ struct Counters {
     dropped_readings: u64,
     snapshots: u64,
     dropped_snapshots: u64,
+    /// Entry ranges deleted by acks since the last durable commit: a database closed after an
+    /// I/O error may lose them, so a reopen deletes them again.
+    undurable_acks: Vec<(u64, u64)>,
+    /// Snapshot ids deleted the same way.
+    undurable_snapshot_acks: Vec<String>,
 }
 
 impl Counters {
+    /// Everything committed so far is durable.
+    fn durable(&mut self) {
+        self.undurable_acks.clear();
+        self.undurable_snapshot_acks.clear();
+    }
+
+    fn acked_range(&mut self, first: u64, last: u64) {
+        // Acks come mostly in order: extend the last range instead of growing the list.
+        if let Some(r) = self.undurable_acks.last_mut()
+            && first <= r.1.saturating_add(1)
+            && last >= r.0
+        {
+            r.0 = r.0.min(first);
+            r.1 = r.1.max(last);
+            return;
+        }
+        self.undurable_acks.push((first, last));
+    }
+
     fn evicted(&mut self, ev: &Evicted) {
         self.bytes = self.bytes.saturating_sub(ev.bytes);
         self.depth = self.depth.saturating_sub(ev.entries);
@@ -254,11 +331,26 @@ fn make_room(
 
 /// The durable queue. Methods block on disk I/O: call them from a blocking thread.
 pub struct Queue {
-    db: Database,
+    // `None` while closed after an I/O error. Lock order: `counters`, then `db`.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     max_bytes: u64,
+    cache_bytes: usize,
     // Mirrors the meta table; guarded so appends and acks from different threads agree.
     counters: Mutex<Counters>,
+    reopen: Mutex<ReopenState>,
+}
+
+#[derive(Debug)]
+struct ReopenState {
+    backoff: Backoff,
+    /// When the closed database may be opened again.
+    next_attempt: Option<Instant>,
+    /// When it was last closed after an I/O error.
+    last_close: Option<Instant>,
+    /// The error that closed it or made the last reopen fail.
+    error: Option<String>,
+    reopens: u64,
 }
 
 impl std::fmt::Debug for Queue {
@@ -309,6 +401,84 @@ fn parse_entry(seq: u64, stored: &[u8]) -> Result<StoredEntry, QueueError> {
     })
 }
 
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, QueueError> {
+    match Database::builder().set_cache_size(cache_bytes).create(path) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(QueueError::Locked(path.to_owned())),
+        Err(e) => Err(QueueError::Storage(e.into())),
+    }
+}
+
+/// Reads the counters (creating the stream on a new file).
+fn load_counters(db: &Database) -> Result<Counters, QueueError> {
+    let tx = db.begin_write()?;
+    let c = {
+        let mut meta = tx.open_table(META)?;
+        let entries = tx.open_table(ENTRIES)?;
+        tx.open_table(SNAPSHOTS)?;
+        let order = tx.open_table(SNAPSHOT_ORDER)?;
+        let mut stream = meta_get(&meta, "stream")?;
+        if stream == 0 {
+            // 0 means "not created yet"; a stream id is never 0.
+            stream = rand::thread_rng().gen_range(1..=u64::MAX);
+            meta.insert("stream", stream)?;
+            meta.insert("next_seq", 1)?;
+        }
+        let next_seq = meta_get(&meta, "next_seq")?.max(1);
+        // Bytes and readings are recomputed from the entries: cheap at open and always
+        // consistent with what is really there.
+        let (mut bytes, mut readings) = (0u64, 0u64);
+        for item in entries.iter()? {
+            let (_, v) = item?;
+            bytes += entry_size(v.value());
+            readings += entry_readings(v.value());
+        }
+        for item in order.iter()? {
+            let (_, v) = item?;
+            bytes += v.value();
+        }
+        Counters {
+            stream,
+            next_seq,
+            bytes,
+            depth: entries.len()?,
+            readings,
+            dropped: meta_get(&meta, "dropped")?,
+            dropped_readings: meta_get(&meta, "dropped_readings")?,
+            snapshots: order.len()?,
+            dropped_snapshots: meta_get(&meta, "dropped_snapshots")?,
+            undurable_acks: Vec::new(),
+            undurable_snapshot_acks: Vec::new(),
+        }
+    };
+    tx.commit()?;
+    Ok(c)
+}
+
+/// Deletes again, durably, what acks deleted before the database was closed.
+fn reapply_acks(db: &Database, ranges: &[(u64, u64)], snaps: &[String]) -> Result<(), QueueError> {
+    if ranges.is_empty() && snaps.is_empty() {
+        return Ok(());
+    }
+    let tx = db.begin_write()?;
+    {
+        let mut entries = tx.open_table(ENTRIES)?;
+        for &(first, last) in ranges {
+            entries.retain_in(first..=last, |_, _| false)?;
+        }
+        let mut by_id = tx.open_table(SNAPSHOTS)?;
+        let mut order = tx.open_table(SNAPSHOT_ORDER)?;
+        for id in snaps {
+            if let Some(v) = by_id.remove(id.as_str())? {
+                let at = snapshot_stored_ms(v.value());
+                order.remove((at, id.as_str()))?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 impl Queue {
     /// Opens (or creates) the queue in `data_dir` with a disk budget of `max_bytes`.
     ///
@@ -320,62 +490,176 @@ impl Queue {
             source,
         })?;
         let path = data_dir.join(QUEUE_FILE);
-        let db = match Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(&path)
-        {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(QueueError::Locked(path)),
-            Err(e) => return Err(QueueError::Storage(e.into())),
-        };
-        let counters = {
-            let tx = db.begin_write()?;
-            let c = {
-                let mut meta = tx.open_table(META)?;
-                let entries = tx.open_table(ENTRIES)?;
-                tx.open_table(SNAPSHOTS)?;
-                let order = tx.open_table(SNAPSHOT_ORDER)?;
-                let mut stream = meta_get(&meta, "stream")?;
-                if stream == 0 {
-                    // 0 means "not created yet"; a stream id is never 0.
-                    stream = rand::thread_rng().gen_range(1..=u64::MAX);
-                    meta.insert("stream", stream)?;
-                    meta.insert("next_seq", 1)?;
-                }
-                let next_seq = meta_get(&meta, "next_seq")?.max(1);
-                // Bytes and readings are recomputed from the entries: cheap at open and always
-                // consistent with what is really there.
-                let (mut bytes, mut readings) = (0u64, 0u64);
-                for item in entries.iter()? {
-                    let (_, v) = item?;
-                    bytes += entry_size(v.value());
-                    readings += entry_readings(v.value());
-                }
-                for item in order.iter()? {
-                    let (_, v) = item?;
-                    bytes += v.value();
-                }
-                Counters {
-                    stream,
-                    next_seq,
-                    bytes,
-                    depth: entries.len()?,
-                    readings,
-                    dropped: meta_get(&meta, "dropped")?,
-                    dropped_readings: meta_get(&meta, "dropped_readings")?,
-                    snapshots: order.len()?,
-                    dropped_snapshots: meta_get(&meta, "dropped_snapshots")?,
-                }
-            };
-            tx.commit()?;
-            c
-        };
+        let db = open_db(&path, cache_bytes)?;
+        let counters = load_counters(&db)?;
         Ok(Queue {
-            db,
+            db: RwLock::new(Some(db)),
             path,
             max_bytes,
+            cache_bytes,
             counters: Mutex::new(counters),
+            reopen: Mutex::new(ReopenState {
+                backoff: Backoff::new(REOPEN_BASE, REOPEN_MAX),
+                next_attempt: None,
+                last_close: None,
+                error: None,
+                reopens: 0,
+            }),
         })
+    }
+
+    /// Sets the reopen backoff (tests use short ones).
+    pub fn with_reopen_backoff(self, base: Duration, max: Duration) -> Queue {
+        self.reopen_state().backoff = Backoff::new(base, max);
+        self
+    }
+
+    fn reopen_state(&self) -> std::sync::MutexGuard<'_, ReopenState> {
+        self.reopen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the queue works, and why not.
+    pub fn condition(&self) -> QueueCondition {
+        let r = self.reopen_state();
+        QueueCondition {
+            failing: r.error.is_some(),
+            error: r.error.clone(),
+            reopens: r.reopens,
+        }
+    }
+
+    /// Lets the next operation reopen a closed database without waiting out the backoff
+    /// (the agent calls it when free space came back).
+    pub fn retry_now(&self) {
+        let mut r = self.reopen_state();
+        if r.next_attempt.is_some() {
+            r.next_attempt = Some(Instant::now());
+        }
+    }
+
+    fn unavailable(&self) -> QueueError {
+        let r = self.reopen_state();
+        QueueError::Unavailable {
+            reason: r.error.clone().unwrap_or_else(|| "closed".into()),
+            retry_in: r
+                .next_attempt
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Runs `f` on the open database; an I/O error closes it for a later reopen.
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, QueueError>,
+    ) -> Result<R, QueueError> {
+        let r = {
+            let g = self.db.read().unwrap_or_else(|e| e.into_inner());
+            match g.as_ref() {
+                Some(db) => f(db),
+                None => return Err(self.unavailable()),
+            }
+        };
+        if let Err(e) = &r
+            && e.is_io()
+        {
+            self.close_after(e);
+        }
+        r
+    }
+
+    /// Closes the database after an I/O error: redb refuses everything after one until it is
+    /// closed and reopened.
+    fn close_after(&self, e: &QueueError) {
+        let taken = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        let mut r = self.reopen_state();
+        r.error = Some(e.to_string());
+        let Some(db) = taken else {
+            // Another thread closed it for the same trouble.
+            return;
+        };
+        // Its error is the one we already have; the next open recovers the file.
+        let _ = db.close();
+        let delay = r.backoff.next_delay();
+        r.next_attempt = Some(Instant::now() + delay);
+        r.last_close = Some(Instant::now());
+        tracing::warn!(
+            attempt = r.backoff.failures(),
+            "queue storage failed: {e}; closed it, reopening in {:.1}s",
+            delay.as_secs_f32()
+        );
+    }
+
+    /// Reopens a closed database when its backoff has passed; `Unavailable` before that.
+    /// Takes the counters' guard because a reopen reloads them.
+    fn ensure_open(&self, c: &mut Counters) -> Result<(), QueueError> {
+        if self.db.read().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Ok(());
+        }
+        let due = self
+            .reopen_state()
+            .next_attempt
+            .is_none_or(|t| Instant::now() >= t);
+        if !due {
+            return Err(self.unavailable());
+        }
+        let mut g = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if g.is_some() {
+            return Ok(());
+        }
+        let opened = open_db(&self.path, self.cache_bytes).and_then(|db| {
+            reapply_acks(&db, &c.undurable_acks, &c.undurable_snapshot_acks)?;
+            let fresh = load_counters(&db)?;
+            Ok((db, fresh))
+        });
+        let mut r = self.reopen_state();
+        match opened {
+            Ok((db, fresh)) => {
+                *c = fresh;
+                *g = Some(db);
+                r.next_attempt = None;
+                r.reopens += 1;
+                tracing::info!(
+                    reopens = r.reopens,
+                    next_seq = c.next_seq,
+                    depth = c.depth,
+                    "queue reopened after an I/O error"
+                );
+                // `error` stays until an operation succeeds: reopening is not writing.
+                Ok(())
+            }
+            Err(e) => {
+                let delay = r.backoff.next_delay();
+                r.next_attempt = Some(Instant::now() + delay);
+                r.error = Some(e.to_string());
+                tracing::warn!(
+                    attempt = r.backoff.failures(),
+                    "cannot reopen the queue: {e}; next attempt in {:.1}s",
+                    delay.as_secs_f32()
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Queue::ensure_open`] for readers: they take the counters' lock (which a commit holds
+    /// through its fsync) only when the database is closed.
+    fn ensure_open_for_read(&self) -> Result<(), QueueError> {
+        if self.db.read().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Ok(());
+        }
+        self.ensure_open(&mut self.counters())
+    }
+
+    /// After a successful write: the disk works. The backoff starts over only once the queue
+    /// has stayed up for [`REOPEN_MAX`]: a nearly full disk lets a commit or two through after
+    /// each reopen, and resetting then would reopen it every second forever.
+    fn wrote(&self) {
+        let mut r = self.reopen_state();
+        r.error = None;
+        if r.backoff.failures() > 0 && r.last_close.is_some_and(|t| t.elapsed() >= REOPEN_MAX) {
+            r.backoff.reset();
+        }
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
@@ -425,6 +709,7 @@ impl Queue {
         build: impl FnOnce(u64, u64) -> Vec<u8>,
     ) -> Result<Appended, QueueError> {
         let mut c = self.counters();
+        self.ensure_open(&mut c)?;
         let seq = c.next_seq;
         let payload = build(c.stream, seq);
         let mut stored = Vec::with_capacity(HEADER + payload.len());
@@ -439,23 +724,28 @@ impl Queue {
                 max: self.max_bytes,
             });
         }
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        let ev = make_room(&tx, c.bytes, size, self.max_bytes)?;
-        {
-            let mut entries = tx.open_table(ENTRIES)?;
-            entries.insert(seq, stored.as_slice())?;
-            let mut meta = tx.open_table(META)?;
-            meta.insert("next_seq", seq + 1)?;
-            if ev.entries > 0 {
-                meta.insert("dropped", c.dropped + ev.entries)?;
-                meta.insert("dropped_readings", c.dropped_readings + ev.readings)?;
+        let ev = self.with_db(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            let ev = make_room(&tx, c.bytes, size, self.max_bytes)?;
+            {
+                let mut entries = tx.open_table(ENTRIES)?;
+                entries.insert(seq, stored.as_slice())?;
+                let mut meta = tx.open_table(META)?;
+                meta.insert("next_seq", seq + 1)?;
+                if ev.entries > 0 {
+                    meta.insert("dropped", c.dropped + ev.entries)?;
+                    meta.insert("dropped_readings", c.dropped_readings + ev.readings)?;
+                }
+                if ev.snapshots > 0 {
+                    meta.insert("dropped_snapshots", c.dropped_snapshots + ev.snapshots)?;
+                }
             }
-            if ev.snapshots > 0 {
-                meta.insert("dropped_snapshots", c.dropped_snapshots + ev.snapshots)?;
-            }
-        }
-        tx.commit()?;
+            tx.commit()?;
+            Ok(ev)
+        })?;
+        self.wrote();
+        c.durable();
         c.next_seq = seq + 1;
         c.evicted(&ev);
         c.bytes += size;
@@ -479,25 +769,31 @@ impl Queue {
         if from >= until || limit == 0 {
             return Ok(Vec::new());
         }
-        let tx = self.db.begin_read()?;
-        let entries = tx.open_table(ENTRIES)?;
-        let mut out = Vec::new();
-        for item in entries.range(from..until)? {
-            let (k, v) = item?;
-            out.push(parse_entry(k.value(), v.value())?);
-            if out.len() >= limit {
-                break;
+        self.ensure_open_for_read()?;
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let entries = tx.open_table(ENTRIES)?;
+            let mut out = Vec::new();
+            for item in entries.range(from..until)? {
+                let (k, v) = item?;
+                out.push(parse_entry(k.value(), v.value())?);
+                if out.len() >= limit {
+                    break;
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One entry, if still queued.
     pub fn get(&self, seq: u64) -> Result<Option<StoredEntry>, QueueError> {
-        let tx = self.db.begin_read()?;
-        let entries = tx.open_table(ENTRIES)?;
-        let got = entries.get(seq)?;
-        got.map(|v| parse_entry(seq, v.value())).transpose()
+        self.ensure_open_for_read()?;
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let entries = tx.open_table(ENTRIES)?;
+            let got = entries.get(seq)?;
+            got.map(|v| parse_entry(seq, v.value())).transpose()
+        })
     }
 
     /// Deletes what the hub's ack covers: entries if the ack is for this stream, snapshots by
@@ -513,45 +809,58 @@ impl Queue {
                 ..Acked::default()
             });
         }
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::None)?;
-        let (mut freed, mut deleted, mut readings) = (0u64, 0u64, 0u64);
-        let mut snapshots_deleted = 0;
-        {
-            let mut entries = tx.open_table(ENTRIES)?;
-            for &(first, last) in ack.seqs.iter().filter(|_| !foreign) {
-                // Clip to what can exist so a wild range costs nothing.
-                let last = last.min(c.next_seq.saturating_sub(1));
-                if first > last {
-                    continue;
+        self.ensure_open(&mut c)?;
+        // Clip to what can exist so a wild range costs nothing.
+        let ranges: Vec<(u64, u64)> = ack
+            .seqs
+            .iter()
+            .filter(|_| !foreign)
+            .map(|&(first, last)| (first, last.min(c.next_seq.saturating_sub(1))))
+            .filter(|(first, last)| first <= last)
+            .collect();
+        let (freed, deleted, readings, snapshots_deleted) = self.with_db(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::None)?;
+            let (mut freed, mut deleted, mut readings) = (0u64, 0u64, 0u64);
+            let mut snapshots_deleted = Vec::new();
+            {
+                let mut entries = tx.open_table(ENTRIES)?;
+                for &(first, last) in &ranges {
+                    entries.retain_in(first..=last, |_, v| {
+                        freed += entry_size(v);
+                        readings += entry_readings(v);
+                        deleted += 1;
+                        false
+                    })?;
                 }
-                entries.retain_in(first..=last, |_, v| {
-                    freed += entry_size(v);
-                    readings += entry_readings(v);
-                    deleted += 1;
-                    false
-                })?;
-            }
-            let mut snaps = tx.open_table(SNAPSHOTS)?;
-            let mut order = tx.open_table(SNAPSHOT_ORDER)?;
-            for id in &ack.snapshots {
-                if let Some(v) = snaps.remove(id.as_str())? {
-                    let stored = snapshot_stored_ms(v.value());
-                    if let Some(size) = order.remove((stored, id.as_str()))? {
-                        freed += size.value();
+                let mut snaps = tx.open_table(SNAPSHOTS)?;
+                let mut order = tx.open_table(SNAPSHOT_ORDER)?;
+                for id in &ack.snapshots {
+                    if let Some(v) = snaps.remove(id.as_str())? {
+                        let stored = snapshot_stored_ms(v.value());
+                        if let Some(size) = order.remove((stored, id.as_str()))? {
+                            freed += size.value();
+                        }
+                        snapshots_deleted.push(id.clone());
                     }
-                    snapshots_deleted += 1;
                 }
             }
+            tx.commit()?;
+            Ok((freed, deleted, readings, snapshots_deleted))
+        })?;
+        self.wrote();
+        for &(first, last) in &ranges {
+            c.acked_range(first, last);
         }
-        tx.commit()?;
+        let n_snaps = snapshots_deleted.len() as u64;
+        c.undurable_snapshot_acks.extend(snapshots_deleted);
         c.bytes = c.bytes.saturating_sub(freed);
         c.depth = c.depth.saturating_sub(deleted);
         c.readings = c.readings.saturating_sub(readings);
-        c.snapshots = c.snapshots.saturating_sub(snapshots_deleted);
+        c.snapshots = c.snapshots.saturating_sub(n_snaps);
         Ok(Acked {
             deleted,
-            snapshots_deleted,
+            snapshots_deleted: n_snaps,
             foreign,
         })
     }
@@ -576,39 +885,45 @@ impl Queue {
         let mut stored = Vec::with_capacity(SNAPSHOT_HEADER + jpeg.len());
         stored.extend_from_slice(&now_ms.to_le_bytes());
         stored.extend_from_slice(jpeg);
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        // A replaced snapshot gives its room back first.
-        let mut replaced = 0u64;
-        let mut had = false;
-        {
-            let mut snaps = tx.open_table(SNAPSHOTS)?;
-            let mut order = tx.open_table(SNAPSHOT_ORDER)?;
-            if let Some(old) = snaps.remove(event_id)? {
-                let at = snapshot_stored_ms(old.value());
-                if let Some(b) = order.remove((at, event_id))? {
-                    replaced = b.value();
+        self.ensure_open(&mut c)?;
+        let (used, had, ev) = self.with_db(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            // A replaced snapshot gives its room back first.
+            let mut replaced = 0u64;
+            let mut had = false;
+            {
+                let mut snaps = tx.open_table(SNAPSHOTS)?;
+                let mut order = tx.open_table(SNAPSHOT_ORDER)?;
+                if let Some(old) = snaps.remove(event_id)? {
+                    let at = snapshot_stored_ms(old.value());
+                    if let Some(b) = order.remove((at, event_id))? {
+                        replaced = b.value();
+                    }
+                    had = true;
                 }
-                had = true;
             }
-        }
-        let used = c.bytes.saturating_sub(replaced);
-        let ev = make_room(&tx, used, size, self.max_bytes)?;
-        {
-            let mut snaps = tx.open_table(SNAPSHOTS)?;
-            snaps.insert(event_id, stored.as_slice())?;
-            let mut order = tx.open_table(SNAPSHOT_ORDER)?;
-            order.insert((now_ms, event_id), size)?;
-            let mut meta = tx.open_table(META)?;
-            if ev.entries > 0 {
-                meta.insert("dropped", c.dropped + ev.entries)?;
-                meta.insert("dropped_readings", c.dropped_readings + ev.readings)?;
+            let used = c.bytes.saturating_sub(replaced);
+            let ev = make_room(&tx, used, size, self.max_bytes)?;
+            {
+                let mut snaps = tx.open_table(SNAPSHOTS)?;
+                snaps.insert(event_id, stored.as_slice())?;
+                let mut order = tx.open_table(SNAPSHOT_ORDER)?;
+                order.insert((now_ms, event_id), size)?;
+                let mut meta = tx.open_table(META)?;
+                if ev.entries > 0 {
+                    meta.insert("dropped", c.dropped + ev.entries)?;
+                    meta.insert("dropped_readings", c.dropped_readings + ev.readings)?;
+                }
+                if ev.snapshots > 0 {
+                    meta.insert("dropped_snapshots", c.dropped_snapshots + ev.snapshots)?;
+                }
             }
-            if ev.snapshots > 0 {
-                meta.insert("dropped_snapshots", c.dropped_snapshots + ev.snapshots)?;
-            }
-        }
-        tx.commit()?;
+            tx.commit()?;
+            Ok((used, had, ev))
+        })?;
+        self.wrote();
+        c.durable();
         c.bytes = used;
         if had {
             c.snapshots = c.snapshots.saturating_sub(1);
@@ -625,49 +940,71 @@ impl Queue {
 
     /// The JPEG of a stored snapshot, if still queued.
     pub fn snapshot(&self, event_id: &str) -> Result<Option<Vec<u8>>, QueueError> {
-        let tx = self.db.begin_read()?;
-        let snaps = tx.open_table(SNAPSHOTS)?;
-        let got = snaps.get(event_id)?;
-        Ok(got.map(|v| {
-            v.value()
-                .get(SNAPSHOT_HEADER..)
-                .unwrap_or_default()
-                .to_vec()
-        }))
+        self.ensure_open_for_read()?;
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let snaps = tx.open_table(SNAPSHOTS)?;
+            let got = snaps.get(event_id)?;
+            Ok(got.map(|v| {
+                v.value()
+                    .get(SNAPSHOT_HEADER..)
+                    .unwrap_or_default()
+                    .to_vec()
+            }))
+        })
     }
 
     /// Event ids of the queued snapshots, oldest first.
     pub fn snapshot_ids(&self) -> Result<Vec<String>, QueueError> {
-        let tx = self.db.begin_read()?;
-        let order = tx.open_table(SNAPSHOT_ORDER)?;
-        let mut out = Vec::new();
-        for item in order.iter()? {
-            out.push(item?.0.value().1.to_string());
-        }
-        Ok(out)
+        self.ensure_open_for_read()?;
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let order = tx.open_table(SNAPSHOT_ORDER)?;
+            let mut out = Vec::new();
+            for item in order.iter()? {
+                out.push(item?.0.value().1.to_string());
+            }
+            Ok(out)
+        })
     }
 
     /// Makes every earlier non-durable commit (ack deletions) durable.
     pub fn sync(&self) -> Result<(), QueueError> {
-        let _c = self.counters();
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        tx.commit()?;
+        let mut c = self.counters();
+        self.ensure_open(&mut c)?;
+        self.with_db(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.wrote();
+        c.durable();
         Ok(())
     }
 
-    /// The counters, with the oldest entry's age.
+    /// The counters, with the oldest entry's age. While the disk is failing the counters are
+    /// still reported, without the oldest entry (it cannot be read).
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
-        let c = self.counters();
-        let tx = self.db.begin_read()?;
-        let entries = tx.open_table(ENTRIES)?;
-        let oldest = entries.first()?;
+        let mut c = self.counters();
+        let oldest = self.ensure_open(&mut c).and_then(|()| {
+            self.with_db(|db| {
+                let tx = db.begin_read()?;
+                let entries = tx.open_table(ENTRIES)?;
+                let oldest = entries.first()?;
+                Ok(match oldest {
+                    Some((k, v)) => {
+                        let e = parse_entry(k.value(), v.value())?;
+                        (Some(e.seq), Some(e.enqueued_ms))
+                    }
+                    None => (None, None),
+                })
+            })
+        });
         let (oldest_seq, oldest_enqueued_ms) = match oldest {
-            Some((k, v)) => {
-                let e = parse_entry(k.value(), v.value())?;
-                (Some(e.seq), Some(e.enqueued_ms))
-            }
-            None => (None, None),
+            Ok(o) => o,
+            Err(e) if e.is_disk_trouble() => (None, None),
+            Err(e) => return Err(e),
         };
         Ok(QueueStats {
             stream: c.stream,
@@ -686,13 +1023,16 @@ impl Queue {
 
     /// Seqs of every queued entry (for tests and diagnostics).
     pub fn seqs(&self) -> Result<Vec<u64>, QueueError> {
-        let tx = self.db.begin_read()?;
-        let entries = tx.open_table(ENTRIES)?;
-        let mut out = Vec::new();
-        for item in entries.iter()? {
-            out.push(item?.0.value());
-        }
-        Ok(out)
+        self.ensure_open_for_read()?;
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let entries = tx.open_table(ENTRIES)?;
+            let mut out = Vec::new();
+            for item in entries.iter()? {
+                out.push(item?.0.value());
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -875,5 +1215,93 @@ mod tests {
             q.put_snapshot("big", &vec![0u8; budget as usize], 9)
                 .is_err()
         );
+    }
+
+    /// A tmpfs of `size` at `at`, lazily unmounted on drop (the test runs as root).
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(at: &Path, size: &str) -> Tmpfs {
+            std::fs::create_dir_all(at).unwrap();
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at)
+                .output()
+                .expect("cannot run mount(8)");
+            assert!(
+                out.status.success(),
+                "this test mounts a tmpfs and must run as root: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Tmpfs(at.to_owned())
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    #[test]
+    fn an_io_error_closes_the_database_and_a_later_operation_reopens_it() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("fs");
+        let _fs = Tmpfs::mount(&dir, "4m");
+        let q = Queue::open(&dir, 64 << 20, 1 << 16)
+            .unwrap()
+            .with_reopen_backoff(Duration::from_millis(500), Duration::from_secs(1));
+        for i in 0..3 {
+            q.append_batch("AG-1", readings(10, i as f64), 1).unwrap();
+        }
+        // Not durable yet: a close after an I/O error would lose it, the reopen applies it again.
+        assert_eq!(
+            q.ack(&Ack::from_seqs(q.stream(), vec![1])).unwrap().deleted,
+            1
+        );
+
+        let filler = dir.join("filler");
+        {
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0u8; 4096];
+            while f.write(&chunk).is_ok_and(|n| n > 0) {}
+        }
+        let mut last_ok = 3;
+        let err = loop {
+            match q.append_batch("AG-1", readings(200, 0.0), 1) {
+                Ok(a) => last_ok = a.seq,
+                Err(e) => break e,
+            }
+            assert!(
+                last_ok < 10_000,
+                "the full file system never failed a commit"
+            );
+        };
+        assert!(err.is_io(), "{err}");
+        assert!(q.condition().failing);
+        // Closed: refused at once, without touching the disk, until the backoff has passed.
+        let again = q.append_batch("AG-1", readings(1, 0.0), 1).unwrap_err();
+        assert!(matches!(again, QueueError::Unavailable { .. }), "{again}");
+        // Counters are still reported.
+        assert_eq!(q.stats().unwrap().next_seq, last_ok + 1);
+
+        std::fs::remove_file(&filler).unwrap();
+        q.retry_now();
+        let a = q.append_batch("AG-1", readings(1, 0.0), 1).unwrap();
+        assert_eq!(a.seq, last_ok + 1, "gapless across the reopen");
+        let c = q.condition();
+        assert!(!c.failing && c.error.is_none(), "{c:?}");
+        assert_eq!(c.reopens, 1);
+        let seqs = q.seqs().unwrap();
+        assert_eq!(
+            seqs,
+            (2..=last_ok + 1).collect::<Vec<_>>(),
+            "acked 1 stays deleted"
+        );
+        assert_eq!(q.stats().unwrap().depth, seqs.len() as u64);
     }
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use protocols::batch::Ack;
-use protocols::messages::{CommandResult, Health, STATUS_OFFLINE, STATUS_ONLINE};
+use protocols::messages::{CommandResult, STATUS_OFFLINE, STATUS_ONLINE};
 use protocols::topic::Topic;
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Request,
@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::disk::RateLog;
 use crate::metrics::Metrics;
 use crate::queue::{EntryKind, Queue, StoredEntry};
 
@@ -278,6 +279,7 @@ impl Uplink {
             max_sent: 0,
             live_turn: true,
             snaps: Snapshots::default(),
+            queue_log: RateLog::new("queue access"),
         };
         let forwarder = tokio::spawn(forwarder.run(link_rx, committed, snapshots_rx));
         Ok((
@@ -348,7 +350,7 @@ impl Uplink {
     }
 
     /// Publishes health (QoS 0; the next one replaces a lost one). Never waits.
-    pub fn publish_health(&self, health: &Health) -> bool {
+    pub fn publish_health(&self, health: &crate::health::AgentHealth) -> bool {
         let body = serde_json::to_vec(health).unwrap_or_default();
         self.client
             .try_publish(self.topics.health.clone(), QoS::AtMostOnce, false, body)
@@ -498,6 +500,8 @@ struct Forwarder {
     /// Whose turn it is when live and old work both wait.
     live_turn: bool,
     snaps: Snapshots,
+    /// Queue errors (a failing disk) are summed up, not logged per ack and per read.
+    queue_log: RateLog,
 }
 
 /// Snapshots to send and in flight, by event id.
@@ -576,7 +580,7 @@ impl Forwarder {
         match tokio::task::spawn_blocking(move || q.stats()).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
-                tracing::error!("queue: {e}");
+                self.queue_log.failed(&e);
                 None
             }
             Err(_) => None,
@@ -597,7 +601,10 @@ impl Forwarder {
         let q = self.queue.clone();
         match tokio::task::spawn_blocking(move || q.snapshot_ids()).await {
             Ok(Ok(ids)) => ids.into_iter().for_each(|id| self.snaps.add(id)),
-            Ok(Err(e)) => tracing::error!("queue: cannot list snapshots: {e}"),
+            Ok(Err(e)) => {
+                self.queue_log
+                    .failed(&format_args!("cannot list snapshots: {e}"));
+            }
             Err(_) => {}
         }
         if s.depth > 0 {
@@ -623,9 +630,15 @@ impl Forwarder {
         let ack = Arc::new(ack);
         let a2 = ack.clone();
         let outcome = match tokio::task::spawn_blocking(move || q.ack(&a2)).await {
-            Ok(Ok(o)) => o,
+            Ok(Ok(o)) => {
+                self.queue_log.ok();
+                o
+            }
             Ok(Err(e)) => {
-                tracing::error!("queue: cannot apply an ack: {e}");
+                // The entries stay in flight: their ack timeout sends them again, and the
+                // hub's ack of the re-send deletes them once the disk works.
+                self.queue_log
+                    .failed(&format_args!("cannot apply an ack: {e}"));
                 return;
             }
             Err(_) => return,
@@ -706,15 +719,18 @@ impl Forwarder {
             .store(self.inflight.len() as u64, Relaxed);
     }
 
-    async fn read(&self, from: u64, until: u64, limit: usize) -> Vec<StoredEntry> {
+    /// Entries in `from..until`; `None` when the queue cannot be read now (a failing disk):
+    /// the caller keeps the seqs for a later try instead of treating them as gone.
+    async fn read(&self, from: u64, until: u64, limit: usize) -> Option<Vec<StoredEntry>> {
         let q = self.queue.clone();
         match tokio::task::spawn_blocking(move || q.read_range(from, until, limit)).await {
-            Ok(Ok(v)) => v,
+            Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
-                tracing::error!("queue: cannot read entries {from}..{until}: {e}");
-                Vec::new()
+                self.queue_log
+                    .failed(&format_args!("cannot read entries {from}..{until}: {e}"));
+                None
             }
-            Err(_) => Vec::new(),
+            Err(_) => None,
         }
     }
 
@@ -729,13 +745,24 @@ impl Forwarder {
             if !self.live.is_empty() && old_waiting {
                 self.live_turn = !self.live_turn;
             }
+            // A failed read leaves the seq where it was; the next tick tries again.
             let entries = if take_live {
                 let s = self.live.pop_front().unwrap_or_default();
-                self.read(s, s + 1, 1).await
+                let Some(got) = self.read(s, s + 1, 1).await else {
+                    self.live.push_front(s);
+                    break;
+                };
+                got
             } else if let Some(s) = self.resend.pop_first() {
-                self.read(s, s + 1, 1).await
+                let Some(got) = self.read(s, s + 1, 1).await else {
+                    self.resend.insert(s);
+                    break;
+                };
+                got
             } else if self.backlog_next < self.live_from {
-                let got = self.read(self.backlog_next, self.live_from, room).await;
+                let Some(got) = self.read(self.backlog_next, self.live_from, room).await else {
+                    break;
+                };
                 self.backlog_next = got.last().map(|e| e.seq + 1).unwrap_or(self.live_from);
                 got
             } else {
@@ -766,6 +793,13 @@ impl Forwarder {
                     // Acked or dropped for the budget meanwhile.
                     self.snaps.known.remove(&id);
                     continue;
+                }
+                Ok(Err(e)) if e.is_disk_trouble() => {
+                    // Kept for a later try: the disk, not the snapshot, is the problem.
+                    self.queue_log
+                        .failed(&format_args!("cannot read snapshot {id}: {e}"));
+                    self.snaps.waiting.push_front(id);
+                    return;
                 }
                 Ok(Err(e)) => {
                     tracing::error!("queue: cannot read snapshot {id}: {e}");

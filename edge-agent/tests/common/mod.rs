@@ -281,6 +281,8 @@ pub struct HubState {
     /// When each delivery arrived.
     pub arrived: Vec<Instant>,
     pub health: Vec<protocols::messages::Health>,
+    /// The same health messages as JSON, with the agent's own fields (`disk`, `buffer`).
+    pub health_json: Vec<serde_json::Value>,
     pub results: Vec<protocols::messages::CommandResult>,
     pub status: Vec<(String, String)>,
 }
@@ -373,9 +375,10 @@ impl HubPeer {
                                 );
                             }
                         } else if p.topic.ends_with("/health") {
-                            s.lock()
-                                .unwrap()
-                                .health
+                            let mut st = s.lock().unwrap();
+                            st.health
+                                .push(serde_json::from_slice(&p.payload).expect("health JSON"));
+                            st.health_json
                                 .push(serde_json::from_slice(&p.payload).expect("health JSON"));
                         } else if p.topic.ends_with("/cmd/result") {
                             s.lock()
