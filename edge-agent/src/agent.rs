@@ -174,7 +174,7 @@ pub async fn run_until(
         queue: queue.clone(),
         data_dir: a.data_dir.clone(),
         limits: BatchLimits::new(a.batch_max_readings, a.batch_max_age.0, a.queue_max_bytes)
-            .buffered(a.buffer_readings, a.min_free_disk),
+            .buffered(a.buffer_readings, a.min_free_disk.bytes()),
         metrics: metrics.clone(),
         committed: committed_tx,
     };
@@ -329,7 +329,7 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
         let link = crate::health::read_link(source.as_deref()).await;
         let (dir, min_free) = {
             let c = shared.config.read().await;
-            (c.file.agent.data_dir.clone(), c.file.agent.min_free_disk)
+            (c.file.agent.data_dir.clone(), c.file.agent.min_free_disk.bytes())
         };
         let q = shared.queue.clone();
         let m = shared.metrics.clone();
@@ -464,7 +464,7 @@ async fn reload(shared: &Arc<Shared>) -> Result<usize, String> {
         .batcher
         .send(BatcherControl::Limits(
             BatchLimits::new(a.batch_max_readings, a.batch_max_age.0, a.queue_max_bytes)
-                .buffered(a.buffer_readings, a.min_free_disk),
+                .buffered(a.buffer_readings, a.min_free_disk.bytes()),
         ))
         .await;
     shared.health_interval.send_replace(a.health_interval.0);

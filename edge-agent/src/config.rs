@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use protocols::config::{ConfigError, HumanDuration, parse_toml};
+use protocols::config::{ByteSize, ConfigError, HumanDuration, parse_toml};
 use protocols::id::validate_id;
 use protocols::profile::DeviceProfile;
 use serde::{Deserialize, Serialize};
@@ -49,8 +49,8 @@ fn default_buffer_readings() -> usize {
     DEFAULT_BUFFER_READINGS
 }
 
-fn default_min_free_disk() -> u64 {
-    DEFAULT_MIN_FREE_DISK
+fn default_min_free_disk() -> ByteSize {
+    ByteSize(DEFAULT_MIN_FREE_DISK)
 }
 
 fn default_batch_readings() -> usize {
@@ -106,9 +106,9 @@ pub struct AgentSection {
     pub buffer_readings: usize,
     /// Free bytes to leave on the data directory's file system (see [`DEFAULT_MIN_FREE_DISK`]):
     /// below it nothing is written to the queue and readings are buffered in memory until
-    /// space is back.
+    /// space is back. Bytes, or text like `"16MiB"`.
     #[serde(default = "default_min_free_disk")]
-    pub min_free_disk: u64,
+    pub min_free_disk: ByteSize,
     /// How often health is published.
     #[serde(default = "default_health_interval")]
     pub health_interval: HumanDuration,

@@ -254,7 +254,7 @@ async fn below_the_watermark_the_queue_is_left_alone_until_space_is_back() {
     let modbus = ModbusPeer::tcp(dir.path(), &two_devices_spec(), free_port());
     let hub = HubPeer::start(broker.port, true).await;
     let extra =
-        format!("batch_max_readings = 100\nbuffer_readings = {BUFFER}\nmin_free_disk = 3145728");
+        format!("batch_max_readings = 100\nbuffer_readings = {BUFFER}\nmin_free_disk = \"3MiB\"");
     let cfg = write_agent_toml(
         dir.path(),
         &fast_agent_toml(&disk, &broker.url(), modbus.port, &extra),
