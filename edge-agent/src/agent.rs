@@ -329,7 +329,10 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
         let link = crate::health::read_link(source.as_deref()).await;
         let (dir, min_free) = {
             let c = shared.config.read().await;
-            (c.file.agent.data_dir.clone(), c.file.agent.min_free_disk.bytes())
+            (
+                c.file.agent.data_dir.clone(),
+                c.file.agent.min_free_disk.bytes(),
+            )
         };
         let q = shared.queue.clone();
         let m = shared.metrics.clone();
