@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod outbound;
 pub mod pipeline;
+pub mod redb_file;
 pub mod registry;
 pub mod rules;
 pub mod server;

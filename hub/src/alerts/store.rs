@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::redb_file::RedbFile;
 
 use super::StoredAlert;
 
@@ -40,7 +42,7 @@ fn dberr<E: Into<redb::Error>>(e: E) -> AlertStoreError {
 
 /// The alert file.
 pub struct AlertStore {
-    db: Database,
+    db: RedbFile,
 }
 
 impl AlertStore {
@@ -51,12 +53,12 @@ impl AlertStore {
             path: data_dir.display().to_string(),
             source,
         })?;
-        let db = Database::create(data_dir.join("alerts.redb")).map_err(dberr)?;
-        let w = db.begin_write().map_err(dberr)?;
-        w.open_table(ALERTS).map_err(dberr)?;
-        w.commit().map_err(dberr)?;
-        let mut out = Vec::new();
-        {
+        let file = RedbFile::create(&data_dir.join("alerts.redb")).map_err(dberr)?;
+        let out = file.with(|db| {
+            let w = db.begin_write().map_err(dberr)?;
+            w.open_table(ALERTS).map_err(dberr)?;
+            w.commit().map_err(dberr)?;
+            let mut out = Vec::new();
             let r = db.begin_read().map_err(dberr)?;
             let t = r.open_table(ALERTS).map_err(dberr)?;
             for row in t.iter().map_err(dberr)? {
@@ -66,25 +68,27 @@ impl AlertStore {
                     Err(e) => tracing::error!(seq = k.value(), "alert record unreadable: {e}"),
                 }
             }
-        }
-        Ok((AlertStore { db }, out))
+            Ok::<_, AlertStoreError>(out)
+        })?;
+        Ok((AlertStore { db: file }, out))
     }
 
     /// Writes alerts in one transaction.
     pub fn save(&self, alerts: &[StoredAlert]) -> Result<(), AlertStoreError> {
-        let w = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut t = w.open_table(ALERTS).map_err(dberr)?;
-            for a in alerts {
-                let bytes = serde_json::to_vec(a).map_err(|e| AlertStoreError::Corrupt {
-                    seq: a.seq,
-                    detail: e.to_string(),
-                })?;
-                t.insert(a.seq, bytes.as_slice()).map_err(dberr)?;
+        self.db.with(|db| {
+            let w = db.begin_write().map_err(dberr)?;
+            {
+                let mut t = w.open_table(ALERTS).map_err(dberr)?;
+                for a in alerts {
+                    let bytes = serde_json::to_vec(a).map_err(|e| AlertStoreError::Corrupt {
+                        seq: a.seq,
+                        detail: e.to_string(),
+                    })?;
+                    t.insert(a.seq, bytes.as_slice()).map_err(dberr)?;
+                }
             }
-        }
-        w.commit().map_err(dberr)?;
-        Ok(())
+            w.commit().map_err(dberr)
+        })
     }
 
     /// Deletes alerts by sequence number (cleared ones past retention).
@@ -92,14 +96,15 @@ impl AlertStore {
         if seqs.is_empty() {
             return Ok(());
         }
-        let w = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut t = w.open_table(ALERTS).map_err(dberr)?;
-            for s in seqs {
-                t.remove(*s).map_err(dberr)?;
+        self.db.with(|db| {
+            let w = db.begin_write().map_err(dberr)?;
+            {
+                let mut t = w.open_table(ALERTS).map_err(dberr)?;
+                for s in seqs {
+                    t.remove(*s).map_err(dberr)?;
+                }
             }
-        }
-        w.commit().map_err(dberr)?;
-        Ok(())
+            w.commit().map_err(dberr)
+        })
     }
 }

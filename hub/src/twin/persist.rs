@@ -13,6 +13,8 @@ use std::path::Path;
 
 use protocols::messages::Scalar;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::redb_file::RedbFile;
 use serde::{Deserialize, Serialize};
 
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
@@ -72,7 +74,7 @@ pub struct Loaded {
 
 /// The twin file.
 pub struct TwinStore {
-    db: Database,
+    db: RedbFile,
 }
 
 impl TwinStore {
@@ -83,7 +85,17 @@ impl TwinStore {
             source,
         })?;
         let path = data_dir.join("twins.redb");
-        let db = Database::create(&path).map_err(dberr)?;
+        let file = RedbFile::create(&path).map_err(dberr)?;
+        let loaded = file.with(|db| Self::load(db))?;
+        let store = TwinStore { db: file };
+        // Persist the raised versions before anything can be published from them, then clear
+        // `clean`: a crash from here on must raise them again.
+        store.checkpoint(loaded.versions.iter().map(|(k, v)| (k.as_str(), *v)), false)?;
+        Ok((store, loaded))
+    }
+
+    /// Creates the tables if needed and reads everything.
+    fn load(db: &Database) -> Result<Loaded, PersistError> {
         // Make sure the tables exist so reads never meet a missing table.
         let w = db.begin_write().map_err(db_err)?;
         {
@@ -122,11 +134,7 @@ impl TwinStore {
                     .insert(k.value().to_string(), v.value().saturating_add(gap));
             }
         }
-        let store = TwinStore { db };
-        // Persist the raised versions before anything can be published from them, then clear
-        // `clean`: a crash from here on must raise them again.
-        store.checkpoint(loaded.versions.iter().map(|(k, v)| (k.as_str(), *v)), false)?;
-        Ok((store, loaded))
+        Ok(loaded)
     }
 
     /// Stores a device's desired state and its version, durably.
@@ -140,15 +148,16 @@ impl TwinStore {
             device: device.to_string(),
             detail: e.to_string(),
         })?;
-        let w = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut t = w.open_table(DESIRED).map_err(dberr)?;
-            t.insert(device, bytes.as_slice()).map_err(dberr)?;
-            let mut v = w.open_table(VERSIONS).map_err(dberr)?;
-            v.insert(device, version).map_err(dberr)?;
-        }
-        w.commit().map_err(dberr)?;
-        Ok(())
+        self.db.with(|db| {
+            let w = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = w.open_table(DESIRED).map_err(dberr)?;
+                t.insert(device, bytes.as_slice()).map_err(dberr)?;
+                let mut v = w.open_table(VERSIONS).map_err(dberr)?;
+                v.insert(device, version).map_err(dberr)?;
+            }
+            w.commit().map_err(dberr)
+        })
     }
 
     /// Stores versions and the clean flag in one transaction.
@@ -157,17 +166,18 @@ impl TwinStore {
         versions: impl IntoIterator<Item = (&'a str, u64)>,
         clean: bool,
     ) -> Result<(), PersistError> {
-        let w = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut t = w.open_table(VERSIONS).map_err(dberr)?;
-            for (device, version) in versions {
-                t.insert(device, version).map_err(dberr)?;
+        self.db.with(|db| {
+            let w = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = w.open_table(VERSIONS).map_err(dberr)?;
+                for (device, version) in versions {
+                    t.insert(device, version).map_err(dberr)?;
+                }
+                let mut m = w.open_table(META).map_err(dberr)?;
+                m.insert("clean", u64::from(clean)).map_err(dberr)?;
             }
-            let mut m = w.open_table(META).map_err(dberr)?;
-            m.insert("clean", u64::from(clean)).map_err(dberr)?;
-        }
-        w.commit().map_err(dberr)?;
-        Ok(())
+            w.commit().map_err(dberr)
+        })
     }
 }
 
@@ -204,5 +214,38 @@ mod tests {
         let (_s, loaded) = TwinStore::open(dir.path()).unwrap();
         assert!(!loaded.clean);
         assert_eq!(loaded.versions["WL-1"], 12 + CRASH_VERSION_GAP);
+    }
+
+    #[test]
+    fn a_full_disk_fails_writes_then_they_work_again_without_reopening_the_store() {
+        let disk = crate::redb_file::small_disk::SmallDisk::mount("8m");
+        let (s, _) = TwinStore::open(disk.path()).unwrap();
+        let rec = |v: u64| DesiredRecord {
+            desired_version: v,
+            desired: [("dimming_level".to_string(), Scalar::Number(v as f64))].into(),
+        };
+        s.save_desired("SL-1", &rec(1), 1).unwrap();
+        let filler = disk.fill();
+        // Big enough records that the file must grow.
+        let mut failed = None;
+        for v in 2..10_000u64 {
+            let mut r = rec(v);
+            r.desired
+                .insert("note".into(), Scalar::Text("x".repeat(4096)));
+            if let Err(e) = s.save_desired(&format!("SL-{v}"), &r, v) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("the full disk never failed a write");
+        assert!(e.to_string().to_lowercase().contains("space"), "{e}");
+        std::fs::remove_file(filler).unwrap();
+        s.save_desired("SL-1", &rec(99), 99).unwrap();
+        s.checkpoint([("SL-1", 99)], true).unwrap();
+        assert!(s.db.reopens() >= 1);
+        drop(s);
+        let (_, loaded) = TwinStore::open(disk.path()).unwrap();
+        assert_eq!(loaded.desired["SL-1"].desired_version, 99);
+        assert_eq!(loaded.versions["SL-1"], 99);
     }
 }

@@ -1,0 +1,138 @@
+//! A redb file that outlives an I/O error: the twins' and the alerts' files.
+//!
+//! After a failed write (a full disk, say) redb answers every later operation with "Previous I/O
+//! error occurred. Please close and re-open the database". So an operation that fails drops
+//! the handle, and the next one opens the file again: a committed transaction is whole and an
+//! uncommitted one is gone, so a reopened file is exactly what was last committed. Whoever wrote
+//! keeps what did not commit (the twins in memory, the alert book's dirty set) and writes it
+//! again, which now works once there is room.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+use redb::Database;
+
+/// A redb database that is closed after a failed operation and reopened on the next one.
+pub struct RedbFile {
+    path: PathBuf,
+    db: Mutex<Option<Arc<Database>>>,
+    reopens: AtomicU64,
+}
+
+impl std::fmt::Debug for RedbFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbFile {
+    /// Opens (or creates) the file.
+    pub fn create(path: &Path) -> Result<RedbFile, redb::DatabaseError> {
+        let db = Database::create(path)?;
+        Ok(RedbFile {
+            path: path.to_path_buf(),
+            db: Mutex::new(Some(Arc::new(db))),
+            reopens: AtomicU64::new(0),
+        })
+    }
+
+    /// Runs `f` on the database, opening it again first if an earlier operation failed; when
+    /// `f` fails, the database is closed so that the next call starts from a fresh handle.
+    pub fn with<T, E: From<redb::Error>>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let db = self.handle().map_err(|e| E::from(e.into()))?;
+        let r = f(&db);
+        if r.is_err() {
+            let mut slot = self.db.lock();
+            if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &db)) {
+                *slot = None;
+            }
+        }
+        r
+    }
+
+    /// How many times the file was opened again after a failure.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Relaxed)
+    }
+
+    fn handle(&self) -> Result<Arc<Database>, redb::DatabaseError> {
+        let mut slot = self.db.lock();
+        if let Some(db) = &*slot {
+            return Ok(db.clone());
+        }
+        // Still held by an operation in flight on the old handle: that one fails too, and
+        // the call after it opens the file.
+        let db = Arc::new(Database::create(&self.path)?);
+        tracing::info!(file = %self.path.display(), "reopened after an earlier failure");
+        self.reopens.fetch_add(1, Relaxed);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod small_disk {
+    //! A real small filesystem for tests: a tmpfs mounted on a temporary directory (the tests
+    //! run as root), unmounted on drop.
+
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// A mounted tmpfs.
+    pub struct SmallDisk {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallDisk {
+        /// Mounts a tmpfs of `size` (e.g. `"8m"`).
+        pub fn mount(size: &str) -> SmallDisk {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .expect("run mount");
+            assert!(
+                out.status.success(),
+                "this test mounts a small tmpfs and must run as root: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            SmallDisk { dir }
+        }
+
+        /// Where it is mounted.
+        pub fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Fills it with a file until ENOSPC; returns the file.
+        pub fn fill(&self) -> PathBuf {
+            let path = self.path().join("filler");
+            let mut f = std::fs::File::create(&path).expect("create filler");
+            let block = vec![0xA5u8; 64 << 10];
+            loop {
+                match f.write(&block) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(28) => break,
+                    Err(e) => panic!("filling the disk: {e}"),
+                }
+            }
+            path
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.dir.path()).status();
+        }
+    }
+}
