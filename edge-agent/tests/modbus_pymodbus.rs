@@ -192,12 +192,21 @@ async fn decodes_every_type_and_word_order_of_the_shipped_profiles() {
             .iter()
             .map(|b| (fc(b.table), b.start, b.count))
             .collect();
-        let seen: BTreeSet<(u8, u16, u16)> = peer
-            .requests()
-            .into_iter()
-            .filter(|r| r.0 == *unit)
-            .map(|r| (r.1, r.2, r.3))
-            .collect();
+        // The server logs a request before it answers, but its log line is read by another
+        // thread: wait for the lines, not just for the readings.
+        let seen_now = || -> BTreeSet<(u8, u16, u16)> {
+            peer.requests()
+                .into_iter()
+                .filter(|r| r.0 == *unit)
+                .map(|r| (r.1, r.2, r.3))
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut seen = seen_now();
+        while !want.is_subset(&seen) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            seen = seen_now();
+        }
         assert_eq!(seen, want, "{id}: requests seen by the server");
         assert!(plan.len() < profile.points.len(), "{id}: merged");
     }
