@@ -86,7 +86,7 @@ impl TwinStore {
         })?;
         let path = data_dir.join("twins.redb");
         let file = RedbFile::create(&path).map_err(dberr)?;
-        let loaded = file.with(|db| Self::load(db))?;
+        let loaded = file.with(Self::load)?;
         let store = TwinStore { db: file };
         // Persist the raised versions before anything can be published from them, then clear
         // `clean`: a crash from here on must raise them again.
