@@ -444,13 +444,17 @@ async fn set_writes_through_the_profile_and_reads_back() {
         .await
         .unwrap();
     assert_eq!(back, vec![(Quantity::DimmingLevel, Value::Number(40.0))]);
-    assert!(
+    // The server's log line is read by another thread: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let wrote = || {
         peer.writes()
             .iter()
-            .any(|w| w == "WRITE unit=1 fc=6 addr=16 values=40"),
-        "{:?}",
-        peer.writes()
-    );
+            .any(|w| w == "WRITE unit=1 fc=6 addr=16 values=40")
+    };
+    while !wrote() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(wrote(), "{:?}", peer.writes());
     // The read-back value goes into the stream.
     let got = collect(&mut rx, Duration::from_secs(5), |s| {
         s.iter().any(|s| {
