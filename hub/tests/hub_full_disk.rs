@@ -4,10 +4,8 @@
 //! stored.
 
 mod hub_e2e_support;
+mod small_disk;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hub_e2e_support::*;
@@ -15,56 +13,7 @@ use protocols::Quantity;
 use protocols::batch::{Ack, encode};
 use protocols::config::ByteSize;
 use rumqttc::QoS;
-
-/// A tmpfs of `size` mounted on a fresh temporary directory, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs and must run as root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// Writes a file until the filesystem is full, then gives `leave` bytes back.
-fn fill(dir: &Path, leave: u64) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).expect("create filler");
-    let block = vec![0xA5u8; 64 << 10];
-    let mut len = 0u64;
-    loop {
-        match f.write(&block) {
-            Ok(0) => break,
-            Ok(n) => len += n as u64,
-            Err(e) if e.raw_os_error() == Some(28) => break,
-            Err(e) => panic!("filling the disk: {e}"),
-        }
-    }
-    f.set_len(len.saturating_sub(leave)).expect("shrink filler");
-    path
-}
+use small_disk::SmallDisk;
 
 fn ack_of(p: &rumqttc::Publish) -> Ack {
     serde_json::from_slice(&p.payload).unwrap()
@@ -183,7 +132,7 @@ async fn below_min_free_disk_data_is_refused_and_taken_again_once_freed() {
     }
 
     // 4 MiB left: the store could still write, but the hub keeps the rest for recovery.
-    let filler = fill(disk.path(), 4 << 20);
+    let filler = disk.fill(4 << 20);
     let body = health_until(&base, "/healthz", |s, _| s == 503).await;
     assert_eq!(body["status"], "failing");
     let d = component(&body, "disk");
@@ -235,7 +184,7 @@ async fn a_store_that_hit_enospc_reports_it_and_recovers_without_restart() {
         acked.push(seq);
     }
 
-    let filler = fill(disk.path(), 0);
+    let filler = disk.fill(0);
     // New messages until the store's log needs a page the filesystem does not have.
     let mut seq = 6;
     let body = loop {

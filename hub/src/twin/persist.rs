@@ -225,7 +225,7 @@ mod tests {
             desired: [("dimming_level".to_string(), Scalar::Number(v as f64))].into(),
         };
         s.save_desired("SL-1", &rec(1), 1).unwrap();
-        let filler = disk.fill();
+        let filler = disk.fill(0);
         // Big enough records that the file must grow.
         let mut failed = None;
         for v in 2..10_000u64 {
