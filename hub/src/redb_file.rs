@@ -17,6 +17,7 @@ use redb::Database;
 /// A redb database that is closed after a failed operation and reopened on the next one.
 pub struct RedbFile {
     path: PathBuf,
+    cache_bytes: Option<usize>,
     db: Mutex<Option<Arc<Database>>>,
     reopens: AtomicU64,
 }
@@ -32,9 +33,18 @@ impl std::fmt::Debug for RedbFile {
 impl RedbFile {
     /// Opens (or creates) the file.
     pub fn create(path: &Path) -> Result<RedbFile, redb::DatabaseError> {
-        let db = Database::create(path)?;
+        Self::create_with_cache(path, None)
+    }
+
+    /// Opens (or creates) the file with a page cache of `cache_bytes` (redb's default if none).
+    pub fn create_with_cache(
+        path: &Path,
+        cache_bytes: Option<usize>,
+    ) -> Result<RedbFile, redb::DatabaseError> {
+        let db = Self::open_db(path, cache_bytes)?;
         Ok(RedbFile {
             path: path.to_path_buf(),
+            cache_bytes,
             db: Mutex::new(Some(Arc::new(db))),
             reopens: AtomicU64::new(0),
         })
@@ -46,9 +56,21 @@ impl RedbFile {
         &self,
         f: impl FnOnce(&Database) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.with_unless(f, |_| false)
+    }
+
+    /// As [`RedbFile::with`], but an error for which `harmless` holds (one the operation
+    /// refused by itself, not a failed read or write) keeps the handle.
+    pub fn with_unless<T, E: From<redb::Error>>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, E>,
+        harmless: impl FnOnce(&E) -> bool,
+    ) -> Result<T, E> {
         let db = self.handle().map_err(|e| E::from(e.into()))?;
         let r = f(&db);
-        if r.is_err() {
+        if let Err(e) = &r
+            && !harmless(e)
+        {
             let mut slot = self.db.lock();
             if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &db)) {
                 *slot = None;
@@ -62,6 +84,14 @@ impl RedbFile {
         self.reopens.load(Relaxed)
     }
 
+    fn open_db(path: &Path, cache_bytes: Option<usize>) -> Result<Database, redb::DatabaseError> {
+        let mut b = Database::builder();
+        if let Some(c) = cache_bytes {
+            b.set_cache_size(c);
+        }
+        b.create(path)
+    }
+
     fn handle(&self) -> Result<Arc<Database>, redb::DatabaseError> {
         let mut slot = self.db.lock();
         if let Some(db) = &*slot {
@@ -69,7 +99,7 @@ impl RedbFile {
         }
         // Still held by an operation in flight on the old handle: that one fails too, and
         // the call after it opens the file.
-        let db = Arc::new(Database::create(&self.path)?);
+        let db = Arc::new(Self::open_db(&self.path, self.cache_bytes)?);
         tracing::info!(file = %self.path.display(), "reopened after an earlier failure");
         self.reopens.fetch_add(1, Relaxed);
         *slot = Some(db.clone());

@@ -69,6 +69,12 @@ pub enum VideoError {
     Task(String),
 }
 
+impl From<redb::Error> for VideoError {
+    fn from(e: redb::Error) -> VideoError {
+        VideoError::db(e)
+    }
+}
+
 impl VideoError {
     fn db(e: impl std::fmt::Display) -> VideoError {
         VideoError::Db(e.to_string())
