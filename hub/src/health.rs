@@ -10,12 +10,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use serde::Serialize;
 use series_store::{SeriesStore, StoreHealth};
 
+use crate::alerts::AlertBook;
+use crate::alerts::hub_level::{HubCondition, Observation};
 use crate::shutdown::Signal;
 
 /// How often free space is read.
@@ -92,16 +93,14 @@ impl DiskWatch {
         )
     }
 
-    /// Reads free space every [`DISK_CHECK_EVERY`] until the hub stops.
-    pub async fn run(self: Arc<Self>, mut stop: Signal) {
-        let mut tick = tokio::time::interval(DISK_CHECK_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.recv() => return,
-                _ = tick.tick() => self.check(),
-            }
-        }
+    /// Free bytes at the last reading (`u64::MAX` before the first one worked).
+    pub fn free(&self) -> u64 {
+        self.free.load(Relaxed)
+    }
+
+    /// `[hub] min_free_disk`.
+    pub fn min_free(&self) -> u64 {
+        self.min_free
     }
 
     /// Exports `hub_disk_*` at scrape time.
@@ -144,6 +143,70 @@ impl prometheus_client::collector::Collector for DiskCollector {
             w.refused.load(Relaxed),
         )
     }
+}
+
+/// Reads free space and the store's state every [`DISK_CHECK_EVERY`] until the hub stops,
+/// raising and clearing the hub-level alerts that tell the command center.
+pub async fn watch<S: SeriesStore>(
+    disk: Arc<DiskWatch>,
+    store: Arc<S>,
+    alerts: Arc<AlertBook>,
+    mut stop: Signal,
+) {
+    let mut tick = tokio::time::interval(DISK_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.recv() => return,
+            _ = tick.tick() => {
+                disk.check();
+                report(&disk, &*store, &alerts, protocols::time::now_ms());
+            }
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// Raises or clears the hub-level alerts for the disk and the store as they are now.
+pub fn report<S: SeriesStore>(disk: &DiskWatch, store: &S, alerts: &AlertBook, now_ms: i64) {
+    let low = disk.is_low().then(|| Observation {
+        value: Some(disk.free() as f64),
+        threshold: Some(disk.min_free as f64),
+        unit: "B",
+        message: format!(
+            "free disk space on the hub's data directory is {}, below [hub] min_free_disk {}: \
+             new data is refused (not acknowledged, so devices and agents keep it) until there is room",
+            mib(disk.free()),
+            mib(disk.min_free)
+        ),
+    });
+    alerts.hub_condition(
+        HubCondition::DiskLow,
+        low,
+        "free disk space is above [hub] min_free_disk again",
+        now_ms,
+    );
+    let failing = match store.health() {
+        StoreHealth::Writable => None,
+        StoreHealth::Failed { reason, .. } => Some(Observation {
+            value: None,
+            threshold: None,
+            unit: "",
+            message: format!(
+                "the time-series store cannot write ({reason}); nothing new is acknowledged and \
+                 the store reopens by itself once there is room"
+            ),
+        }),
+    };
+    alerts.hub_condition(
+        HubCondition::StoreFailing,
+        failing,
+        "the store writes again",
+        now_ms,
+    );
 }
 
 /// One part of the hub in a health answer.
@@ -192,88 +255,4 @@ pub fn components<S: SeriesStore>(store: &S, disk: &DiskWatch) -> (bool, Vec<Com
     };
     let ok = store_part.status == "ok" && disk_part.status == "ok";
     (ok, vec![store_part, disk_part])
-}
-
-/// Repeated errors of one kind, logged at most once per interval with their count, so an
-/// incident reads as a few lines ("store append failed 18,431 times in the last 10 s: ...")
-/// instead of one line per message.
-#[derive(Debug)]
-pub struct ErrorBurst {
-    what: &'static str,
-    every: Duration,
-    /// In a burst: lets `clear` on the hot path skip the lock.
-    active: AtomicBool,
-    state: Mutex<BurstState>,
-}
-
-#[derive(Debug)]
-struct BurstState {
-    since: Option<Instant>,
-    count: u64,
-    last: String,
-}
-
-impl ErrorBurst {
-    /// Errors described as `what` ("store append failed"), summarized every `every`.
-    pub const fn new(what: &'static str, every: Duration) -> ErrorBurst {
-        ErrorBurst {
-            what,
-            every,
-            active: AtomicBool::new(false),
-            state: Mutex::new(BurstState {
-                since: None,
-                count: 0,
-                last: String::new(),
-            }),
-        }
-    }
-
-    /// Records one error: the first of a burst is logged at once, the rest in a summary line
-    /// at the end of each interval (written by the next error after it).
-    pub fn record(&self, error: &dyn std::fmt::Display) {
-        let mut st = self.state.lock();
-        let now = Instant::now();
-        match st.since {
-            None => {
-                tracing::error!("{}: {error}", self.what);
-                st.since = Some(now);
-                st.count = 0;
-                self.active.store(true, Relaxed);
-            }
-            Some(since) => {
-                st.count += 1;
-                if now.duration_since(since) >= self.every {
-                    tracing::error!(
-                        "{} {} times in the last {:?}: {error}",
-                        self.what,
-                        st.count,
-                        now.duration_since(since)
-                    );
-                    st.since = Some(now);
-                    st.count = 0;
-                }
-            }
-        }
-        st.last.clear();
-        use std::fmt::Write as _;
-        let _ = write!(st.last, "{error}");
-    }
-
-    /// Ends a burst (the operation worked again), logging what was not summarized yet.
-    pub fn clear(&self) {
-        if !self.active.load(Relaxed) {
-            return;
-        }
-        let mut st = self.state.lock();
-        self.active.store(false, Relaxed);
-        if st.since.take().is_some() && st.count > 0 {
-            tracing::error!(
-                "{} {} more times before it worked again; last: {}",
-                self.what,
-                st.count,
-                st.last
-            );
-        }
-        st.count = 0;
-    }
 }

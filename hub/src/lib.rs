@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod feeds;
 pub mod health;
+pub mod incident;
 pub mod metrics;
 pub mod normalize;
 pub mod outbound;
@@ -265,8 +266,10 @@ impl<S: SeriesStore> Hub<S> {
             config.hub.min_free_disk.bytes(),
         );
         {
-            let d = disk.clone();
-            maintenance.spawn("disk watch", move |stop| d.run(stop));
+            let (d, s, a) = (disk.clone(), store.clone(), alerts.clone());
+            maintenance.spawn("disk and store watch", move |stop| {
+                health::watch(d, s, a, stop)
+            });
         }
         metrics_registry.register_collector(Box::new(disk.collector()));
         metrics_registry.register_collector(Box::new(video.collector()));
@@ -294,7 +297,7 @@ impl<S: SeriesStore> Hub<S> {
                 registry: registry.clone(),
                 metrics: metrics.clone(),
                 disk: disk.clone(),
-                append_errors: health::ErrorBurst::new(
+                append_errors: incident::ErrorBurst::new(
                     "store append failed, messages left unacknowledged",
                     APPEND_ERRORS_EVERY,
                 ),
@@ -357,6 +360,11 @@ impl<S: SeriesStore> Hub<S> {
 
 /// Checkpoints the twins' versions every [`CHECKPOINT_EVERY`] until `stop`.
 async fn checkpoint_twins(twins: Arc<Twins>, mut stop: Signal) {
+    // A full disk fails every checkpoint until there is room: summarize, and say when it ends.
+    let failures = incident::ErrorBurst::new(
+        "twin checkpoint failed, retrying",
+        CHECKPOINT_EVERY.saturating_mul(6),
+    );
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.tick().await;
     loop {
@@ -366,9 +374,9 @@ async fn checkpoint_twins(twins: Arc<Twins>, mut stop: Signal) {
         }
         let t = twins.clone();
         match tokio::task::spawn_blocking(move || t.checkpoint(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("twin checkpoint failed: {e}"),
-            Err(e) => tracing::error!("twin checkpoint task failed: {e}"),
+            Ok(Ok(())) => failures.clear(),
+            Ok(Err(e)) => failures.record(&e),
+            Err(e) => failures.record(&e),
         }
     }
 }

@@ -136,7 +136,6 @@ async fn grants_decide_what_an_app_sees_and_acknowledges() {
             .alerts()
             .get(&cam)
             .unwrap()
-            .0
             .alert
             .state,
         AlertState::Active

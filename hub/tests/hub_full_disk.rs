@@ -15,6 +15,32 @@ use protocols::config::ByteSize;
 use rumqttc::QoS;
 use small_disk::SmallDisk;
 
+const OPS: (&str, &str) = ("ops", "ops-secret-123");
+const WATER: (&str, &str) = ("water-dept", "water-secret-1");
+
+fn alert_doc(p: &rumqttc::Publish) -> serde_json::Value {
+    serde_json::from_slice(&p.payload).unwrap()
+}
+
+/// The first alert of `GET /api/v1/alerts{query}` (as `ops`) for which `pred` holds; panics
+/// after [`WAIT`].
+async fn alert_until(
+    base: &str,
+    query: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, list) = get_json(base, &format!("/api/v1/alerts{query}"), Some(OPS)).await;
+        assert_eq!(status, 200, "{list}");
+        if let Some(a) = list.as_array().unwrap().iter().find(|a| pred(a)) {
+            return a.clone();
+        }
+        assert!(Instant::now() < deadline, "no such alert in {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn ack_of(p: &rumqttc::Publish) -> Ack {
     serde_json::from_slice(&p.payload).unwrap()
 }
@@ -130,6 +156,11 @@ async fn below_min_free_disk_data_is_refused_and_taken_again_once_freed() {
     for seq in 1..=5 {
         agent.send_acked(seq).await;
     }
+    // The command center, subscribed to every alert.
+    let mut ops = connect_with(options(hub.mqtt, "ops", "ops", "ops-secret-123"))
+        .await
+        .unwrap();
+    ops.subscribe("v1/alerts/#", QoS::AtLeastOnce).await;
 
     // 4 MiB left: the store could still write, but the hub keeps the rest for recovery.
     let filler = disk.fill(4 << 20);
@@ -147,6 +178,37 @@ async fn below_min_free_disk_data_is_refused_and_taken_again_once_freed() {
     assert!(ready["reasons"][0].as_str().unwrap().starts_with("disk:"));
     assert_eq!(metric(&base, "hub_disk_low").await, 1.0);
 
+    // A hub-level alert tells the command center, over MQTT and in the alert list.
+    let raised = alert_doc(&ops.next_on("v1/alerts/orange/hub").await);
+    assert_eq!(raised["rule"], "hub-disk-low");
+    assert_eq!(raised["device"], "hub");
+    assert_eq!(raised["state"], "active");
+    assert_eq!(raised["threshold"], 16.0 * 1024.0 * 1024.0);
+    assert!(raised["value"].as_f64().unwrap() < 16.0 * 1024.0 * 1024.0);
+    assert!(
+        raised["message"]
+            .as_str()
+            .unwrap()
+            .contains("min_free_disk"),
+        "{raised}"
+    );
+    let id = raised["id"].as_str().unwrap().to_string();
+    let (status, open) = get_json(&base, "/api/v1/alerts?state=open", Some(OPS)).await;
+    assert_eq!(status, 200);
+    assert!(
+        open.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id.as_str()),
+        "{open}"
+    );
+    // A department without the grant does not see it.
+    let (_, water) = get_json(&base, "/api/v1/alerts", Some(WATER)).await;
+    assert!(!water.to_string().contains(&id), "{water}");
+    let (status, cap) = get_json(&base, &format!("/api/v1/alerts/{id}/cap"), Some(OPS)).await;
+    assert_eq!(status, 404);
+    assert!(cap["detail"].as_str().unwrap().contains("no CAP"), "{cap}");
+
     // Refused, counted, not acknowledged.
     agent.send(6).await;
     let deadline = Instant::now() + WAIT;
@@ -158,6 +220,11 @@ async fn below_min_free_disk_data_is_refused_and_taken_again_once_freed() {
     std::fs::remove_file(&filler).unwrap();
     health_until(&base, "/healthz", |s, _| s == 200).await;
     assert_eq!(get_json(&base, "/readyz", None).await.0, 200);
+    let cleared = alert_doc(&ops.next_on("v1/alerts/orange/hub").await);
+    assert_eq!(cleared["id"], id.as_str());
+    assert_eq!(cleared["state"], "cleared");
+    let (_, one) = get_json(&base, &format!("/api/v1/alerts/{id}"), Some(OPS)).await;
+    assert_eq!(one["state"], "cleared");
     agent.redeliver_until_acked(6).await;
     agent.send_acked(7).await;
 
@@ -204,6 +271,19 @@ async fn a_store_that_hit_enospc_reports_it_and_recovers_without_restart() {
     );
     assert!(store["since"].is_string());
     assert_eq!(get_json(&base, "/readyz", None).await.0, 503);
+    // The watch raises the store's alert within a second of the store failing.
+    let failing = alert_until(&base, "?state=open&level=red", |a| {
+        a["rule"] == "hub-store-failing"
+    })
+    .await;
+    assert_eq!(failing["device"], "hub");
+    assert!(
+        failing["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{failing}"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     // Every message sent so far is redelivered until acknowledged (an agent's uplink does
@@ -213,6 +293,9 @@ async fn a_store_that_hit_enospc_reports_it_and_recovers_without_restart() {
         acked.push(s);
     }
     health_until(&base, "/healthz", |s, _| s == 200).await;
+    // ... and clears it within a second of the store writing again.
+    let id = failing["id"].as_str().unwrap();
+    alert_until(&base, "?state=cleared", |a| a["id"] == id).await;
     agent.send_acked(seq + 1).await;
     acked.push(seq + 1);
     assert!(metric(&base, "hub_store_errors_total").await >= 1.0);

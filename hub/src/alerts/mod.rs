@@ -22,6 +22,7 @@
 //! once per [`COALESCE`]. Every published change is a new revision (a CAP message).
 
 pub mod cap;
+pub mod hub_level;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -39,16 +40,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{HubConfig, RuleConfig};
+use crate::incident::ErrorBurst;
 use crate::outbound::Outlet;
 use crate::registry::{DeviceIdx, Registry};
 use crate::rules::{AlertSink, Condition, Firing, Rule};
 use cap::CapSettings;
+use hub_level::{HubAlerts, HubCondition, Observation};
 use store::{AlertStore, AlertStoreError};
 
 /// Longest a value-only change waits before it is written and published.
 pub const COALESCE: Duration = Duration::from_secs(1);
 /// Cleared alerts kept in memory for listing (all stay in the file until retention).
 pub const CLOSED_IN_MEMORY: usize = 10_000;
+/// How often repeated write failures are summarized in the log.
+const WRITE_ERRORS_EVERY: Duration = Duration::from_secs(10);
 /// Longest an acknowledgement waits for its write.
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
 
@@ -224,6 +229,10 @@ pub struct AlertBook {
     flushed: watch::Sender<u64>,
     cap: CapSettings,
     metrics: Arc<AlertMetrics>,
+    /// Alerts about the hub itself (in memory; see [`hub_level`]).
+    hub: Mutex<HubAlerts>,
+    /// Failed writes, summarized (a full disk fails every flush).
+    write_errors: ErrorBurst,
 }
 
 fn rfc(ms: i64) -> String {
@@ -311,6 +320,8 @@ impl AlertBook {
                 offset: config.hub.utc_offset,
             },
             metrics: Arc::default(),
+            hub: Mutex::default(),
+            write_errors: ErrorBurst::new("alerts not stored, retrying", WRITE_ERRORS_EVERY),
         };
         // Alerts of rules that are gone or changed while the hub was down end now.
         let open: Vec<(String, String)> = {
@@ -331,11 +342,62 @@ impl AlertBook {
         Ok(book)
     }
 
-    /// The alert (document and device) with this id.
-    pub fn get(&self, id: &str) -> Option<(AlertDoc, DeviceIdx)> {
+    /// The alert with this id (of a device or of the hub).
+    pub fn get(&self, id: &str) -> Option<AlertDoc> {
         let st = self.state.lock();
-        let seq = st.by_id.get(id)?;
-        st.alerts.get(seq).map(|e| (e.rec.doc.clone(), e.device))
+        match st.by_id.get(id) {
+            Some(seq) => st.alerts.get(seq).map(|e| e.rec.doc.clone()),
+            None => self.hub.lock().get(id),
+        }
+    }
+
+    /// Raises (`Some`) or clears (`None`) the hub-level alert of `c`, publishing the change;
+    /// `cleared_because` is appended to the text of a cleared alert.
+    pub fn hub_condition(
+        &self,
+        c: HubCondition,
+        holds: Option<Observation>,
+        cleared_because: &str,
+        now_ms: i64,
+    ) {
+        let changed = {
+            let mut hub = self.hub.lock();
+            match holds {
+                Some(o) => hub.raise(c, o, now_ms),
+                None => hub.clear(c, cleared_because, now_ms),
+            }
+        };
+        if let Some(doc) = changed {
+            match doc.alert.state {
+                AlertState::Active => {
+                    tracing::warn!(alert = %doc.alert.id, "hub alert raised: {}", doc.alert.message)
+                }
+                _ => {
+                    tracing::info!(alert = %doc.alert.id, "hub alert cleared: {}", doc.alert.message)
+                }
+            }
+            self.publish(&doc);
+        }
+    }
+
+    /// Whether the hub-level alert of `c` is open.
+    pub fn hub_condition_open(&self, c: HubCondition) -> bool {
+        self.hub.lock().is_open(c)
+    }
+
+    fn publish(&self, doc: &AlertDoc) {
+        let topic = Topic::Alert {
+            level: doc.alert.level,
+            device: &doc.alert.device,
+        }
+        .to_string();
+        match serde_json::to_vec(doc) {
+            Ok(bytes) => {
+                self.outlet.publish(&topic, Bytes::from(bytes), false);
+                self.metrics.published.fetch_add(1, Relaxed);
+            }
+            Err(e) => tracing::error!(alert = %doc.alert.id, "alert not serializable: {e}"),
+        }
     }
 
     /// The CAP 1.2 message of the alert's current revision.
@@ -350,25 +412,47 @@ impl AlertBook {
         ))
     }
 
-    /// Alerts matching `filter` for which `visible` holds, newest first.
+    /// Alerts matching `filter` for which `visible` holds, newest first (by when they were
+    /// raised); the hub's own alerts among them.
     pub fn list(&self, filter: &AlertFilter, visible: impl Fn(&AlertDoc) -> bool) -> Vec<AlertDoc> {
-        let st = self.state.lock();
-        st.alerts
-            .values()
-            .rev()
-            .map(|e| &e.rec.doc)
-            .filter(|d| filter.state.is_none_or(|s| s.matches(d.alert.state)))
-            .filter(|d| filter.device.as_deref().is_none_or(|x| x == d.alert.device))
-            .filter(|d| filter.level.is_none_or(|l| l == d.alert.level))
-            .filter(|d| visible(d))
-            .take(filter.limit.max(1))
-            .cloned()
-            .collect()
+        let limit = filter.limit.max(1);
+        let keep = |d: &AlertDoc| {
+            filter.state.is_none_or(|s| s.matches(d.alert.state))
+                && filter.device.as_deref().is_none_or(|x| x == d.alert.device)
+                && filter.level.is_none_or(|l| l == d.alert.level)
+                && visible(d)
+        };
+        let mut out: Vec<AlertDoc> = {
+            let st = self.state.lock();
+            st.alerts
+                .values()
+                .rev()
+                .map(|e| &e.rec.doc)
+                .filter(|d| keep(d))
+                .take(limit)
+                .cloned()
+                .collect()
+        };
+        let mut hub: Vec<AlertDoc> = self.hub.lock().all().filter(|d| keep(d)).cloned().collect();
+        if !hub.is_empty() {
+            hub.sort_by(|a, b| b.raised_at.cmp(&a.raised_at));
+            // Each goes before the first device alert raised earlier; the device alerts keep
+            // their order.
+            for d in hub {
+                let at = out
+                    .iter()
+                    .position(|o| o.raised_at < d.raised_at)
+                    .unwrap_or(out.len());
+                out.insert(at, d);
+            }
+            out.truncate(limit);
+        }
+        out
     }
 
-    /// Open alerts now.
+    /// Open alerts now, the hub's own among them.
     pub fn open_count(&self) -> usize {
-        self.state.lock().open.len()
+        self.state.lock().open.len() + self.hub.lock().open_count()
     }
 
     /// Acknowledges an alert on behalf of `by`; resolves once the change is durable (and
@@ -376,10 +460,16 @@ impl AlertBook {
     pub async fn ack(&self, id: &str, by: &str, now_ms: i64) -> Result<AlertDoc, AckError> {
         let generation = {
             let mut st = self.state.lock();
-            let seq = *st
-                .by_id
-                .get(id)
-                .ok_or_else(|| AckError::NotFound(id.to_string()))?;
+            let Some(&seq) = st.by_id.get(id) else {
+                drop(st);
+                // Not a device's: the hub's own, acknowledged in memory.
+                let (doc, changed) = self.hub.lock().ack(id, by, now_ms)?;
+                if changed {
+                    self.metrics.acknowledged.fetch_add(1, Relaxed);
+                    self.publish(&doc);
+                }
+                return Ok(doc);
+            };
             let generation = st.generation;
             let e = st
                 .alerts
@@ -407,7 +497,6 @@ impl AlertBook {
             Err(_) => return Err(AckError::NotStored("the alert file did not answer".into())),
         }
         self.get(id)
-            .map(|(d, _)| d)
             .ok_or_else(|| AckError::NotFound(id.to_string()))
     }
 
@@ -526,27 +615,16 @@ impl AlertBook {
         };
         if let Some(e) = error {
             self.metrics.persist_errors.fetch_add(1, Relaxed);
-            tracing::error!("alerts not stored, retrying: {e}");
+            self.write_errors.record(&e);
             let mut st = self.state.lock();
             for rec in &batch {
                 st.dirty.insert(rec.seq);
             }
             return false;
         }
+        self.write_errors.clear();
         for rec in &batch {
-            let a = &rec.doc.alert;
-            let topic = Topic::Alert {
-                level: a.level,
-                device: &a.device,
-            }
-            .to_string();
-            match serde_json::to_vec(&rec.doc) {
-                Ok(bytes) => {
-                    self.outlet.publish(&topic, Bytes::from(bytes), false);
-                    self.metrics.published.fetch_add(1, Relaxed);
-                }
-                Err(e) => tracing::error!(alert = %a.id, "alert not serializable: {e}"),
-            }
+            self.publish(&rec.doc);
         }
         let _ = self.flushed.send(generation);
         self.prune();

@@ -17,6 +17,7 @@ use protocols::topic::{AlertLevel, Topic};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiState, Caller, Failure};
+use crate::alerts::hub_level::HUB_DEVICE;
 use crate::alerts::{AckError, AlertDoc, AlertFilter, StateFilter, cap::CAP_MEDIA_TYPE};
 use crate::config::RuleConfig;
 use series_store::SeriesStore;
@@ -54,7 +55,7 @@ fn not_found(id: &str) -> Failure {
 /// The alert if the caller may see it; 404 otherwise.
 fn visible<S>(state: &ApiState<S>, caller: &Caller, id: &str) -> Result<AlertDoc, Failure> {
     match state.alerts.get(id) {
-        Some((doc, _)) if caller.0.grants_topic(&topic_of(&doc)) => Ok(doc),
+        Some(doc) if caller.0.grants_topic(&topic_of(&doc)) => Ok(doc),
         _ => Err(not_found(id)),
     }
 }
@@ -126,7 +127,13 @@ pub async fn cap<S: SeriesStore>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    visible(&state, &caller, &id)?;
+    let doc = visible(&state, &caller, &id)?;
+    if doc.alert.device == HUB_DEVICE {
+        return Err(Failure::not_found(format!(
+            "alert `{}` is about the hub itself: hub-level alerts are for operators and have no CAP document",
+            doc.alert.id
+        )));
+    }
     let xml = state.alerts.cap(&id).ok_or_else(|| not_found(&id))?;
     Ok((
         [(

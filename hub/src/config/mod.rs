@@ -464,6 +464,9 @@ pub struct RuleConfig {
 
 pub use protocols::config::LoadError;
 
+/// The device id of alerts about the hub itself; no device may have it.
+pub const RESERVED_DEVICE_ID: &str = "hub";
+
 impl HubConfig {
     /// Reads and validates a hub.toml. Relative paths inside (data_dir, profiles) are resolved
     /// against the file's directory.
@@ -554,6 +557,16 @@ impl HubConfig {
             }
             Ok(())
         };
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.id == RESERVED_DEVICE_ID {
+                return Err(ConfigError::new(
+                    format!("devices[{i}].id"),
+                    format!(
+                        "`{RESERVED_DEVICE_ID}` is reserved for the hub's own alerts (v1/alerts/{{level}}/{RESERVED_DEVICE_ID})"
+                    ),
+                ));
+            }
+        }
         for (i, a) in self.agents.iter().enumerate() {
             claim(&a.id, format!("agents[{i}]"))?;
         }

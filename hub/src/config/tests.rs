@@ -75,6 +75,10 @@ fn every_problem_names_its_key() {
             "devices[2].id: `WL-0001` is already used by devices[0]",
         ),
         (
+            "[[devices]]\nid = \"hub\"\nkind = \"manhole\"",
+            "devices[2].id: `hub` is reserved for the hub's own alerts",
+        ),
+        (
             "[[devices]]\nid = \"AG-0001\"\nkind = \"manhole\"",
             "devices[2].id: `AG-0001` is already used by agents[0]",
         ),

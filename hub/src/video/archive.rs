@@ -706,19 +706,27 @@ mod tests {
         // A snapshot file that cannot be written is refused as I/O, not as a broken database.
         let jpeg = vec![0u8; 256 << 10];
         let snap = a.store_snapshot("AG-1", "e0", &jpeg, (2, 1), 5_000);
-        assert!(matches!(snap, Err(VideoError::Io(_)) | Err(VideoError::Db(_))));
+        assert!(matches!(
+            snap,
+            Err(VideoError::Io(_)) | Err(VideoError::Db(_))
+        ));
         std::fs::remove_file(filler).unwrap();
         let again = a
             .record_event("AG-1", &format!("e{first_failed}"), &event(first_failed))
             .unwrap();
         assert!(again.changed);
-        a.store_snapshot("AG-1", "e0", &jpeg, (2, 1), 5_000).unwrap();
+        a.store_snapshot("AG-1", "e0", &jpeg, (2, 1), 5_000)
+            .unwrap();
         assert!(a.reopens() >= 1);
         let stored = a.event_count().unwrap();
         drop(a);
         let a = Archive::open(&disk.path().join("video"), ["CAM.1"]).unwrap();
         assert_eq!(a.event_count().unwrap(), stored);
-        assert!(a.event("AG-1", &format!("e{first_failed}")).unwrap().is_some());
+        assert!(
+            a.event("AG-1", &format!("e{first_failed}"))
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(a.latest("CAM.1").map(|l| l.id), Some("e0".to_string()));
     }
 }

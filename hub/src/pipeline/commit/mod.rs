@@ -20,7 +20,8 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Prepared, Stored};
-use crate::health::{DiskWatch, ErrorBurst};
+use crate::health::DiskWatch;
+use crate::incident::ErrorBurst;
 use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::Registry;
