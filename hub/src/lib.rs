@@ -298,7 +298,7 @@ impl<S: SeriesStore> Hub<S> {
                 metrics: metrics.clone(),
                 disk: disk.clone(),
                 append_errors: incident::ErrorBurst::new(
-                    "store append failed, messages left unacknowledged",
+                    "store append failed, messages not accepted",
                     APPEND_ERRORS_EVERY,
                 ),
             },

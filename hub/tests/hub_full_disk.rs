@@ -22,6 +22,37 @@ fn alert_doc(p: &rumqttc::Publish) -> serde_json::Value {
     serde_json::from_slice(&p.payload).unwrap()
 }
 
+/// Publishes one QoS 1 telemetry message as the MQTT 5 device WL-0001; the PUBACK's reason.
+async fn v5_publish_reason(hub: &E2eHub, body: &str) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions, mqttbytes::QoS};
+    let mut o = MqttOptions::new("WL-0001", hub.mqtt.ip().to_string(), hub.mqtt.port());
+    o.set_credentials("WL-0001", "wl-secret-0001");
+    let (client, mut events) = AsyncClient::new(o, 10);
+    client
+        .publish(
+            "v1/devices/WL-0001/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            body.to_string(),
+        )
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(a))) => return a.reason,
+                Ok(_) => {}
+                Err(e) => panic!("MQTT 5 connection: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no PUBACK");
+    let _ = client.disconnect().await;
+    reason
+}
+
 /// The first alert of `GET /api/v1/alerts{query}` (as `ops`) for which `pred` holds; panics
 /// after [`WAIT`].
 async fn alert_until(
@@ -217,9 +248,32 @@ async fn below_min_free_disk_data_is_refused_and_taken_again_once_freed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // An MQTT 5 device hears why: PUBACK "Quota exceeded", the message is still its own.
+    let t = now_ms();
+    assert_eq!(
+        v5_publish_reason(
+            &hub,
+            &format!(r#"{{"ts":{t},"values":{{"water_level":1.5}}}}"#)
+        )
+        .await,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::QuotaExceeded
+    );
+
     std::fs::remove_file(&filler).unwrap();
     health_until(&base, "/healthz", |s, _| s == 200).await;
     assert_eq!(get_json(&base, "/readyz", None).await.0, 200);
+    assert_eq!(
+        v5_publish_reason(
+            &hub,
+            &format!(r#"{{"ts":{t},"values":{{"water_level":1.5}}}}"#)
+        )
+        .await,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::Success
+    );
+    assert_eq!(
+        series(&base, "WL-0001", "water_level", t - 1, t + 1).await,
+        vec![(t, 1.5)]
+    );
     let cleared = alert_doc(&ops.next_on("v1/alerts/orange/hub").await);
     assert_eq!(cleared["id"], id.as_str());
     assert_eq!(cleared["state"], "cleared");

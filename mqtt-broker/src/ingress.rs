@@ -20,6 +20,11 @@ pub enum Disposition {
     Accepted,
     /// Refused, with the reason (already sent to the dead letters).
     Rejected(String),
+    /// Not taken for lack of room (a disk below its watermark), with the reason: the sender
+    /// should send it again later. MQTT 5 clients get PUBACK/PUBREC 0x97 "Quota exceeded"
+    /// (the message is theirs again at once); MQTT 3.1.1 has no negative acknowledgement, so
+    /// those clients get none and send it again after reconnecting.
+    NoRoom(String),
 }
 
 /// One message from an authenticated client, authorized for its topic.

@@ -142,6 +142,59 @@ async fn rejected_message_is_acknowledged_with_a_reason_in_v5() {
 }
 
 #[tokio::test]
+async fn no_room_is_quota_exceeded_in_v5_and_no_acknowledgement_in_3_1_1() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    let b = TestBroker::start().await;
+    *b.pipeline.answer.lock() = Answer::NoRoom("free disk space is low".into());
+    let mut c5 = v5::connect(v5::options(b.addr, "WL-1", "WL-1", "s1"))
+        .await
+        .unwrap();
+    c5.client
+        .publish(
+            "v1/devices/WL-1/telemetry",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "{}",
+        )
+        .await
+        .unwrap();
+    let reason = c5
+        .next_incoming(|p| match p {
+            Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, PubAckReason::QuotaExceeded);
+
+    // 3.1.1: the first publish is not acknowledged; once there is room the next one is.
+    let mut c4 = v4::connect(v4::options(b.addr, "WL-2", "WL-2", "s2"))
+        .await
+        .unwrap();
+    c4.client
+        .publish("v1/devices/WL-2/telemetry", QoS::AtLeastOnce, false, "a")
+        .await
+        .unwrap();
+    b.pipeline
+        .wait_for("the 3.1.1 client's first message", |s| {
+            s.iter()
+                .any(|e| matches!(e, Seen::Message { client_id, .. } if client_id == "WL-2"))
+        })
+        .await;
+    *b.pipeline.answer.lock() = Answer::Accept;
+    c4.client
+        .publish("v1/devices/WL-2/telemetry", QoS::AtLeastOnce, false, "b")
+        .await
+        .unwrap();
+    let pid = c4
+        .next_incoming(|i| match i {
+            Incoming::PubAck(a) => Some(a.pkid),
+            _ => None,
+        })
+        .await;
+    assert_eq!(pid, 2, "the refused publish (pid 1) was acknowledged");
+}
+
+#[tokio::test]
 async fn qos2_flow_delivers_exactly_once() {
     use rumqttc::v5::mqttbytes::QoS as Q5;
     use rumqttc::v5::mqttbytes::v5::Packet;

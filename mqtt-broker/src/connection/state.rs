@@ -359,7 +359,10 @@ impl AckQueue {
             (AckWait::Ready(code), _) => (*code, None),
             (_, Ok(Disposition::Accepted)) => (reason::SUCCESS, None),
             (_, Ok(Disposition::Rejected(why))) => (reason::IMPLEMENTATION_SPECIFIC, Some(why)),
-            (_, Err(())) => {
+            (_, Ok(Disposition::NoRoom(why))) if self.protocol == Protocol::V5 => {
+                (reason::QUOTA_EXCEEDED, Some(why))
+            }
+            (_, Ok(Disposition::NoRoom(_)) | Err(())) => {
                 tracing::debug!(
                     pid = a.pid,
                     "publish not answered by the pipeline: not acknowledged"

@@ -96,6 +96,7 @@ pub enum Answer {
     Hold,
     Drop,
     Reject(String),
+    NoRoom(String),
 }
 
 /// What the test pipeline recorded.
@@ -209,6 +210,7 @@ async fn drain(mut rx: mpsc::Receiver<IngressEvent>, p: Arc<Pipeline>) {
                 match answer {
                     Answer::Accept => m.finish(Disposition::Accepted),
                     Answer::Reject(why) => m.finish(Disposition::Rejected(why)),
+                    Answer::NoRoom(why) => m.finish(Disposition::NoRoom(why)),
                     Answer::Drop => drop(m.done.take()),
                     Answer::Hold => {
                         if let Some(tx) = m.done.take() {

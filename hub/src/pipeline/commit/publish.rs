@@ -22,7 +22,7 @@ use super::ack::AckCoalescer;
 use crate::pipeline::Stored;
 use crate::twin::Twins;
 use mqtt_broker::ingress::Disposition;
-use series_store::Appended;
+use series_store::{Appended, StoreError};
 
 /// Most completed writes handled before acks are flushed.
 pub const DRAIN_MAX: usize = 512;
@@ -98,8 +98,17 @@ fn handle<S>(c: &Committer<S>, stored: Stored, acks: &mut AckCoalescer) {
         Err(e) => {
             c.metrics.store_errors.fetch_add(1, Relaxed);
             c.append_errors.record(&e);
-            // Dropping `done` without a disposition tells the ingress not to acknowledge.
-            drop(prepared.done.take());
+            // A full disk (or the watermark below it) is "no room": MQTT 5 senders hear
+            // "Quota exceeded" and keep the message. Other failures drop `done` without a
+            // disposition, which tells the ingress not to acknowledge.
+            let no_room =
+                matches!(&e, StoreError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull);
+            match prepared.done.take() {
+                Some(tx) if no_room => {
+                    let _ = tx.send(Disposition::NoRoom(e.to_string()));
+                }
+                other => drop(other),
+            }
             return;
         }
     };
