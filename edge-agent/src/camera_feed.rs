@@ -24,6 +24,7 @@ use protocols::quantity::Quality;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::camera::{self, CameraMessage, CameraOutput};
+use crate::disk::RateLog;
 use crate::metrics::{DeviceStats, Metrics};
 use crate::modbus::DeviceSample;
 use crate::queue::{EntryKind, Queue, QueueError};
@@ -125,11 +126,13 @@ pub fn advance(committed: &watch::Sender<u64>, seq: u64) {
 impl CameraFeed {
     /// Runs the stage.
     pub async fn run(self, mut input: mpsc::Receiver<CameraMessage>) {
+        // While the queue cannot write (a full disk) every retry fails: sum them up.
+        let log = RateLog::new("camera commit");
         while let Some(CameraMessage { camera, output }) = input.recv().await {
             match output {
-                CameraOutput::Event(ev) => self.event(ev).await,
+                CameraOutput::Event(ev) => self.event(ev, &log).await,
                 CameraOutput::Snapshot { event_id, jpeg, .. } => {
-                    self.snapshot(event_id, jpeg).await
+                    self.snapshot(event_id, jpeg, &log).await
                 }
                 CameraOutput::Readings(r) => self.readings(&camera, r).await,
                 CameraOutput::Online(on) => {
@@ -144,16 +147,20 @@ impl CameraFeed {
     async fn commit<T: Send + 'static>(
         &self,
         what: &str,
+        log: &RateLog,
         write: impl Fn(&Queue) -> Result<T, QueueError> + Send + Sync + Clone + 'static,
     ) -> Option<T> {
         loop {
             let q = self.queue.clone();
             let w = write.clone();
             match tokio::task::spawn_blocking(move || w(&q)).await {
-                Ok(Ok(t)) => return Some(t),
+                Ok(Ok(t)) => {
+                    log.ok();
+                    return Some(t);
+                }
                 Ok(Err(e)) => {
                     self.metrics.camera_commit_errors.fetch_add(1, Relaxed);
-                    tracing::error!("cannot commit {what}: {e}; retrying");
+                    log.failed(&format_args!("{what}: {e}; retrying"));
                     tokio::time::sleep(RETRY).await;
                 }
                 // The runtime is shutting down.
@@ -162,11 +169,11 @@ impl CameraFeed {
         }
     }
 
-    async fn event(&self, ev: CameraEvent) {
+    async fn event(&self, ev: CameraEvent, log: &RateLog) {
         let what = format!("camera event {}", ev.snapshot.as_deref().unwrap_or("-"));
         let ev = Arc::new(ev);
         let appended = self
-            .commit(&what, move |q| {
+            .commit(&what, log, move |q| {
                 let ev = ev.clone();
                 q.append(
                     EntryKind::Event,
@@ -191,10 +198,10 @@ impl CameraFeed {
         }
     }
 
-    async fn snapshot(&self, event_id: String, jpeg: bytes::Bytes) {
+    async fn snapshot(&self, event_id: String, jpeg: bytes::Bytes, log: &RateLog) {
         let id = event_id.clone();
         let stored = self
-            .commit(&format!("snapshot {event_id}"), move |q| {
+            .commit(&format!("snapshot {event_id}"), log, move |q| {
                 q.put_snapshot(&id, &jpeg, protocols::time::now_ms())
             })
             .await;

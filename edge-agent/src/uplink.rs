@@ -592,7 +592,14 @@ impl Forwarder {
         self.inflight.clear();
         self.resend.clear();
         self.live.clear();
-        self.backlog_next = s.oldest_seq.unwrap_or(s.next_seq);
+        // A queue that cannot be read now (a full disk) does not say where its backlog starts:
+        // start from the first seq, which the first read after it recovers skips to the
+        // oldest entry, rather than leaving the backlog unsent until the next reconnect.
+        self.backlog_next = match s.oldest_seq {
+            Some(oldest) => oldest,
+            None if s.depth > 0 => 1,
+            None => s.next_seq,
+        };
         self.live_from = s.next_seq;
         self.last_committed = s.next_seq - 1;
         self.connected = true;
