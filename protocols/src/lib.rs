@@ -3,7 +3,8 @@
 //! Everything that crosses a process boundary is defined here, once: MQTT topic names and the
 //! access rules over them, the binary agent batch, the JSON telemetry of direct devices, the
 //! quantities with their canonical units, the normalized feed, twin and alert documents, Modbus
-//! device profiles with their register codecs, and GB/T 28181 video ids.
+//! device profiles with their register codecs, GB/T 28181 video ids, and the HJ 212-2017 codec of
+//! environmental monitoring stations.
 //!
 //! The crate does no I/O. Without default features it is `no_std`: the register codecs,
 //! quantities and time formatting are then available to the sensor-node firmware; `alloc` adds
@@ -28,6 +29,8 @@ pub mod config;
 pub mod deadletter;
 #[cfg(feature = "alloc")]
 pub mod gb28181;
+#[cfg(feature = "alloc")]
+pub mod hj212;
 #[cfg(feature = "alloc")]
 pub mod id;
 #[cfg(feature = "std")]

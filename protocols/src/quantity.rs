@@ -119,6 +119,13 @@ quantities! {
     RelativeHumidity = 23, "relative_humidity", "%", Number, Some((0.0, 100.0));
     WindSpeed = 24, "wind_speed", "m/s", Number, Some((0.0, 150.0));
     AirPressure = 25, "air_pressure", "hPa", Number, Some((300.0, 1100.0));
+    // Laboratory-style water quality parameters reported by monitoring stations (HJ 212). The
+    // ranges are wide on purpose: raw sewage and landfill leachate reach thousands of mg/L.
+    AmmoniaNitrogen = 26, "ammonia_nitrogen", "mg/L", Number, Some((0.0, 10000.0));
+    Cod = 27, "cod", "mg/L", Number, Some((0.0, 100000.0));
+    PermanganateIndex = 28, "permanganate_index", "mg/L", Number, Some((0.0, 10000.0));
+    TotalPhosphorus = 29, "total_phosphorus", "mg/L", Number, Some((0.0, 10000.0));
+    TotalNitrogen = 30, "total_nitrogen", "mg/L", Number, Some((0.0, 10000.0));
 }
 
 /// Why a unit or value could not be brought to the canonical form.

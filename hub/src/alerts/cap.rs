@@ -79,7 +79,8 @@ pub fn default_category(quantity: Option<Quantity>) -> &'static str {
     match quantity {
         Some(
             WaterLevel | WaterFlow | Rainfall | Turbidity | Ph | DissolvedOxygen | Conductivity
-            | WaterTemperature,
+            | WaterTemperature | AmmoniaNitrogen | Cod | PermanganateIndex | TotalPhosphorus
+            | TotalNitrogen,
         ) => "Env",
         Some(AirTemperature | RelativeHumidity | WindSpeed | AirPressure) => "Met",
         Some(CoverOpen | TiltAngle) => "Safety",
