@@ -6,7 +6,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(parsed) = protocols::telemetry::parse(data) {
         for s in &parsed.samples {
             assert!(!s.values.is_empty());
-            for (_, v) in &s.values {
+            for (_, v, _) in &s.values {
                 assert!(v.as_f64().is_finite());
             }
         }

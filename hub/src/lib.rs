@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod feeds;
 pub mod health;
+pub mod hj212;
 pub mod incident;
 pub mod metrics;
 pub mod normalize;
@@ -86,6 +87,9 @@ pub enum StartError {
     /// The alert file could not be opened.
     #[error(transparent)]
     Alerts(#[from] alerts::store::AlertStoreError),
+    /// The HJ 212 listener could not be bound.
+    #[error(transparent)]
+    Hj212(#[from] hj212::ListenError),
     /// The HTTP listener could not be bound.
     #[error("HTTP listener {addr}: {source}")]
     Http {
@@ -184,7 +188,6 @@ impl<S: SeriesStore> Hub<S> {
             options,
             controls,
         } = self;
-        drop(events_tx);
         // Bind first: a taken port must fail the start before anything runs.
         let listener = tokio::net::TcpListener::bind(&config.hub.http_listen)
             .await
@@ -197,6 +200,13 @@ impl<S: SeriesStore> Hub<S> {
             source,
         })?;
         let outlet = Outlet::new(publisher);
+        let dead_letters = DeadLetters::new(outlet.clone(), metrics.clone());
+        // The hub's own ingress (stations on TCP): bound before anything runs, like HTTP. It
+        // holds the last sender of the pipeline's queue beside the broker's and stops first.
+        let mut ingress = Shutdown::new("ingress");
+        let (hj212_addrs, hj212_metrics) =
+            hj212::start(&config, events_tx, dead_letters.clone(), &mut ingress).await?;
+        metrics_registry.register_collector(Box::new(hj212::Hj212Collector(hj212_metrics)));
         let latest = |id: &str| match store.latest(id) {
             Ok(points) => points,
             Err(e) => {
@@ -273,7 +283,6 @@ impl<S: SeriesStore> Hub<S> {
         }
         metrics_registry.register_collector(Box::new(disk.collector()));
         metrics_registry.register_collector(Box::new(video.collector()));
-        let dead_letters = DeadLetters::new(outlet.clone(), metrics.clone());
         let status = Arc::new(StatusBoard::new(
             registry.clone(),
             twins.clone(),
@@ -346,6 +355,8 @@ impl<S: SeriesStore> Hub<S> {
         }
         Ok(RunningHub {
             http_addr,
+            hj212_addrs,
+            ingress,
             pipeline,
             twins,
             alerts,
@@ -435,6 +446,9 @@ pub fn reload_rules(
 /// A started hub.
 pub struct RunningHub {
     http_addr: SocketAddr,
+    hj212_addrs: Vec<SocketAddr>,
+    /// The HJ 212 listener and its connections.
+    ingress: Shutdown,
     pipeline: Pipeline,
     twins: Arc<Twins>,
     alerts: Arc<AlertBook>,
@@ -452,6 +466,11 @@ impl RunningHub {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where HJ 212 stations connect (empty when `[hj212] listen` is).
+    pub fn hj212_addrs(&self) -> &[SocketAddr] {
+        &self.hj212_addrs
     }
 
     /// The twins (for embedding and tests).
@@ -479,6 +498,7 @@ impl RunningHub {
     /// end) and checkpoints the twins as a clean shutdown. The caller closes the store
     /// afterwards.
     pub async fn shutdown(self) {
+        self.ingress.stop().await;
         self.pipeline.join().await;
         self.timers.stop().await;
         self.http.stop().await;

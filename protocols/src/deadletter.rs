@@ -14,12 +14,16 @@ pub enum DeadLetterReason {
     AgentMismatch,
     /// A command result that is not a `CommandResult` document.
     BadCommandResult,
+    /// A station that named an unknown MN or the wrong PW (HJ 212); its connection is closed.
+    BadCredentials,
     /// A desired-state update that is not a `DesiredUpdate` document.
     BadDesired,
     /// A camera event that does not parse or fails its checks.
     BadEvent,
     /// A snapshot topic whose event id is not a valid id.
     BadEventId,
+    /// An HJ 212 packet whose framing, length, CRC or data segment is wrong.
+    BadFrame,
     /// A health message that is not a `Health` document.
     BadHealth,
     /// Telemetry `seq` that is not a non-negative integer.
@@ -36,6 +40,8 @@ pub enum DeadLetterReason {
     EmptyBatch,
     /// A desired-state update without values.
     EmptyDesired,
+    /// A split HJ 212 message whose parts did not all arrive in time.
+    Incomplete,
     /// An agent batch that postcard cannot decode (or with bytes left over).
     MalformedBatch,
     /// A telemetry sample without a `values` object.
@@ -86,12 +92,14 @@ pub enum DeadLetterReason {
 
 impl DeadLetterReason {
     /// Every reason, in the order of their labels (the order of `/metrics`).
-    pub const ALL: [DeadLetterReason; 36] = [
+    pub const ALL: [DeadLetterReason; 39] = [
         DeadLetterReason::AgentMismatch,
         DeadLetterReason::BadCommandResult,
+        DeadLetterReason::BadCredentials,
         DeadLetterReason::BadDesired,
         DeadLetterReason::BadEvent,
         DeadLetterReason::BadEventId,
+        DeadLetterReason::BadFrame,
         DeadLetterReason::BadHealth,
         DeadLetterReason::BadSeq,
         DeadLetterReason::BadSnapshot,
@@ -100,6 +108,7 @@ impl DeadLetterReason {
         DeadLetterReason::DeviceNotOfAgent,
         DeadLetterReason::EmptyBatch,
         DeadLetterReason::EmptyDesired,
+        DeadLetterReason::Incomplete,
         DeadLetterReason::MalformedBatch,
         DeadLetterReason::MissingValues,
         DeadLetterReason::NoValues,
@@ -130,9 +139,11 @@ impl DeadLetterReason {
         match self {
             DeadLetterReason::AgentMismatch => "agent_mismatch",
             DeadLetterReason::BadCommandResult => "bad_command_result",
+            DeadLetterReason::BadCredentials => "bad_credentials",
             DeadLetterReason::BadDesired => "bad_desired",
             DeadLetterReason::BadEvent => "bad_event",
             DeadLetterReason::BadEventId => "bad_event_id",
+            DeadLetterReason::BadFrame => "bad_frame",
             DeadLetterReason::BadHealth => "bad_health",
             DeadLetterReason::BadSeq => "bad_seq",
             DeadLetterReason::BadSnapshot => "bad_snapshot",
@@ -141,6 +152,7 @@ impl DeadLetterReason {
             DeadLetterReason::DeviceNotOfAgent => "device_not_of_agent",
             DeadLetterReason::EmptyBatch => "empty_batch",
             DeadLetterReason::EmptyDesired => "empty_desired",
+            DeadLetterReason::Incomplete => "incomplete",
             DeadLetterReason::MalformedBatch => "malformed_batch",
             DeadLetterReason::MissingValues => "missing_values",
             DeadLetterReason::NoValues => "no_values",

@@ -10,7 +10,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use serde_json::{Map, Value as Json};
 
-use crate::quantity::{Quantity, UnitError, Value, ValueKind};
+use crate::quantity::{Quality, Quantity, UnitError, Value, ValueKind};
 use crate::time::parse_rfc3339;
 
 /// Largest telemetry message accepted: 64 KiB.
@@ -107,8 +107,9 @@ pub struct TelemetrySample {
     pub ts_ms: Option<i64>,
     /// The device's sequence number.
     pub seq: Option<u64>,
-    /// Canonical values.
-    pub values: Vec<(Quantity, Value)>,
+    /// Canonical values, each with the quality the device reported (`good` when it said
+    /// none; the hub may still lower it).
+    pub values: Vec<(Quantity, Value, Quality)>,
 }
 
 /// The result of parsing a message.
@@ -246,11 +247,24 @@ fn parse_sample(obj: &Map<String, Json>, prefix: &str, out: &mut ParsedTelemetry
     }
 }
 
-fn parse_value(name: &str, v: &Json) -> Result<(Quantity, Value), RejectReason> {
+fn parse_value(name: &str, v: &Json) -> Result<(Quantity, Value, Quality), RejectReason> {
     let q = Quantity::from_name(name)
         .ok_or_else(|| RejectReason::UnknownQuantity(name.chars().take(64).collect()))?;
+    let mut quality = Quality::Good;
     let (raw, unit) = match v {
         Json::Object(o) => {
+            quality = match o.get("quality") {
+                None | Some(Json::Null) => Quality::Good,
+                Some(Json::String(s)) if s == "good" => Quality::Good,
+                Some(Json::String(s)) if s == "uncertain" => Quality::Uncertain,
+                Some(Json::String(s)) if s == "bad" => Quality::Bad,
+                Some(_) => {
+                    return Err(RejectReason::WrongType {
+                        quantity: q.name(),
+                        expected: "`quality` good, uncertain or bad",
+                    });
+                }
+            };
             let unit = match o.get("unit") {
                 None | Some(Json::Null) => None,
                 Some(Json::String(u)) => Some(u.as_str()),
@@ -300,7 +314,7 @@ fn parse_value(name: &str, v: &Json) -> Result<(Quantity, Value), RejectReason> 
             });
         }
     };
-    Ok((q, value))
+    Ok((q, value, quality))
 }
 
 fn check_unit(q: Quantity, unit: Option<&str>) -> Result<(), RejectReason> {
@@ -330,11 +344,11 @@ mod tests {
         assert_eq!(s.seq, Some(42));
         assert!(
             s.values
-                .contains(&(Quantity::WaterLevel, Value::Number(2.31)))
+                .contains(&(Quantity::WaterLevel, Value::Number(2.31), Quality::Good))
         );
         assert!(
             s.values
-                .contains(&(Quantity::Turbidity, Value::Number(12.5)))
+                .contains(&(Quantity::Turbidity, Value::Number(12.5), Quality::Good))
         );
         // `water_level_raw` is not a quantity: rejected alone, the rest kept.
         assert_eq!(p.rejected.len(), 1);
@@ -347,15 +361,26 @@ mod tests {
     }
 
     #[test]
+    fn a_reported_quality_is_kept_and_a_bad_one_rejected() {
+        let p = parse(br#"{"values":{"ph":{"value":7.1,"quality":"bad"},"turbidity":{"value":3,"unit":"NTU","quality":"uncertain"},"water_temperature":{"value":9,"quality":"fine"}}}"#).unwrap();
+        let v = &p.samples[0].values;
+        assert!(v.contains(&(Quantity::Ph, Value::Number(7.1), Quality::Bad)));
+        assert!(v.contains(&(Quantity::Turbidity, Value::Number(3.0), Quality::Uncertain)));
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.rejected[0].path, "values.water_temperature");
+        assert_eq!(p.rejected[0].reason.label(), "wrong_type");
+    }
+
+    #[test]
     fn units_are_converted() {
         let p = parse(br#"{"values":{"water_level":{"value":2310,"unit":"mm"},"conductivity":{"value":1.2,"unit":"mS/cm"}}}"#).unwrap();
         let v = &p.samples[0].values;
         assert_eq!(p.samples[0].ts_ms, None);
         assert!(
-            matches!(v[0], (Quantity::Conductivity, Value::Number(x)) if (x - 1200.0).abs() < 1e-9)
+            matches!(v[0], (Quantity::Conductivity, Value::Number(x), Quality::Good) if (x - 1200.0).abs() < 1e-9)
         );
         assert!(
-            matches!(v[1], (Quantity::WaterLevel, Value::Number(x)) if (x - 2.31).abs() < 1e-9)
+            matches!(v[1], (Quantity::WaterLevel, Value::Number(x), Quality::Good) if (x - 2.31).abs() < 1e-9)
         );
     }
 
@@ -366,16 +391,16 @@ mod tests {
         assert!(p.rejected.is_empty(), "{:?}", p.rejected);
         assert_eq!(p.samples.len(), 2);
         assert_eq!(p.samples[0].ts_ms, Some(1_795_334_400_000));
-        assert!(
-            p.samples[0]
-                .values
-                .contains(&(Quantity::CoverOpen, Value::Bool(true)))
-        );
-        assert!(
-            p.samples[0]
-                .values
-                .contains(&(Quantity::LampStatus, Value::State(1)))
-        );
+        assert!(p.samples[0].values.contains(&(
+            Quantity::CoverOpen,
+            Value::Bool(true),
+            Quality::Good
+        )));
+        assert!(p.samples[0].values.contains(&(
+            Quantity::LampStatus,
+            Value::State(1),
+            Quality::Good
+        )));
     }
 
     #[test]
@@ -424,7 +449,7 @@ mod tests {
         assert_eq!(p.samples[0].seq, None);
         assert_eq!(
             p.samples[1].values,
-            vec![(Quantity::BatteryLevel, Value::Number(88.0))]
+            vec![(Quantity::BatteryLevel, Value::Number(88.0), Quality::Good)]
         );
     }
 
@@ -464,7 +489,7 @@ mod tests {
         fn number_round_trip(v in -1.0e6f64..1.0e6, ts in 0i64..4_000_000_000_000) {
             let msg = format!(r#"{{"ts":{ts},"values":{{"water_level":{v}}}}}"#);
             let p = parse(msg.as_bytes()).unwrap();
-            prop_assert_eq!(&p.samples[0].values, &vec![(Quantity::WaterLevel, Value::Number(v))]);
+            prop_assert_eq!(&p.samples[0].values, &vec![(Quantity::WaterLevel, Value::Number(v), Quality::Good)]);
             prop_assert_eq!(p.samples[0].ts_ms, Some(ts));
         }
     }

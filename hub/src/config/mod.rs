@@ -35,6 +35,9 @@ pub struct HubConfig {
     /// Alert rules.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// The HJ 212-2017 listener for environmental monitoring stations.
+    #[serde(default)]
+    pub hj212: Hj212Settings,
     /// The file this configuration was loaded from (rules are reloaded from it).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -137,6 +140,36 @@ pub struct HubSettings {
     /// and alerts keep room to finish and recover (bytes, or `"64MiB"`).
     #[serde(default = "default_min_free_disk")]
     pub min_free_disk: ByteSize,
+}
+
+/// The `[hj212]` table: where stations that speak HJ 212-2017 connect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hj212Settings {
+    /// TCP listen addresses; none (the default) turns the listener off.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// The stations' local time (their `DataTime`) as an offset from UTC; `+08:00` by default.
+    #[serde(default)]
+    pub utc_offset: UtcOffset,
+    /// A station silent this long is disconnected (it reconnects; stations report at least
+    /// every few minutes).
+    #[serde(default = "default_hj212_idle")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_hj212_idle() -> HumanDuration {
+    HumanDuration::secs(600)
+}
+
+impl Default for Hj212Settings {
+    fn default() -> Self {
+        Hj212Settings {
+            listen: Vec::new(),
+            utc_offset: UtcOffset::default(),
+            idle_timeout: default_hj212_idle(),
+        }
+    }
 }
 
 fn default_min_free_disk() -> ByteSize {
@@ -361,6 +394,12 @@ pub struct DeviceConfig {
     /// Modbus devices: the profile file, for range checks of desired values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<PathBuf>,
+    /// HJ 212 stations: the station's MN (its id in every packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hj212_mn: Option<String>,
+    /// HJ 212 stations: the station's PW (its access password in every packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hj212_pw: Option<String>,
 }
 
 /// An `[[agents]]` entry.
@@ -557,6 +596,66 @@ impl HubConfig {
             }
             Ok(())
         };
+        for (i, a) in self.hj212.listen.iter().enumerate() {
+            check_addr(&format!("hj212.listen[{i}]"), a)?;
+        }
+        if self.hj212.idle_timeout.0.is_zero() {
+            return Err(ConfigError::new(
+                "hj212.idle_timeout",
+                "must be longer than zero",
+            ));
+        }
+        let mut mns: HashMap<&str, usize> = HashMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            match (&d.hj212_mn, &d.hj212_pw) {
+                (None, None) => {}
+                (Some(mn), Some(pw)) => {
+                    // Both travel inside `;`-separated `key=value` fields of the data segment.
+                    let plain = |v: &str| {
+                        !v.is_empty()
+                            && v.len() <= 64
+                            && v.bytes()
+                                .all(|b| b.is_ascii_graphic() && !b"&;,=".contains(&b))
+                    };
+                    if !plain(mn) {
+                        return Err(ConfigError::new(
+                            format!("devices[{i}].hj212_mn"),
+                            "must be 1-64 printable ASCII characters without & ; , =",
+                        ));
+                    }
+                    if !plain(pw) {
+                        return Err(ConfigError::new(
+                            format!("devices[{i}].hj212_pw"),
+                            "must be 1-64 printable ASCII characters without & ; , =",
+                        ));
+                    }
+                    if let Some(first) = mns.insert(mn, i) {
+                        return Err(ConfigError::new(
+                            format!("devices[{i}].hj212_mn"),
+                            format!("`{mn}` is already used by devices[{first}]"),
+                        ));
+                    }
+                    if d.agent.is_some() {
+                        return Err(ConfigError::new(
+                            format!("devices[{i}].hj212_mn"),
+                            "a station connects itself: it cannot also have an `agent`",
+                        ));
+                    }
+                }
+                (Some(_), None) => {
+                    return Err(ConfigError::new(
+                        format!("devices[{i}].hj212_pw"),
+                        "is needed with hj212_mn",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("devices[{i}].hj212_mn"),
+                        "is needed with hj212_pw",
+                    ));
+                }
+            }
+        }
         for (i, d) in self.devices.iter().enumerate() {
             if d.id == RESERVED_DEVICE_ID {
                 return Err(ConfigError::new(

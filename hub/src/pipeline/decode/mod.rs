@@ -418,16 +418,11 @@ impl Decoder {
         let mut w = Builder::new(scratch, None);
         for s in &parsed.samples {
             let stamp = self.normalizer.stamp(s.ts_ms, now);
-            for (q, v) in &s.values {
+            for (q, v, reported) in &s.values {
                 w.scratch.sample.push(NormValue {
                     quantity: *q,
                     value: *v,
-                    quality: self.normalizer.quality(
-                        *q,
-                        v,
-                        stamp.quality,
-                        protocols::Quality::Good,
-                    ),
+                    quality: self.normalizer.quality(*q, v, stamp.quality, *reported),
                 });
             }
             w.push_group(device, stamp.ts_ms, s.seq);
