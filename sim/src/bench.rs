@@ -46,7 +46,9 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum What {
     /// Readings per second through the whole hub, feed latency, nothing lost.
-    Ingest(IngestArgs),
+    Ingest(Box<IngestArgs>),
+    /// HJ 212 real-time uploads per second through the whole hub, acknowledgement latency.
+    Hj212(crate::hj212_station::BenchArgs),
 }
 
 /// Arguments of `sim bench ingest`.
@@ -114,7 +116,8 @@ pub struct IngestArgs {
 /// Runs a benchmark.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
-        What::Ingest(a) => ingest(a).await,
+        What::Ingest(a) => ingest(*a).await,
+        What::Hj212(a) => crate::hj212_station::bench(a).await,
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Args {
     /// HTTP listener of the embedded hub (default 0.0.0.0:8080).
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// HJ 212 listener of the embedded hub (repeatable; default 0.0.0.0:9212 and [::]:9212).
+    #[arg(long)]
+    pub hj212_listen: Vec<String>,
     /// Data directory: hub.toml, agent configs, secrets, the hub's store, the agents' queues.
     #[arg(long, default_value = "data/demo")]
     pub data_dir: PathBuf,
@@ -72,6 +75,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(h) = args.http_listen {
         opts.http_listen = h;
+    }
+    if !args.hj212_listen.is_empty() {
+        opts.hj212_listen = args.hj212_listen;
     }
     opts.data_dir = args.data_dir;
     opts.speed = args.speed;

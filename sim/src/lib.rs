@@ -26,6 +26,7 @@ pub mod bench;
 pub mod device;
 pub mod district;
 pub mod fleet;
+pub mod hj212_station;
 pub mod load;
 pub mod modbus_device;
 pub mod node;

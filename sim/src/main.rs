@@ -22,6 +22,8 @@ enum Command {
     Fleet(sim::fleet::Args),
     /// One simulated Modbus device running the firmware.
     ModbusDevice(sim::modbus_device::Args),
+    /// One HJ 212-2017 water-quality station reporting to a platform over TCP.
+    Hj212Station(sim::hj212_station::Args),
     /// Benchmarks.
     Bench(sim::bench::Args),
 }
@@ -56,6 +58,7 @@ fn main() {
             Command::Demo(a) => sim::district::run(a).await,
             Command::Fleet(a) => sim::fleet::run(a).await,
             Command::ModbusDevice(a) => sim::modbus_device::run(a).await,
+            Command::Hj212Station(a) => sim::hj212_station::main(a).await,
             Command::Bench(a) => sim::bench::run(a).await,
         }
     });

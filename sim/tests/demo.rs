@@ -401,6 +401,16 @@ async fn the_district_comes_alive_cameras_sense_and_the_storm_raises_the_river()
             .all(|d| w.feeds.contains_key(*d))
     })
     .await;
+    // The environment bureau's sondes report over HJ 212 on TCP, not MQTT.
+    w.until("feeds from the HJ 212 sondes", |w| {
+        ["WQ-E001", "WQ-E002"]
+            .iter()
+            .all(|d| w.feeds.contains_key(*d))
+    })
+    .await;
+    let nh3 = &w.feeds["WQ-E001"]["values"]["ammonia_nitrogen"];
+    assert_eq!(nh3["unit"], "mg/L");
+    assert_eq!(nh3["quality"], "good");
     let f = &w.feeds["WL-0003"]["values"]["water_level"];
     assert_eq!(f["unit"], "m");
     assert_eq!(f["quality"], "good");

@@ -27,6 +27,7 @@ use super::scenario::{Narrator, Scenario};
 use super::secrets::{Secrets, SecretsError};
 use super::{direct, lighting};
 use crate::device::{DeviceSpec, spawn_tcp};
+use crate::hj212_station;
 use crate::world::{SiteConditions, World};
 
 /// How the demo runs.
@@ -36,6 +37,8 @@ pub struct DemoOptions {
     pub mqtt_listen: Vec<String>,
     /// HTTP listener of the hub.
     pub http_listen: String,
+    /// HJ 212 listeners of the hub (the environment bureau's sondes connect there).
+    pub hj212_listen: Vec<String>,
     /// Where configs, secrets, the hub's store and the agents' queues live.
     pub data_dir: PathBuf,
     /// Demo seconds per real second.
@@ -54,6 +57,7 @@ impl DemoOptions {
         DemoOptions {
             mqtt_listen: vec!["0.0.0.0:1883".into(), "[::]:1883".into()],
             http_listen: "0.0.0.0:8080".into(),
+            hj212_listen: vec!["0.0.0.0:9212".into(), "[::]:9212".into()],
             data_dir: PathBuf::from("data/demo"),
             speed: 1.0,
             start: None,
@@ -67,6 +71,7 @@ impl DemoOptions {
         DemoOptions {
             mqtt_listen: vec!["127.0.0.1:0".into()],
             http_listen: "127.0.0.1:0".into(),
+            hj212_listen: vec!["127.0.0.1:0".into()],
             data_dir: dir.to_path_buf(),
             narrate: false,
             ..DemoOptions::defaults()
@@ -169,6 +174,27 @@ fn conditions(layout: &Layout, kind: SiteKind) -> SiteConditions {
     c
 }
 
+/// What an HJ 212 sonde in the river at `site` measures. Ammonia and COD are not modelled by
+/// the river's physics: they follow the turbidity, as runoff brings both.
+fn sonde_values(site: &crate::world::Site) -> Vec<hj212_station::Measurement> {
+    use protocols::hj212::DataFlag;
+    let c = site.conditions();
+    let m = |code, value: f64| hj212_station::Measurement {
+        code,
+        value: (value * 1000.0).round() / 1000.0,
+        flag: DataFlag::Normal,
+    };
+    vec![
+        m("w01001", c.ph),
+        m("w01003", c.turbidity),
+        m("w01009", c.dissolved_oxygen),
+        m("w01010", c.water_temperature),
+        m("w01014", c.conductivity),
+        m("w21003", 0.2 + 0.004 * c.turbidity),
+        m("w01018", 8.0 + 0.08 * c.turbidity),
+    ]
+}
+
 type AgentTask = JoinHandle<Result<edge_agent::agent::Exit, edge_agent::agent::AgentError>>;
 
 /// The running district.
@@ -200,6 +226,7 @@ impl Demo {
         let listen = Listen {
             mqtt: opts.mqtt_listen.clone(),
             http: opts.http_listen.clone(),
+            hj212: opts.hj212_listen.clone(),
         };
         let hub_config = provision::write_hub_config(
             &dir,
@@ -215,7 +242,15 @@ impl Demo {
             .map(reachable)
             .ok_or_else(|| DemoError::Hub(ServerError::Broker(BrokerError::NoListener)))?;
         let http_addr = reachable(server.http_addr());
-        match Demo::start_field(&opts, &dir, layout.clone(), &secrets, mqtt_addr).await {
+        let hj212_addr = server
+            .hub()
+            .hj212_addrs()
+            .iter()
+            .copied()
+            .min_by_key(|a| a.is_ipv6())
+            .map(reachable);
+        match Demo::start_field(&opts, &dir, layout.clone(), &secrets, mqtt_addr, hj212_addr).await
+        {
             Ok((field, agents, tasks, stop, clock)) => {
                 info!(
                     devices = layout.field.len() + layout.direct.len(),
@@ -253,6 +288,7 @@ impl Demo {
         layout: Layout,
         secrets: &Secrets,
         hub: SocketAddr,
+        hj212: Option<SocketAddr>,
     ) -> Result<
         (
             Arc<Field>,
@@ -352,6 +388,27 @@ impl Demo {
                 site: direct_sites[&d.id].clone(),
             };
             tasks.push(tokio::spawn(direct::run(gauge, link_rx, stop_rx.clone())));
+        }
+
+        // The environment bureau's sondes: HJ 212 over TCP, measuring the water of the district
+        // sonde beside them.
+        for d in layout.hj212.iter().filter(|_| hj212.is_some()) {
+            let Some(platform) = hj212 else { break };
+            let spec = hj212_station::StationSpec {
+                mn: d.mn.clone(),
+                pw: secrets.get(&d.id).to_string(),
+                platform,
+                interval: direct::REPORT_EVERY,
+                utc_offset_minutes: protocols::hj212::DEFAULT_UTC_OFFSET_MINUTES,
+            };
+            let site = sites[&d.beside].clone();
+            let (stats, _) = watch::channel(hj212_station::StationStats::default());
+            tasks.push(tokio::spawn(hj212_station::run(
+                spec,
+                move || sonde_values(&site),
+                stats,
+                stop_rx.clone(),
+            )));
         }
 
         let field = Arc::new(Field::new(

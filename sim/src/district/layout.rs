@@ -238,6 +238,24 @@ pub struct Camera {
     pub restricted: bool,
 }
 
+/// A water-quality sonde of the environment bureau that reports over HJ 212-2017 itself, at a
+/// river station beside the district's own Modbus sonde (it measures the same water).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hj212Sonde {
+    /// Id at the hub.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Its HJ 212 `MN`.
+    pub mn: String,
+    /// The district sonde whose water it measures.
+    pub beside: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+}
+
 /// The whole district.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
@@ -247,6 +265,8 @@ pub struct Layout {
     pub field: Vec<FieldDevice>,
     /// JSON devices.
     pub direct: Vec<DirectDevice>,
+    /// HJ 212 stations.
+    pub hj212: Vec<Hj212Sonde>,
     /// Streets.
     pub streets: Vec<Street>,
     /// River stations, upstream first.
@@ -527,6 +547,22 @@ impl Layout {
                 lon: 120.3040,
             },
         ];
+        // The environment bureau's stations at the first and last river stations.
+        let hj212 = [(0usize, "WQ-0001"), (4, "WQ-0003")]
+            .iter()
+            .enumerate()
+            .map(|(n, (station, beside))| {
+                let (name, (lat, lon)) = STATIONS[*station];
+                Hj212Sonde {
+                    id: format!("WQ-E{:03}", n + 1),
+                    name: format!("{name} environment bureau sonde (HJ 212)"),
+                    mn: format!("3301102026{:04}", n + 1),
+                    beside: beside.to_string(),
+                    lat: round6(lat - 0.00006),
+                    lon: round6(lon - 0.00006),
+                }
+            })
+            .collect();
         let cameras = CAMERAS
             .iter()
             .enumerate()
@@ -549,6 +585,7 @@ impl Layout {
             agents,
             field,
             direct,
+            hj212,
             streets,
             stations,
             cameras,
@@ -561,6 +598,7 @@ impl Layout {
             .iter()
             .map(|d| d.id.as_str())
             .chain(self.direct.iter().map(|d| d.id.as_str()))
+            .chain(self.hj212.iter().map(|d| d.id.as_str()))
             .chain(self.cameras.iter().map(|c| c.id.as_str()))
     }
 
@@ -589,7 +627,10 @@ mod tests {
     fn the_district_has_every_kind_and_unique_ids() {
         let l = Layout::district();
         let ids: HashSet<&str> = l.device_ids().collect();
-        assert_eq!(ids.len(), l.field.len() + l.direct.len() + l.cameras.len());
+        assert_eq!(
+            ids.len(),
+            l.field.len() + l.direct.len() + l.hj212.len() + l.cameras.len()
+        );
         assert!(ids.len() >= 60, "{}", ids.len());
         for m in Model::ALL {
             assert!(l.field.iter().any(|d| d.model == m), "{m:?}");

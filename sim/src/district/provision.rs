@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use edge_agent::config::CameraSource;
 use hub::config::{
-    AgentConfig, AppConfig, DailyWindow, DeviceConfig, HubConfig, HubSettings, RuleConfig,
+    AgentConfig, AppConfig, DailyWindow, DeviceConfig, Hj212Settings, HubConfig, HubSettings,
+    RuleConfig,
 };
 use protocols::config::HumanDuration;
 use protocols::messages::Scalar;
@@ -37,6 +38,7 @@ pub fn client_ids(layout: &Layout) -> Vec<&str> {
         .iter()
         .map(|a| a.id.as_str())
         .chain(layout.direct.iter().map(|d| d.id.as_str()))
+        .chain(layout.hj212.iter().map(|d| d.id.as_str()))
         .chain([COMMAND_CENTER, LIGHTING_CONTROL, FLOOD_CONTROL])
         .collect()
 }
@@ -222,6 +224,16 @@ pub fn rules(layout: &Layout) -> Vec<RuleConfig> {
             ..rule("turbidity-high", AlertLevel::Yellow)
         },
         RuleConfig {
+            // GB 3838-2002 class III surface water: ammonia nitrogen at most 1.0 mg/L.
+            kind: some("water_quality"),
+            quantity: some("ammonia_nitrogen"),
+            above: Some(1.0),
+            clear_below: Some(0.9),
+            hold: Some(HumanDuration::secs(60)),
+            message: some("{device}: ammonia nitrogen {value} mg/L above class III {threshold}"),
+            ..rule("ammonia-high", AlertLevel::Yellow)
+        },
+        RuleConfig {
             kind: some("water_quality"),
             quantity: some("ph"),
             below: Some(6.5),
@@ -287,6 +299,8 @@ pub struct Listen {
     pub mqtt: Vec<String>,
     /// HTTP address.
     pub http: String,
+    /// HJ 212 addresses.
+    pub hj212: Vec<String>,
 }
 
 /// The hub configuration of the district; cameras are described by their sources at
@@ -320,6 +334,20 @@ pub fn hub_config(
             name: Some(d.name.clone()),
             lat: Some(d.lat),
             lon: Some(d.lon),
+            ..DeviceConfig::default()
+        });
+    }
+    for d in &layout.hj212 {
+        devices.push(DeviceConfig {
+            id: d.id.clone(),
+            kind: "water_quality".to_string(),
+            dept: Some("water".to_string()),
+            name: Some(d.name.clone()),
+            lat: Some(d.lat),
+            lon: Some(d.lon),
+            hj212_mn: Some(d.mn.clone()),
+            // The generated secret is alphanumeric: a valid PW.
+            hj212_pw: Some(secrets.get(&d.id).to_string()),
             ..DeviceConfig::default()
         });
     }
@@ -390,6 +418,10 @@ pub fn hub_config(
         agents,
         apps,
         rules: rules(layout),
+        hj212: Hj212Settings {
+            listen: listen.hj212.clone(),
+            ..Hj212Settings::default()
+        },
         source: None,
     }
 }
@@ -537,14 +569,19 @@ mod tests {
         let listen = Listen {
             mqtt: vec!["127.0.0.1:0".into()],
             http: "127.0.0.1:0".into(),
+            hj212: vec!["127.0.0.1:0".into()],
         };
         let cfg =
             write_hub_config(dir.path(), &hub_config(&layout, &secrets, &listen, 1.0)).unwrap();
         assert_eq!(cfg.hub.data_dir, dir.path().join("."));
         assert_eq!(
             cfg.devices.len(),
-            layout.field.len() + layout.direct.len() + layout.cameras.len()
+            layout.field.len() + layout.direct.len() + layout.hj212.len() + layout.cameras.len()
         );
+        let sonde = cfg.devices.iter().find(|d| d.hj212_mn.is_some()).unwrap();
+        assert_eq!(sonde.kind, "water_quality");
+        assert_eq!(sonde.hj212_pw.as_deref(), Some(secrets.get(&sonde.id)));
+        assert_eq!(cfg.hj212.listen, ["127.0.0.1:0"]);
         let cam = cfg.devices.iter().find(|d| d.kind == "camera").unwrap();
         assert_eq!(cam.gb_id.as_deref(), Some(layout.cameras[0].gb_id.as_str()));
         let flood = cfg.apps.iter().find(|a| a.id == FLOOD_CONTROL).unwrap();
@@ -565,6 +602,7 @@ mod tests {
             "water-rising-fast",
             "turbidity-high",
             "ph-low",
+            "ammonia-high",
             "manhole-cover-open",
             "device-silent",
             "restricted-area-motion",
