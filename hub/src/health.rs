@@ -209,6 +209,29 @@ pub fn report<S: SeriesStore>(disk: &DiskWatch, store: &S, alerts: &AlertBook, n
     );
 }
 
+/// `hub_store_writable`: 1 while the time-series store takes writes, 0 while it fails and
+/// reopens itself (the disk's gauges are [`DiskCollector`]'s).
+pub struct StoreCollector<S>(pub Arc<S>);
+
+impl<S> std::fmt::Debug for StoreCollector<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+impl<S: SeriesStore> prometheus_client::collector::Collector for StoreCollector<S> {
+    fn encode(&self, mut e: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let writable = matches!(self.0.health(), StoreHealth::Writable);
+        crate::metrics::encode_one(
+            &mut e,
+            "store_writable",
+            "1 while the time-series store takes writes; 0 while it fails and reopens itself.",
+            ConstGauge::new(i64::from(writable)),
+        )
+    }
+}
+
 /// One part of the hub in a health answer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Component {

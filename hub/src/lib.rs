@@ -282,6 +282,7 @@ impl<S: SeriesStore> Hub<S> {
             });
         }
         metrics_registry.register_collector(Box::new(disk.collector()));
+        metrics_registry.register_collector(Box::new(health::StoreCollector(store.clone())));
         metrics_registry.register_collector(Box::new(video.collector()));
         let status = Arc::new(StatusBoard::new(
             registry.clone(),

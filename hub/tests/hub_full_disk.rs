@@ -324,6 +324,7 @@ async fn a_store_that_hit_enospc_reports_it_and_recovers_without_restart() {
         "{store}"
     );
     assert!(store["since"].is_string());
+    assert_eq!(metric(&base, "hub_store_writable").await, 0.0);
     assert_eq!(get_json(&base, "/readyz", None).await.0, 503);
     // The watch raises the store's alert within a second of the store failing.
     let failing = alert_until(&base, "?state=open&level=red", |a| {
@@ -353,6 +354,7 @@ async fn a_store_that_hit_enospc_reports_it_and_recovers_without_restart() {
     agent.send_acked(seq + 1).await;
     acked.push(seq + 1);
     assert!(metric(&base, "hub_store_errors_total").await >= 1.0);
+    assert_eq!(metric(&base, "hub_store_writable").await, 1.0);
 
     let now = now_ms();
     assert_eq!(
