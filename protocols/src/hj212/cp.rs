@@ -12,8 +12,8 @@
 
 use alloc::vec::Vec;
 
+use super::command::Cn;
 use super::datetime::{DataTime, DataTimeError};
-use super::segment::Cn;
 use crate::quantity::{Quality, ShortText};
 
 /// Why CP content was refused.

@@ -238,8 +238,9 @@ impl CpBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hj212::command::Cn;
     use crate::hj212::frame::Frame;
-    use crate::hj212::segment::{Cn, Flag, Split};
+    use crate::hj212::segment::{Flag, Split};
 
     fn sample(cp: &str) -> Packet<'_> {
         Packet {

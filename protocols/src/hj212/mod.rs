@@ -24,6 +24,7 @@
 //! hub.
 
 pub mod codes;
+pub mod command;
 pub mod cp;
 pub mod crc;
 pub mod datetime;
@@ -34,6 +35,7 @@ pub mod reply;
 pub mod segment;
 
 pub use codes::{PollutantCode, lookup as lookup_code};
+pub use command::Cn;
 pub use cp::{CpData, CpError, CpItem, DataFlag, Pollutant};
 pub use crc::crc16;
 pub use datetime::{DEFAULT_UTC_OFFSET_MINUTES, DataTime, DataTimeError};
@@ -41,4 +43,4 @@ pub use encode::{CpBuilder, EncodeError, encode};
 pub use frame::{Frame, FrameError, FrameReader};
 pub use reassembly::{AssembledPacket, Reassembler, ReassemblyError};
 pub use reply::data_ack;
-pub use segment::{Cn, Flag, Packet, SegmentError, Split};
+pub use segment::{Flag, Packet, SegmentError, Split};

@@ -8,7 +8,8 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::segment::{Cn, Flag, Packet};
+use super::command::Cn;
+use super::segment::{Flag, Packet};
 
 /// Messages waiting for parts, by default.
 pub const DEFAULT_MAX_PENDING: usize = 64;

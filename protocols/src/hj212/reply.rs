@@ -2,8 +2,9 @@
 
 use alloc::string::String;
 
+use super::command::Cn;
 use super::encode::{EncodeError, encode};
-use super::segment::{Cn, Flag, Packet};
+use super::segment::{Flag, Packet};
 
 /// `ST` of system interaction packets (replies).
 pub const ST_SYSTEM: &str = "91";
