@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to: a broker and clients nobody here wrote (mosquitto),
-# Modbus servers and tools (pymodbus, mbpoll), video tools (ffmpeg, GStreamer RTSP server),
-# a CAP schema validator (xmllint) with the OASIS CAP 1.2 schema, and a headless browser for the
-# dashboard test (chromium). Also nasm, so OpenH264's bundled build (edge-agent cameras) gets its
-# SIMD code. Idempotent: skips what is already there.
+# Modbus servers and tools (pymodbus, mbpoll), a Sparkplug B implementation (pysparkplug), video
+# tools (ffmpeg, GStreamer RTSP server), a CAP schema validator (xmllint) with the OASIS CAP 1.2
+# schema, and a headless browser for the dashboard test (chromium). Also nasm, so OpenH264's
+# bundled build (edge-agent cameras) gets its SIMD code. Idempotent: skips what is already there.
 set -euo pipefail
 
 need_apt=()
@@ -30,6 +30,14 @@ fi
 if ! python3 -c 'import pymodbus, serial' >/dev/null 2>&1; then
   echo "setup-peers: installing pymodbus"
   python3 -m pip install -q --disable-pip-version-check 'pymodbus>=3.6,<4' pyserial
+fi
+
+# A Sparkplug B implementation nobody here wrote (pysparkplug, its payloads generated from
+# sparkplug_b.proto): protocols/tests/sparkplug.rs checks the codec against it. Pinned: the
+# test's fixtures are its exact bytes.
+if ! python3 -c 'import pysparkplug' >/dev/null 2>&1; then
+  echo "setup-peers: installing pysparkplug"
+  python3 -m pip install -q --disable-pip-version-check 'pysparkplug==0.6.1'
 fi
 
 # The OASIS CAP 1.2 XML schema (CAP-v1.2-schema.xsd) for validating the hub's CAP documents:

@@ -3,8 +3,8 @@
 //! Everything that crosses a process boundary is defined here, once: MQTT topic names and the
 //! access rules over them, the binary agent batch, the JSON telemetry of direct devices, the
 //! quantities with their canonical units, the normalized feed, twin and alert documents, Modbus
-//! device profiles with their register codecs, GB/T 28181 video ids, and the HJ 212-2017 codec of
-//! environmental monitoring stations.
+//! device profiles with their register codecs, GB/T 28181 video ids, the HJ 212-2017 codec of
+//! environmental monitoring stations, and the Sparkplug B codec and edge node sessions.
 //!
 //! The crate does no I/O. Without default features it is `no_std`: the register codecs,
 //! quantities and time formatting are then available to the sensor-node firmware; `alloc` adds
@@ -37,6 +37,8 @@ pub mod id;
 pub mod messages;
 #[cfg(feature = "alloc")]
 pub mod profile;
+#[cfg(feature = "alloc")]
+pub mod sparkplug;
 #[cfg(feature = "std")]
 pub mod telemetry;
 #[cfg(feature = "alloc")]
