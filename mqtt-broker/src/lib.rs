@@ -216,7 +216,7 @@ impl Broker {
         }
         let mut listeners = Vec::new();
         for addr in &config.listen {
-            let l = bind(*addr).map_err(|source| BrokerError::Bind {
+            let l = bind_listener(*addr).map_err(|source| BrokerError::Bind {
                 addr: *addr,
                 source,
             })?;
@@ -256,9 +256,10 @@ impl Broker {
     }
 }
 
-/// Binds one listening socket; IPv6 sockets are v6-only so that `[::]:P` and `0.0.0.0:P`
-/// coexist on every platform.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds one listening socket the way the broker does (other TCP ingresses of an application
+/// use it too): IPv6 sockets are v6-only so that `[::]:P` and `0.0.0.0:P` coexist on every
+/// platform; a backlog of 1024 for connection storms.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let domain = if addr.is_ipv6() {
         Domain::IPV6

@@ -115,11 +115,14 @@ async fn dropped_done_is_never_acknowledged() {
     assert_eq!(acks, vec![2]);
 }
 
-#[tokio::test]
-async fn rejected_message_is_acknowledged_with_a_reason_in_v5() {
-    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
-    let b = TestBroker::start().await;
-    *b.pipeline.answer.lock() = Answer::Reject("unknown quantity".into());
+/// Publishes one QoS 1 message as the MQTT 5 client WL-1 while the pipeline answers `answer`;
+/// the PUBACK's reason.
+async fn v5_puback_reason(
+    b: &TestBroker,
+    answer: Answer,
+) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    *b.pipeline.answer.lock() = answer;
     let mut c = v5::connect(v5::options(b.addr, "WL-1", "WL-1", "s1"))
         .await
         .unwrap();
@@ -132,39 +135,29 @@ async fn rejected_message_is_acknowledged_with_a_reason_in_v5() {
         )
         .await
         .unwrap();
-    let reason = c
-        .next_incoming(|p| match p {
-            Packet::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .await;
-    assert_eq!(reason, PubAckReason::ImplementationSpecificError);
+    c.next_incoming(|p| match p {
+        Packet::PubAck(a) => Some(a.reason),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rejected_message_is_acknowledged_with_a_reason_in_v5() {
+    let b = TestBroker::start().await;
+    assert_eq!(
+        v5_puback_reason(&b, Answer::Reject("unknown quantity".into())).await,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::ImplementationSpecificError
+    );
 }
 
 #[tokio::test]
 async fn no_room_is_quota_exceeded_in_v5_and_no_acknowledgement_in_3_1_1() {
-    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
     let b = TestBroker::start().await;
-    *b.pipeline.answer.lock() = Answer::NoRoom("free disk space is low".into());
-    let mut c5 = v5::connect(v5::options(b.addr, "WL-1", "WL-1", "s1"))
-        .await
-        .unwrap();
-    c5.client
-        .publish(
-            "v1/devices/WL-1/telemetry",
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            false,
-            "{}",
-        )
-        .await
-        .unwrap();
-    let reason = c5
-        .next_incoming(|p| match p {
-            Packet::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .await;
-    assert_eq!(reason, PubAckReason::QuotaExceeded);
+    assert_eq!(
+        v5_puback_reason(&b, Answer::NoRoom("free disk space is low".into())).await,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::QuotaExceeded
+    );
 
     // 3.1.1: the first publish is not acknowledged; once there is room the next one is.
     let mut c4 = v4::connect(v4::options(b.addr, "WL-2", "WL-2", "s2"))

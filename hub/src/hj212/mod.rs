@@ -132,7 +132,7 @@ pub async fn start(
         let addr: SocketAddr = a
             .parse()
             .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        let listener = bind(addr).map_err(err)?;
+        let listener = mqtt_broker::bind_listener(addr).map_err(err)?;
         let bound = listener.local_addr().map_err(err)?;
         addrs.push(bound);
         let i = ingress.clone();
@@ -140,25 +140,6 @@ pub async fn start(
     }
     tracing::info!(addrs = ?addrs, stations = ingress.stations.len(), "HJ 212 listening");
     Ok((addrs, metrics))
-}
-
-/// IPv6 sockets are v6-only so that `[::]:P` and `0.0.0.0:P` coexist.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let s = Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    TcpListener::from_std(s.into())
 }
 
 async fn accept(ingress: Arc<Ingress>, listener: TcpListener, mut stop: Signal) {
