@@ -104,7 +104,7 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
     let clock = demo.clock();
     println!(
         "sim demo: a simulated district is running ({} devices, {} cameras, {} agents, embedded hub; started in {:.1} s)",
-        l.field.len() + l.direct.len(),
+        l.field.len() + l.direct.len() + l.hj212.len(),
         l.cameras.len(),
         l.agents.len(),
         took.as_secs_f64()
@@ -123,6 +123,12 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
         mqtt.ip(),
         mqtt.port()
     );
+    if let Some(hj) = demo.hj212_addr() {
+        let mn = l.hj212.first().map_or("MN", |d| d.mn.as_str());
+        println!(
+            "  HJ 212     stations connect to {hj} (as the demo's: sim hj212-station --platform {hj} --mn {mn} --pw PW, PW from secrets.toml)"
+        );
+    }
     println!("  config     {dir}/hub.toml, {dir}/agents/*.toml (secrets in {dir}/secrets.toml)");
     println!(
         "  clock      demo time {} (district time, UTC+8), {}",

@@ -207,6 +207,7 @@ pub struct Demo {
     dir: PathBuf,
     mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
+    hj212_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     agents: Vec<(String, AgentTask)>,
     tasks: Vec<JoinHandle<()>>,
@@ -253,7 +254,7 @@ impl Demo {
         {
             Ok((field, agents, tasks, stop, clock)) => {
                 info!(
-                    devices = layout.field.len() + layout.direct.len(),
+                    devices = layout.field.len() + layout.direct.len() + layout.hj212.len(),
                     cameras = layout.cameras.len(),
                     agents = layout.agents.len(),
                     "district running"
@@ -267,6 +268,7 @@ impl Demo {
                     dir,
                     mqtt_addr,
                     http_addr,
+                    hj212_addr,
                     stop,
                     agents,
                     tasks,
@@ -447,6 +449,11 @@ impl Demo {
     /// Where the hub's HTTP API is reachable.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the hub's HJ 212 listener is reachable (none when `hj212_listen` is empty).
+    pub fn hj212_addr(&self) -> Option<SocketAddr> {
+        self.hj212_addr
     }
 
     /// The `command-center` app's id and secret.
