@@ -401,9 +401,10 @@ async fn the_district_comes_alive_cameras_sense_and_the_storm_raises_the_river()
             .all(|d| w.feeds.contains_key(*d))
     })
     .await;
-    // The environment bureau's sondes report over HJ 212 on TCP, not MQTT.
-    w.until("feeds from the HJ 212 sondes", |w| {
-        ["WQ-E001", "WQ-E002"]
+    // The environment bureau's sondes report over HJ 212 on TCP, not MQTT (and the gauge
+    // looked at next has reported too: its agent polls on its own schedule).
+    w.until("feeds from the HJ 212 sondes and WL-0003", |w| {
+        ["WQ-E001", "WQ-E002", "WL-0003"]
             .iter()
             .all(|d| w.feeds.contains_key(*d))
     })
