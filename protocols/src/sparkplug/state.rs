@@ -357,6 +357,16 @@ impl Node {
         }
     }
 
+    /// For a message that needs a live session and the next `seq`: advances `seq`, or the
+    /// outcome that refuses the message (a gap makes the session stale).
+    fn in_session(&mut self, payload: &Payload, now_ms: u64, interval: u64) -> Result<(), Outcome> {
+        if let Some(refused) = self.needs_session(now_ms, interval) {
+            return Err(refused);
+        }
+        self.next_seq(payload)
+            .map_err(|reason| self.stale(reason, now_ms, interval))
+    }
+
     /// Checks and advances `seq`.
     fn next_seq(&mut self, payload: &Payload) -> Result<(), RebirthReason> {
         let expected = self.last_seq.wrapping_add(1);
@@ -604,11 +614,8 @@ fn device_birth(
     now_ms: u64,
     interval: u64,
 ) -> Outcome {
-    if let Some(refused) = node.needs_session(now_ms, interval) {
+    if let Err(refused) = node.in_session(payload, now_ms, interval) {
         return refused;
-    }
-    if let Err(reason) = node.next_seq(payload) {
-        return node.stale(reason, now_ms, interval);
     }
     // Aliases are unique across the node's metrics and every other device's; this device's
     // previous birth, if any, is being replaced.
@@ -648,11 +655,8 @@ fn data(
     now_ms: u64,
     interval: u64,
 ) -> Outcome {
-    if let Some(refused) = node.needs_session(now_ms, interval) {
+    if let Err(refused) = node.in_session(payload, now_ms, interval) {
         return refused;
-    }
-    if let Err(reason) = node.next_seq(payload) {
-        return node.stale(reason, now_ms, interval);
     }
     let (defs, device) = match device {
         None => (&node.metrics, None),
