@@ -108,5 +108,5 @@ impl RedbFile {
 }
 
 #[cfg(test)]
-#[path = "../tests/small_disk/mod.rs"]
+#[path = "../../series-store/tests/small_disk/mod.rs"]
 pub(crate) mod small_disk;

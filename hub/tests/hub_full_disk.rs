@@ -4,6 +4,7 @@
 //! stored.
 
 mod hub_e2e_support;
+#[path = "../../series-store/tests/small_disk/mod.rs"]
 mod small_disk;
 
 use std::time::{Duration, Instant};

@@ -2,9 +2,8 @@
 //! refuses writes while it cannot write, says so in `health`, and takes writes again by itself
 //! once space is freed, without losing or doubling anything it acknowledged.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod small_disk;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,54 +12,7 @@ use series_store::{
     Appended, Origin, Point, Query, SeriesId, SeriesStore, StoreError, StoreHealth, StoreOptions,
     TsStore, WriteBatch,
 };
-
-/// A tmpfs of `size` mounted on a fresh temporary directory, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs and must run as root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// Writes a file until the filesystem is full; returns its path.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).expect("create filler");
-    let block = vec![0xA5u8; 64 << 10];
-    loop {
-        match f.write(&block) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(28) => break,
-            Err(e) => panic!("filling the disk: {e}"),
-        }
-    }
-    path
-}
+use small_disk::SmallDisk;
 
 fn level() -> SeriesId {
     SeriesId {
@@ -137,7 +89,7 @@ async fn full_disk_refuses_writes_then_recovers_without_restart() {
         .await
         .expect("checkpoint before the disk fills");
 
-    let filler = fill(disk.path());
+    let filler = disk.fill(0);
     // Appends go on until the log needs a page the filesystem no longer has.
     let mut seq = 51;
     let first_error = loop {

@@ -1,6 +1,7 @@
 //! A real small filesystem for tests: a tmpfs mounted on a temporary directory (the tests run
-//! as root), unmounted on drop. Used by `tests/hub_full_disk.rs` and the unit tests of
-//! `src/twin/persist.rs` (through `src/redb_file.rs`).
+//! as root), unmounted on drop. Used by this crate's `tests/store_full_disk.rs` and by the hub
+//! (`hub/tests/hub_full_disk.rs`, and its unit tests through `hub/src/redb_file.rs`), which
+//! include this file by path.
 #![allow(dead_code)]
 
 use std::io::Write;
