@@ -1036,6 +1036,11 @@ impl Queue {
     }
 }
 
+/// A real small filesystem for the tests (shared with the store's and the hub's tests).
+#[cfg(test)]
+#[path = "../../series-store/tests/small_disk/mod.rs"]
+mod small_disk;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1217,42 +1222,11 @@ mod tests {
         );
     }
 
-    /// A tmpfs of `size` at `at`, lazily unmounted on drop (the test runs as root).
-    struct Tmpfs(PathBuf);
-
-    impl Tmpfs {
-        fn mount(at: &Path, size: &str) -> Tmpfs {
-            std::fs::create_dir_all(at).unwrap();
-            let out = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(at)
-                .output()
-                .expect("cannot run mount(8)");
-            assert!(
-                out.status.success(),
-                "this test mounts a tmpfs and must run as root: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            Tmpfs(at.to_owned())
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-
     #[test]
     fn an_io_error_closes_the_database_and_a_later_operation_reopens_it() {
-        use std::io::Write;
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("fs");
-        let _fs = Tmpfs::mount(&dir, "4m");
-        let q = Queue::open(&dir, 64 << 20, 1 << 16)
+        let fs = super::small_disk::SmallDisk::mount("4m");
+        let dir = fs.path();
+        let q = Queue::open(dir, 64 << 20, 1 << 16)
             .unwrap()
             .with_reopen_backoff(Duration::from_millis(500), Duration::from_secs(1));
         for i in 0..3 {
@@ -1264,12 +1238,7 @@ mod tests {
             1
         );
 
-        let filler = dir.join("filler");
-        {
-            let mut f = std::fs::File::create(&filler).unwrap();
-            let chunk = vec![0u8; 4096];
-            while f.write(&chunk).is_ok_and(|n| n > 0) {}
-        }
+        let filler = fs.fill(0);
         let mut last_ok = 3;
         let err = loop {
             match q.append_batch("AG-1", readings(200, 0.0), 1) {

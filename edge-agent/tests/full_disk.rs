@@ -7,71 +7,21 @@
 //! Needs root (it mounts a tmpfs); it fails, not skips, without it.
 
 mod common;
+#[path = "../../series-store/tests/small_disk/mod.rs"]
+mod small_disk;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use small_disk::SmallDisk;
 
 const AGENT: &str = "AG-0001";
 const T: Duration = Duration::from_secs(20);
 const BUFFER: u64 = 1000;
-
-/// A tmpfs mounted for the test, lazily unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("cannot run mount(8)");
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs and must run as root (or with CAP_SYS_ADMIN): mount said {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Tmpfs(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: the agent may still hold the queue file open if the test failed.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Writes `path` until the file system says ENOSPC; returns the bytes written.
-fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0x5au8; 64 << 10];
-    let mut written = 0u64;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(28) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    // Whatever fits in a last partial page too.
-    let mut small = vec![0x5au8; 512];
-    while let Ok(n) = f.write(&small) {
-        if n == 0 {
-            break;
-        }
-        written += n as u64;
-        small.truncate(n);
-    }
-    let _ = f.sync_all();
-    written
-}
 
 fn last_health(hub: &HubPeer) -> Option<serde_json::Value> {
     hub.with(|h| h.health_json.last().cloned())
@@ -106,8 +56,8 @@ fn readings_between(hub: &HubPeer, from: i64, until: i64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_ridden_out_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("disk");
-    let _tmpfs = Tmpfs::mount(&disk, "8m");
+    let tmpfs = SmallDisk::mount("8m");
+    let disk = tmpfs.path();
     let broker = Mosquitto::start(dir.path());
     let modbus = ModbusPeer::tcp(dir.path(), &two_devices_spec(), free_port());
     let hub = HubPeer::start(broker.port, true).await;
@@ -119,7 +69,7 @@ async fn a_full_disk_is_ridden_out_without_a_restart() {
     );
     let cfg = write_agent_toml(
         dir.path(),
-        &fast_agent_toml(&disk, &broker.url(), modbus.port, &extra),
+        &fast_agent_toml(disk, &broker.url(), modbus.port, &extra),
     );
     let log = dir.path().join("agent.log");
     let mut agent = start_agent_logging(&cfg, &log);
@@ -131,9 +81,9 @@ async fn a_full_disk_is_ridden_out_without_a_restart() {
 
     // The hub goes away (no acks), so the queue must grow; then the disk fills up.
     hub.set_acking(false);
-    let filler = disk.join("filler");
     let t_full = protocols::time::now_ms();
-    let filled = fill(&filler);
+    let filler = tmpfs.fill(0);
+    let filled = std::fs::metadata(&filler).unwrap().len();
     assert!(filled > 1 << 20, "filled only {filled} bytes");
 
     // The queue fails with ENOSPC, health says so, polling goes on.
@@ -248,8 +198,8 @@ async fn a_full_disk_is_ridden_out_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_the_watermark_the_queue_is_left_alone_until_space_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("disk");
-    let _tmpfs = Tmpfs::mount(&disk, "8m");
+    let tmpfs = SmallDisk::mount("8m");
+    let disk = tmpfs.path();
     let broker = Mosquitto::start(dir.path());
     let modbus = ModbusPeer::tcp(dir.path(), &two_devices_spec(), free_port());
     let hub = HubPeer::start(broker.port, true).await;
@@ -257,7 +207,7 @@ async fn below_the_watermark_the_queue_is_left_alone_until_space_is_back() {
         format!("batch_max_readings = 100\nbuffer_readings = {BUFFER}\nmin_free_disk = \"3MiB\"");
     let cfg = write_agent_toml(
         dir.path(),
-        &fast_agent_toml(&disk, &broker.url(), modbus.port, &extra),
+        &fast_agent_toml(disk, &broker.url(), modbus.port, &extra),
     );
     let mut agent = start_agent(&cfg);
     assert!(
@@ -268,7 +218,7 @@ async fn below_the_watermark_the_queue_is_left_alone_until_space_is_back() {
     // not fail if written.
     let filler = disk.join("filler");
     {
-        let free = edge_agent::disk::free_bytes(&disk).unwrap();
+        let free = edge_agent::disk::free_bytes(disk).unwrap();
         let f = std::fs::File::create(&filler).unwrap();
         let mut w = std::io::BufWriter::new(f);
         let chunk = vec![1u8; 64 << 10];

@@ -1,7 +1,8 @@
 //! A real small filesystem for tests: a tmpfs mounted on a temporary directory (the tests run
 //! as root), unmounted on drop. Used by this crate's `tests/store_full_disk.rs` and by the hub
-//! (`hub/tests/hub_full_disk.rs`, and its unit tests through `hub/src/redb_file.rs`), which
-//! include this file by path.
+//! (`hub/tests/hub_full_disk.rs`, and its unit tests through `hub/src/redb_file.rs`) and the
+//! agent (`edge-agent/tests/full_disk.rs`, the queue's unit tests), which include this file by
+//! path.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -50,6 +51,15 @@ impl SmallDisk {
                 Err(e) => panic!("filling the disk: {e}"),
             }
         }
+        // Whatever fits in a last partial block too.
+        let mut small = vec![0xA5u8; 512];
+        while let Ok(n) = f.write(&small) {
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            small.truncate(n);
+        }
         f.set_len(len.saturating_sub(leave)).expect("shrink filler");
         path
     }
@@ -57,6 +67,10 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        // Lazy: a process under test may still hold a file open there if the test failed.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
