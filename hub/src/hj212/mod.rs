@@ -34,6 +34,7 @@ use mqtt_broker::ingress::{Disposition, Inbound, IngressEvent};
 use protocols::access::Principal;
 use protocols::deadletter::DeadLetterReason;
 use protocols::hj212::{FrameReader, Packet, Reassembler, data_ack};
+use protocols::time::now_ms;
 use protocols::topic::Topic;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -250,10 +251,6 @@ async fn serve(ingress: Arc<Ingress>, stream: TcpStream, peer: SocketAddr, mut s
         }
     }
     ingress.metrics.open.fetch_sub(1, Relaxed);
-}
-
-fn now_ms() -> i64 {
-    protocols::time::now_ms()
 }
 
 impl Conn {
