@@ -95,6 +95,8 @@ pub const KNOWN_KINDS: &[&str] = &[
     "weather",
     "rain_gauge",
     "flow_meter",
+    "pump",
+    "wet_well",
 ];
 
 #[cfg(test)]

@@ -126,6 +126,10 @@ quantities! {
     PermanganateIndex = 28, "permanganate_index", "mg/L", Number, Some((0.0, 10000.0));
     TotalPhosphorus = 29, "total_phosphorus", "mg/L", Number, Some((0.0, 10000.0));
     TotalNitrogen = 30, "total_nitrogen", "mg/L", Number, Some((0.0, 10000.0));
+    // Pumping stations (drainage and flood pumps, often behind Sparkplug B gateways).
+    PumpRunning = 31, "pump_running", "bool", Bool, None;
+    PumpSpeed = 32, "pump_speed", "%", Number, Some((0.0, 100.0));
+    WaterPressure = 33, "water_pressure", "kPa", Number, Some((-101.325, 100000.0));
 }
 
 /// Why a unit or value could not be brought to the canonical form.
@@ -253,6 +257,10 @@ impl Quantity {
             (AirPressure, "Pa") => Conversion::scale(0.01),
             (AirPressure, "kPa") => Conversion::scale(10.0),
             (WindSpeed, "km/h") => Conversion::scale(1.0 / 3.6),
+            (PumpSpeed, "1") => Conversion::scale(100.0),
+            (WaterPressure, "bar") => Conversion::scale(100.0),
+            (WaterPressure, "MPa") => Conversion::scale(1000.0),
+            (WaterPressure, "Pa") => Conversion::scale(0.001),
             _ => return None,
         };
         Some(c)
@@ -296,7 +304,7 @@ impl Quantity {
 
     /// Whether the quantity can be written to a device (set through desired state).
     pub const fn is_controllable(self) -> bool {
-        matches!(self, Quantity::DimmingLevel)
+        matches!(self, Quantity::DimmingLevel | Quantity::PumpSpeed)
     }
 }
 

@@ -80,7 +80,7 @@ pub fn default_category(quantity: Option<Quantity>) -> &'static str {
         Some(
             WaterLevel | WaterFlow | Rainfall | Turbidity | Ph | DissolvedOxygen | Conductivity
             | WaterTemperature | AmmoniaNitrogen | Cod | PermanganateIndex | TotalPhosphorus
-            | TotalNitrogen,
+            | TotalNitrogen | WaterPressure,
         ) => "Env",
         Some(AirTemperature | RelativeHumidity | WindSpeed | AirPressure) => "Met",
         Some(CoverOpen | TiltAngle) => "Safety",
