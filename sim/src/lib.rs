@@ -31,4 +31,5 @@ pub mod load;
 pub mod modbus_device;
 pub mod node;
 pub mod peripherals;
+pub mod sparkplug_node;
 pub mod world;
