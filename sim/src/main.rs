@@ -24,6 +24,8 @@ enum Command {
     ModbusDevice(sim::modbus_device::Args),
     /// One HJ 212-2017 water-quality station reporting to a platform over TCP.
     Hj212Station(sim::hj212_station::Args),
+    /// One pumping station's controller as a Sparkplug B edge node over MQTT.
+    SparkplugNode(sim::sparkplug_node::Args),
     /// Benchmarks.
     Bench(sim::bench::Args),
 }
@@ -59,6 +61,7 @@ fn main() {
             Command::Fleet(a) => sim::fleet::run(a).await,
             Command::ModbusDevice(a) => sim::modbus_device::run(a).await,
             Command::Hj212Station(a) => sim::hj212_station::main(a).await,
+            Command::SparkplugNode(a) => sim::sparkplug_node::main(a).await,
             Command::Bench(a) => sim::bench::run(a).await,
         }
     });
