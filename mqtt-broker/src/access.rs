@@ -35,7 +35,9 @@ impl AccessPolicy for ContractAccess {
 /// apps with their id or `ID.suffix`.
 pub fn client_id_allowed(principal: &Principal, client_id: &str) -> bool {
     match principal {
-        Principal::Device(id) | Principal::Agent(id) => client_id == id,
+        Principal::Device(id) | Principal::Agent(id) | Principal::SparkplugNode(id) => {
+            client_id == id
+        }
         Principal::App { id, .. } => {
             client_id == id
                 || client_id

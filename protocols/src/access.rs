@@ -17,6 +17,9 @@ pub enum Principal {
     Device(String),
     /// An edge agent speaking for the devices behind it.
     Agent(String),
+    /// A Sparkplug B edge node (an agent registered with `protocol = "sparkplug"`): its id is
+    /// its edge node id, its devices are the Sparkplug devices behind it.
+    SparkplugNode(String),
     /// A consumer app with its grants (filters under `v1/`, already prefixed).
     App {
         /// The app id.
@@ -61,7 +64,7 @@ impl Principal {
     /// The client's id.
     pub fn id(&self) -> &str {
         match self {
-            Principal::Device(id) | Principal::Agent(id) => id,
+            Principal::Device(id) | Principal::Agent(id) | Principal::SparkplugNode(id) => id,
             Principal::App { id, .. } => id,
         }
     }
@@ -71,6 +74,7 @@ impl Principal {
         match self {
             Principal::Device(_) => "device",
             Principal::Agent(_) => "agent",
+            Principal::SparkplugNode(_) => "edge node",
             Principal::App { .. } => "app",
         }
     }
@@ -85,6 +89,9 @@ impl Principal {
 
     /// Whether the client may publish on `topic`.
     pub fn may_publish(&self, topic: &str) -> Result<(), Denied> {
+        if let Principal::SparkplugNode(id) = self {
+            return sparkplug_may_publish(id, topic);
+        }
         let parsed = Topic::parse(topic).map_err(|_| Denied::UnknownTopic)?;
         let own = |owner: &str| {
             if owner == self.id() {
@@ -138,6 +145,20 @@ impl Principal {
                     Err(Denied::NotOwn)
                 }
             }
+            Principal::SparkplugNode(id) => {
+                // Commands to itself and its devices, and host applications' state (an edge
+                // node may wait for its primary host to be online).
+                let own = [
+                    format!("{SPARKPLUG}/+/NCMD/{id}/#"),
+                    format!("{SPARKPLUG}/+/DCMD/{id}/#"),
+                    format!("{SPARKPLUG}/STATE/+"),
+                ];
+                if own.iter().any(|o| filter_within(filter, o)) {
+                    Ok(())
+                } else {
+                    Err(Denied::NotOwn)
+                }
+            }
             Principal::App { grants, .. } => {
                 if grants.iter().any(|g| filter_within(filter, g)) {
                     Ok(())
@@ -146,6 +167,26 @@ impl Principal {
                 }
             }
         }
+    }
+}
+
+/// The Sparkplug B namespace (the first topic level).
+const SPARKPLUG: &str = "spBv1.0";
+
+/// An edge node publishes its own births, deaths and data, in any group, and nothing else: not
+/// another node's, not commands, not host state.
+fn sparkplug_may_publish(id: &str, topic: &str) -> Result<(), Denied> {
+    use crate::sparkplug::{MessageType, Topic as SpTopic};
+    match SpTopic::parse(topic) {
+        Ok(SpTopic::Edge(t)) => match t.kind {
+            MessageType::NCmd | MessageType::DCmd => {
+                Err(Denied::WrongDirection { role: "edge node" })
+            }
+            _ if t.node == id => Ok(()),
+            _ => Err(Denied::NotOwn),
+        },
+        Ok(SpTopic::HostState { .. }) => Err(Denied::WrongDirection { role: "edge node" }),
+        Err(_) => Err(Denied::UnknownTopic),
     }
 }
 
@@ -212,6 +253,65 @@ mod tests {
         assert_eq!(a.may_subscribe("v1/agents/AG-1/cmd"), Ok(()));
         assert_eq!(a.may_subscribe("v1/agents/AG-1/ack"), Ok(()));
         assert_eq!(a.may_subscribe("v1/agents/AG-1/#"), Err(Denied::NotOwn));
+    }
+
+    #[test]
+    fn sparkplug_node_owns_only_its_node() {
+        let n = Principal::SparkplugNode("PS-EN01".to_string());
+        for t in ["NBIRTH", "NDEATH", "NDATA"] {
+            assert_eq!(
+                n.may_publish(&format!("spBv1.0/District/{t}/PS-EN01")),
+                Ok(())
+            );
+            assert_eq!(
+                n.may_publish(&format!("spBv1.0/District/{t}/PS-EN02")),
+                Err(Denied::NotOwn)
+            );
+        }
+        for t in ["DBIRTH", "DDEATH", "DDATA"] {
+            assert_eq!(
+                n.may_publish(&format!("spBv1.0/Other/{t}/PS-EN01/PS-P01")),
+                Ok(())
+            );
+            assert_eq!(
+                n.may_publish(&format!("spBv1.0/District/{t}/PS-EN02/PS-P01")),
+                Err(Denied::NotOwn)
+            );
+        }
+        let wrong = Err(Denied::WrongDirection { role: "edge node" });
+        assert_eq!(n.may_publish("spBv1.0/District/NCMD/PS-EN01"), wrong);
+        assert_eq!(n.may_publish("spBv1.0/District/DCMD/PS-EN01/PS-P01"), wrong);
+        assert_eq!(n.may_publish("spBv1.0/STATE/hub"), wrong);
+        // Not the platform's own topics, nor broken Sparkplug ones.
+        assert_eq!(
+            n.may_publish("v1/agents/PS-EN01/batch"),
+            Err(Denied::UnknownTopic)
+        );
+        assert_eq!(
+            n.may_publish("spBv1.0/District/DDATA/PS-EN01"),
+            Err(Denied::UnknownTopic)
+        );
+        assert_eq!(
+            n.may_publish("spBv1.0/District/NDATA/+"),
+            Err(Denied::UnknownTopic)
+        );
+        assert_eq!(n.may_subscribe("spBv1.0/District/NCMD/PS-EN01"), Ok(()));
+        assert_eq!(n.may_subscribe("spBv1.0/District/DCMD/PS-EN01/#"), Ok(()));
+        assert_eq!(n.may_subscribe("spBv1.0/+/DCMD/PS-EN01/PS-P01"), Ok(()));
+        assert_eq!(n.may_subscribe("spBv1.0/STATE/hub"), Ok(()));
+        assert_eq!(
+            n.may_subscribe("spBv1.0/District/NCMD/PS-EN02"),
+            Err(Denied::NotOwn)
+        );
+        assert_eq!(
+            n.may_subscribe("spBv1.0/District/DDATA/PS-EN01/#"),
+            Err(Denied::NotOwn)
+        );
+        assert_eq!(n.may_subscribe("spBv1.0/#"), Err(Denied::NotOwn));
+        assert_eq!(
+            n.may_subscribe("v1/agents/PS-EN01/cmd"),
+            Err(Denied::NotOwn)
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum DeadLetterReason {
     BadSeq,
     /// A snapshot that is not a whole baseline JPEG.
     BadSnapshot,
+    /// A Sparkplug B message whose topic or protobuf payload cannot be read, or a birth
+    /// certificate that cannot be accepted.
+    BadSparkplug,
     /// Telemetry `ts` that is neither epoch milliseconds nor RFC 3339.
     BadTimestamp,
     /// A desired value of the wrong type or impossible.
@@ -60,6 +63,10 @@ pub enum DeadLetterReason {
     NotObjectOrArray,
     /// A desired value outside the range the device's profile allows.
     OutOfRange,
+    /// Sparkplug B data the hub cannot interpret because the edge node's session and the
+    /// hub's view of it differ (data before a birth, a `seq` gap, an unknown alias); a rebirth
+    /// was requested.
+    OutOfSession,
     /// Desired state that could not be made durable.
     PersistFailed,
     /// A publish the ingress refused (authorization); the ingress's text is the detail.
@@ -92,7 +99,7 @@ pub enum DeadLetterReason {
 
 impl DeadLetterReason {
     /// Every reason, in the order of their labels (the order of `/metrics`).
-    pub const ALL: [DeadLetterReason; 39] = [
+    pub const ALL: [DeadLetterReason; 41] = [
         DeadLetterReason::AgentMismatch,
         DeadLetterReason::BadCommandResult,
         DeadLetterReason::BadCredentials,
@@ -103,6 +110,7 @@ impl DeadLetterReason {
         DeadLetterReason::BadHealth,
         DeadLetterReason::BadSeq,
         DeadLetterReason::BadSnapshot,
+        DeadLetterReason::BadSparkplug,
         DeadLetterReason::BadTimestamp,
         DeadLetterReason::BadValue,
         DeadLetterReason::DeviceNotOfAgent,
@@ -118,6 +126,7 @@ impl DeadLetterReason {
         DeadLetterReason::NotJson,
         DeadLetterReason::NotObjectOrArray,
         DeadLetterReason::OutOfRange,
+        DeadLetterReason::OutOfSession,
         DeadLetterReason::PersistFailed,
         DeadLetterReason::Refused,
         DeadLetterReason::SampleNotObject,
@@ -147,6 +156,7 @@ impl DeadLetterReason {
             DeadLetterReason::BadHealth => "bad_health",
             DeadLetterReason::BadSeq => "bad_seq",
             DeadLetterReason::BadSnapshot => "bad_snapshot",
+            DeadLetterReason::BadSparkplug => "bad_sparkplug",
             DeadLetterReason::BadTimestamp => "bad_timestamp",
             DeadLetterReason::BadValue => "bad_value",
             DeadLetterReason::DeviceNotOfAgent => "device_not_of_agent",
@@ -162,6 +172,7 @@ impl DeadLetterReason {
             DeadLetterReason::NotJson => "not_json",
             DeadLetterReason::NotObjectOrArray => "not_object_or_array",
             DeadLetterReason::OutOfRange => "out_of_range",
+            DeadLetterReason::OutOfSession => "out_of_session",
             DeadLetterReason::PersistFailed => "persist_failed",
             DeadLetterReason::Refused => "refused",
             DeadLetterReason::SampleNotObject => "sample_not_object",

@@ -201,7 +201,8 @@ pub struct Conversion {
 }
 
 impl Conversion {
-    const IDENTITY: Conversion = Conversion {
+    /// No change: the unit is the canonical one.
+    pub const IDENTITY: Conversion = Conversion {
         factor: 1.0,
         offset: 0.0,
     };
