@@ -167,7 +167,7 @@ fn verify_argon2(phc: &str, password: &[u8]) -> bool {
 pub fn client_id_allowed(principal: &Principal, client_id: &str) -> bool {
     let id = principal.id();
     match principal {
-        Principal::Device(_) | Principal::Agent(_) => client_id == id,
+        Principal::Device(_) | Principal::Agent(_) | Principal::SparkplugNode(_) => client_id == id,
         Principal::App { .. } => {
             client_id == id
                 || client_id

@@ -33,6 +33,7 @@ pub mod registry;
 pub mod rules;
 pub mod server;
 pub mod shutdown;
+pub mod sparkplug;
 pub mod twin;
 pub mod video;
 
@@ -59,6 +60,7 @@ use crate::pipeline::{Pipeline, PipelineOptions, Stages};
 use crate::registry::Registry;
 use crate::rules::Rules;
 use crate::shutdown::{Shutdown, Signal};
+use crate::sparkplug::Sparkplug;
 use crate::twin::controls::Controls;
 use crate::twin::{CommandSettings, Twins};
 use mqtt_broker::ingress::{IngressEvent, Publisher};
@@ -214,6 +216,10 @@ impl<S: SeriesStore> Hub<S> {
                 Vec::new()
             }
         };
+        let sparkplug = Arc::new(Sparkplug::new(&config, outlet.clone()));
+        metrics_registry.register_collector(Box::new(sparkplug::SparkplugCollector(
+            sparkplug.metrics().clone(),
+        )));
         let twins = Arc::new(
             Twins::open(
                 registry.clone(),
@@ -228,7 +234,8 @@ impl<S: SeriesStore> Hub<S> {
                     retry: config.hub.command_retry.0,
                     timeout: config.hub.command_timeout.0,
                 },
-            ),
+            )
+            .with_sparkplug(sparkplug.clone()),
         );
         let started = protocols::time::now_ms();
         let alerts = Arc::new(AlertBook::open(
@@ -296,6 +303,7 @@ impl<S: SeriesStore> Hub<S> {
                 Normalizer::new(config.hub.max_clock_skew.0),
                 dead_letters.clone(),
                 metrics.clone(),
+                sparkplug,
             ),
             control: ControlStage::new(status, twins.clone(), dead_letters),
             commit: Committer {

@@ -40,12 +40,14 @@ pub enum TopicKind {
     CmdResult,
     /// `v1/status/{id}` (will messages).
     Status,
+    /// `spBv1.0/...` from a Sparkplug B edge node.
+    Sparkplug,
     /// Anything else.
     Other,
 }
 
 impl TopicKind {
-    const ALL: [TopicKind; 9] = [
+    const ALL: [TopicKind; 10] = [
         TopicKind::Batch,
         TopicKind::Telemetry,
         TopicKind::Health,
@@ -54,6 +56,7 @@ impl TopicKind {
         TopicKind::Desired,
         TopicKind::CmdResult,
         TopicKind::Status,
+        TopicKind::Sparkplug,
         TopicKind::Other,
     ];
 
@@ -67,6 +70,7 @@ impl TopicKind {
             TopicKind::Desired => "desired",
             TopicKind::CmdResult => "cmd_result",
             TopicKind::Status => "status",
+            TopicKind::Sparkplug => "sparkplug",
             TopicKind::Other => "other",
         }
     }
@@ -146,7 +150,7 @@ impl Default for ReasonCounters {
 /// Every metric of the hub core.
 #[derive(Default)]
 pub struct Metrics {
-    messages_in: [AtomicU64; 9],
+    messages_in: [AtomicU64; TopicKind::ALL.len()],
     /// Readings durably stored.
     pub readings_stored: AtomicU64,
     /// Agent messages that were redeliveries (re-acked, not stored again).

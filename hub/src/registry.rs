@@ -11,7 +11,7 @@ use protocols::access::{Principal, grant_filter};
 use protocols::messages::Location;
 use protocols::topic::Topic;
 
-use crate::config::{DeviceConfig, HubConfig};
+use crate::config::{AgentProtocol, DeviceConfig, HubConfig};
 
 /// Dense index of a device in the registry.
 pub type DeviceIdx = u32;
@@ -96,6 +96,8 @@ pub struct Agent {
     pub devices: Vec<DeviceIdx>,
     /// The shared principal handed to its connections.
     pub principal: Arc<Principal>,
+    /// What it speaks (the platform's agent messages, or Sparkplug B).
+    pub protocol: AgentProtocol,
     /// `v1/agents/{id}/ack`.
     pub ack_topic: Arc<str>,
     /// `v1/status/{id}`.
@@ -156,7 +158,11 @@ impl Registry {
                 idx: i as AgentIdx,
                 secret: Secret::from_config(a.secret.as_deref(), a.secret_hash.as_deref()),
                 devices: Vec::new(),
-                principal: Arc::new(Principal::Agent(a.id.clone())),
+                principal: Arc::new(match a.protocol {
+                    AgentProtocol::Native => Principal::Agent(a.id.clone()),
+                    AgentProtocol::Sparkplug => Principal::SparkplugNode(a.id.clone()),
+                }),
+                protocol: a.protocol,
                 ack_topic: Topic::AgentAck(&a.id).to_string().into(),
                 status_topic: Topic::Status(&a.id).to_string().into(),
                 cmd_topic: Topic::AgentCmd(&a.id).to_string().into(),

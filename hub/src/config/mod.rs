@@ -16,6 +16,9 @@ use protocols::id::{validate_id, validate_kind};
 use protocols::topic::AlertLevel;
 use serde::{Deserialize, Serialize};
 
+pub mod sparkplug;
+pub use sparkplug::{AgentProtocol, SparkplugMetricConfig};
+
 /// The whole hub.toml.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +41,9 @@ pub struct HubConfig {
     /// The HJ 212-2017 listener for environmental monitoring stations.
     #[serde(default)]
     pub hj212: Hj212Settings,
+    /// Sparkplug B metric names and the quantities they measure.
+    #[serde(default)]
+    pub sparkplug_metrics: Vec<SparkplugMetricConfig>,
     /// The file this configuration was loaded from (rules are reloaded from it).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -417,6 +423,9 @@ pub struct AgentConfig {
     /// Owning department.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dept: Option<String>,
+    /// What it speaks: the platform's own agent messages, or Sparkplug B as an edge node.
+    #[serde(default, skip_serializing_if = "AgentProtocol::is_native")]
+    pub protocol: AgentProtocol,
 }
 
 /// An `[[apps]]` entry.
@@ -750,7 +759,7 @@ impl HubConfig {
             }
             r.validate(&key, self)?;
         }
-        Ok(())
+        sparkplug::validate(self)
     }
 
     /// The device with this id.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::deadletter::{DeadLetters, Source};
 use super::decode::Control;
 use super::status::StatusBoard;
+use crate::registry::{AgentIdx, DeviceIdx};
 use crate::twin::Twins;
 use mqtt_broker::ingress::{Disposition, Inbound};
 use protocols::deadletter::DeadLetterReason as Reason;
@@ -30,6 +31,11 @@ impl ControlStage {
             twins,
             dead_letters,
         }
+    }
+
+    /// Sets devices of a Sparkplug edge node online or offline, as its births and deaths say.
+    pub fn presence(&self, agent: AgentIdx, changes: &[(DeviceIdx, bool)], at_ms: i64) {
+        self.status.presence(agent, changes, at_ms);
     }
 
     /// Applies one control message and completes its `done` (for desired state, once it is

@@ -9,9 +9,9 @@
 //! Each stage is a type that holds only what it uses, so what a stage can touch is visible in
 //! its fields:
 //! - [`route::Router`]: the status board (connections), the dead letters (refusals);
-//! - [`decode::Decoder`]: the registry, the normalizer, the dead letters. It changes no state
-//!   and returns typed results ([`decode::Decoded`]): a [`Prepared`] write, a parsed
-//!   [`decode::Control`] message, or nothing more to do;
+//! - [`decode::Decoder`]: the registry, the normalizer, the dead letters, the Sparkplug B
+//!   sessions. It returns typed results ([`decode::Decoded`]): a [`Prepared`] write, a parsed
+//!   [`decode::Control`] message, a [`decode::Presence`] change, or nothing more to do;
 //! - [`control::ControlStage`]: the status board and the twins; the decode workers call it
 //!   inline;
 //! - [`commit::Committer`]: the store, the video archive, the twins, the rules, the outlet.
@@ -191,6 +191,17 @@ async fn decode_worker(
                 }
             }
             Decoded::Control(c) => control.apply(*c),
+            Decoded::Presence(p) => {
+                let p = *p;
+                control.presence(p.agent, &p.changes, p.at_ms);
+                if let Some(w) = p.then {
+                    metrics.store_queue.sent.fetch_add(1, Relaxed);
+                    if output.send(*w).await.is_err() {
+                        tracing::error!("commit stage is gone; stopping a decode worker");
+                        return;
+                    }
+                }
+            }
             Decoded::Handled => {}
         }
     }

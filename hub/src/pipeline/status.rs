@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use protocols::access::Principal;
 use protocols::messages::{Health, STATUS_OFFLINE, STATUS_ONLINE};
 
+use crate::config::AgentProtocol;
 use crate::outbound::Outlet;
 use crate::registry::{AgentIdx, DeviceIdx, Identity, Registry};
 use crate::twin::Twins;
@@ -54,7 +55,9 @@ impl StatusBoard {
     fn identity(&self, p: &Principal) -> Option<Identity> {
         match (p, self.registry.identity(p.id())?) {
             (Principal::Device(_), i @ Identity::Device(_))
-            | (Principal::Agent(_), i @ Identity::Agent(_)) => Some(i),
+            | (Principal::Agent(_) | Principal::SparkplugNode(_), i @ Identity::Agent(_)) => {
+                Some(i)
+            }
             _ => None,
         }
     }
@@ -126,13 +129,36 @@ impl StatusBoard {
         Ok(foreign)
     }
 
+    /// Devices of a Sparkplug edge node that its births and deaths took online or offline
+    /// (`true`: online). Devices of other agents are ignored.
+    pub fn presence(&self, agent: AgentIdx, changes: &[(DeviceIdx, bool)], now_ms: i64) {
+        {
+            let mut b = self.board.lock();
+            for (d, online) in changes {
+                if self.registry.device(*d).agent == Some(agent) {
+                    b.reported_down.insert(*d, !online);
+                }
+            }
+        }
+        for (d, _) in changes {
+            self.refresh_device(*d, now_ms);
+        }
+    }
+
     fn device_online(&self, device: DeviceIdx) -> bool {
         let d = self.registry.device(device);
         let b = self.board.lock();
         match d.agent {
             Some(a) => {
+                // A Sparkplug device is online only between its DBIRTH and its death; an
+                // agent's device unless its health says otherwise.
+                let down_until_told = self.registry.agent(a).protocol == AgentProtocol::Sparkplug;
                 b.connections.contains_key(&Identity::Agent(a))
-                    && !b.reported_down.get(&device).copied().unwrap_or(false)
+                    && !b
+                        .reported_down
+                        .get(&device)
+                        .copied()
+                        .unwrap_or(down_until_told)
             }
             None => b.connections.contains_key(&Identity::Device(device)),
         }
@@ -154,7 +180,17 @@ impl StatusBoard {
             Identity::Device(d) => self.refresh_device(d, now_ms),
             Identity::Agent(a) => {
                 let agent = self.registry.agent(a);
-                let online = self.board.lock().connections.contains_key(&id);
+                let online = {
+                    let mut b = self.board.lock();
+                    let online = b.connections.contains_key(&id);
+                    if !online && agent.protocol == AgentProtocol::Sparkplug {
+                        // A new session starts with births: nothing of the old one stands.
+                        for d in &agent.devices {
+                            b.reported_down.remove(d);
+                        }
+                    }
+                    online
+                };
                 self.outlet
                     .publish(&agent.status_topic, status(online), true);
                 for d in &agent.devices {

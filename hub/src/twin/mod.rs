@@ -39,10 +39,12 @@ use protocols::messages::{
 use protocols::time::Rfc3339;
 use protocols::{Quality, Quantity, Value};
 
+use crate::config::AgentProtocol;
 use crate::feeds::NormValue;
 use crate::metrics::Metrics;
 use crate::outbound::Outlet;
 use crate::registry::{DeviceIdx, Registry};
+use crate::sparkplug::Sparkplug;
 use controls::{ControlError, Controls};
 use persist::{DesiredRecord, Loaded, PersistError, TwinStore};
 use series_store::Point;
@@ -305,6 +307,8 @@ pub struct Twins {
     command_metrics: Arc<CommandMetrics>,
     /// Documents to publish in the next twin round.
     stale: stale::Stale,
+    /// Where commands to devices of Sparkplug edge nodes go (as DCMD).
+    sparkplug: Option<Arc<Sparkplug>>,
 }
 
 impl Twins {
@@ -370,7 +374,14 @@ impl Twins {
             controls: Controls::default(),
             settings: CommandSettings::default(),
             command_metrics: Arc::default(),
+            sparkplug: None,
         })
+    }
+
+    /// Sends commands to devices of Sparkplug edge nodes through `sparkplug` (DCMD).
+    pub fn with_sparkplug(mut self, sparkplug: Arc<Sparkplug>) -> Twins {
+        self.sparkplug = Some(sparkplug);
+        self
     }
 
     /// Uses the devices' profiles for range checks and these retry and timeout settings.
@@ -676,6 +687,25 @@ impl Twins {
 
     fn send_set(&self, device: DeviceIdx, id: &str, values: &[(Quantity, Value)]) {
         let d = self.registry.device(device);
+        if let (Some(a), Some(sp)) = (d.agent, &self.sparkplug) {
+            let agent = self.registry.agent(a);
+            if agent.protocol == AgentProtocol::Sparkplug {
+                // Sparkplug has no command ids or results: the device's data closes the
+                // command when it reports the value; until then it is sent again.
+                match sp.write(
+                    &agent.id,
+                    &d.id,
+                    values,
+                    protocols::time::now_ms().max(0) as u64,
+                ) {
+                    Ok(()) => {
+                        self.metrics.commands_sent.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => tracing::info!(device = %d.id, command = id, "DCMD not sent: {e}"),
+                }
+                return;
+            }
+        }
         let mut args = serde_json::Map::new();
         for (q, v) in values {
             let json = match serde_json::to_value(Scalar::from_value(*q, *v)) {

@@ -373,6 +373,7 @@ pub fn hub_config(
             secret: Some(secrets.get(&a.id).to_string()),
             secret_hash: None,
             dept: Some(a.dept.to_string()),
+            ..AgentConfig::default()
         })
         .collect();
     let apps = vec![
@@ -422,6 +423,7 @@ pub fn hub_config(
             listen: listen.hj212.clone(),
             ..Hj212Settings::default()
         },
+        sparkplug_metrics: Vec::new(),
         source: None,
     }
 }

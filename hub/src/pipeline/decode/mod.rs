@@ -1,17 +1,21 @@
 //! Decode, validate and normalize: the first stage, run by a few parallel workers.
 //!
 //! [`Decoder`] holds only what it reads (the registry, the normalizer) and where it sends what
-//! it cannot accept (the dead letters, the counters): it changes no state of the hub. Each
-//! inbound message becomes one [`Decoded`]:
+//! it cannot accept (the dead letters, the counters): it changes no state of the hub, except
+//! the Sparkplug B sessions, which are the framing of that protocol (births define what later
+//! messages mean). Each inbound message becomes one [`Decoded`]:
 //! - a [`Prepared`] write for the commit stage (readings, camera events and snapshots): every
 //!   part that cannot be accepted goes to the dead letters with its reason, the rest is kept;
 //! - a parsed [`Control`] message (health, desired state, command result) for the control
 //!   stage, which applies it to the status board and the twins;
+//! - devices a Sparkplug birth or death took online or offline ([`Presence`]), perhaps with a
+//!   write;
 //! - or nothing more to do (rejected, or a status message), `done` already completed.
 //!
-//! Camera events and snapshots are decoded in [`camera`].
+//! Camera events and snapshots are decoded in [`camera`], Sparkplug B in [`sparkplug`].
 
 pub mod camera;
+pub mod sparkplug;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +38,7 @@ use crate::feeds::{NormValue, canonical_order, write_feed};
 use crate::metrics::{Metrics, TopicKind};
 use crate::normalize::Normalizer;
 use crate::registry::{AgentIdx, Device, DeviceIdx, Registry};
+use crate::sparkplug::Sparkplug;
 use mqtt_broker::ingress::{Disposition, Inbound};
 use protocols::deadletter::DeadLetterReason as Reason;
 use series_store::{Origin, Point, SeriesId, WriteBatch};
@@ -89,6 +94,16 @@ impl<'a> Builder<'a> {
 
     /// Adds one timestamp group of a device; `scratch.sample` holds its values.
     fn push_group(&mut self, device: &Device, ts_ms: i64, seq: Option<u64>) {
+        self.push(device, ts_ms, seq, true);
+    }
+
+    /// Adds values of a device to the store's write only: history, which neither updates the
+    /// twin nor reaches rules and feeds (Sparkplug `is_historical`).
+    fn push_history(&mut self, device: &Device, ts_ms: i64) {
+        self.push(device, ts_ms, None, false);
+    }
+
+    fn push(&mut self, device: &Device, ts_ms: i64, seq: Option<u64>, live: bool) {
         let mut sample = std::mem::take(&mut self.scratch.sample);
         if sample.is_empty() {
             self.scratch.sample = sample;
@@ -123,6 +138,11 @@ impl<'a> Builder<'a> {
             }
         }
         self.readings += sample.len();
+        if !live {
+            sample.clear();
+            self.scratch.sample = sample;
+            return;
+        }
         let feed_from = self.scratch.feed.len();
         write_feed(&mut self.scratch.feed, device, ts_ms, seq, &sample);
         let values_from = self.values.len();
@@ -159,8 +179,23 @@ pub enum Decoded {
     /// A control message for the control stage, which completes its `done` (boxed: control
     /// messages are rare, and a large variant would make every write's result large).
     Control(Box<Control>),
+    /// Devices a Sparkplug B birth or death took online or offline, for the status board,
+    /// then perhaps a write (a birth's values).
+    Presence(Box<Presence>),
     /// Nothing more to do (rejected, or nothing to store); `done` already completed.
     Handled,
+}
+
+/// Devices of one agent that came online or went offline, and what to store after.
+pub struct Presence {
+    /// The agent (a Sparkplug edge node).
+    pub agent: AgentIdx,
+    /// Each device and whether it is online now.
+    pub changes: Vec<(DeviceIdx, bool)>,
+    /// When (hub time).
+    pub at_ms: i64,
+    /// The write that follows (a birth's values), if any.
+    pub then: Option<Box<Prepared>>,
 }
 
 /// A parsed control message: it changes state (status board, twins) and is never stored.
@@ -202,21 +237,25 @@ pub struct Decoder {
     normalizer: Normalizer,
     dead_letters: DeadLetters,
     metrics: Arc<Metrics>,
+    sparkplug: Arc<Sparkplug>,
 }
 
 impl Decoder {
-    /// A decoder over the registry's devices and agents.
+    /// A decoder over the registry's devices and agents; Sparkplug B messages go through the
+    /// edge node sessions of `sparkplug`.
     pub fn new(
         registry: Arc<Registry>,
         normalizer: Normalizer,
         dead_letters: DeadLetters,
         metrics: Arc<Metrics>,
+        sparkplug: Arc<Sparkplug>,
     ) -> Decoder {
         Decoder {
             registry,
             normalizer,
             dead_letters,
             metrics,
+            sparkplug,
         }
     }
 
@@ -228,6 +267,12 @@ impl Decoder {
     /// Decodes, validates and normalizes one message.
     pub fn decode(&self, mut msg: Inbound, scratch: &mut Scratch) -> Decoded {
         let topic_text = std::mem::take(&mut msg.topic);
+        if let Principal::SparkplugNode(_) = &*msg.principal
+            && topic_text.starts_with(sparkplug::NAMESPACE_PREFIX)
+        {
+            self.metrics.message_in(TopicKind::Sparkplug);
+            return sparkplug::message(self, msg, &topic_text, scratch);
+        }
         let topic = match Topic::parse(&topic_text) {
             Ok(t) => t,
             Err(e) => {

@@ -18,6 +18,7 @@ use crate::normalize::Normalizer;
 use crate::outbound::Outlet;
 use crate::pipeline::deadletter::{DeadLetters, MAX_PER_MESSAGE};
 use crate::registry::Registry;
+use crate::sparkplug::Sparkplug;
 use crate::video::Work;
 use mqtt_broker::ingress::{Disposition, Inbound, Outbound, Publisher};
 use protocols::deadletter::DeadLetterReason as Reason;
@@ -56,6 +57,33 @@ secret = "ag-secret-2"
 id = "ops"
 secret = "ops-secret-1"
 grants = ["twin/#"]
+
+[[agents]]
+id = "PS-EN01"
+secret = "ps-secret-1"
+protocol = "sparkplug"
+
+[[devices]]
+id = "PS-P01"
+kind = "pump"
+agent = "PS-EN01"
+
+[[sparkplug_metrics]]
+name = "Pump/Speed"
+quantity = "pump_speed"
+
+[[sparkplug_metrics]]
+name = "Pump/Flow"
+quantity = "water_flow"
+unit = "m3/h"
+
+[[sparkplug_metrics]]
+name = "Pump/Running"
+quantity = "pump_running"
+
+[[sparkplug_metrics]]
+name = "Station/Level"
+quantity = "water_level"
 "#;
 
 /// Hub time of every test message: device times within the skew are kept.
@@ -85,12 +113,14 @@ impl Fixture {
         let sent = Arc::new(Sent::default());
         let metrics = Arc::new(Metrics::default());
         let dead_letters = DeadLetters::new(Outlet::new(sent.clone()), metrics.clone());
+        let sparkplug = Arc::new(Sparkplug::new(&config, Outlet::new(sent.clone())));
         Fixture {
             decoder: Decoder::new(
                 registry,
                 Normalizer::new(Duration::from_secs(300)),
                 dead_letters,
                 metrics.clone(),
+                sparkplug,
             ),
             sent,
             metrics,
@@ -181,6 +211,7 @@ fn write(d: Decoded) -> Box<crate::pipeline::Prepared> {
     match d {
         Decoded::Write(p) => p,
         Decoded::Control(c) => panic!("expected a write, got {c:?}"),
+        Decoded::Presence(_) => panic!("expected a write, got presence"),
         Decoded::Handled => panic!("expected a write, got handled"),
     }
 }
@@ -189,6 +220,7 @@ fn control(d: Decoded) -> Control {
     match d {
         Decoded::Control(c) => *c,
         Decoded::Write(_) => panic!("expected a control message, got a write"),
+        Decoded::Presence(_) => panic!("expected a control message, got presence"),
         Decoded::Handled => panic!("expected a control message, got handled"),
     }
 }
@@ -605,4 +637,311 @@ fn status_messages_of_the_sender_are_accepted_and_dropped() {
     assert!(matches!(d, Decoded::Handled));
     assert_eq!(disposition(done), Some(Disposition::Accepted));
     assert!(f.dead_letters().is_empty());
+}
+
+mod sparkplug {
+    //! Sparkplug B through the decode stage: sessions, mapping, presence, refusals.
+
+    use super::*;
+    use protocols::sparkplug::{self as sp, DataType, Metric, MetricValue, Payload};
+
+    const NODE: &str = "PS-EN01";
+    const T: u64 = (NOW - 2_000) as u64;
+
+    fn node() -> Principal {
+        Principal::SparkplugNode(NODE.to_string())
+    }
+
+    fn m(name: &str, alias: u64, t: DataType, v: MetricValue) -> Metric {
+        Metric::new(t, &v).unwrap().named(name).aliased(alias).at(T)
+    }
+
+    fn by_alias(alias: u64, t: DataType, v: MetricValue) -> Metric {
+        Metric::new(t, &v)
+            .unwrap()
+            .aliased(alias)
+            .without_datatype()
+            .at(T)
+    }
+
+    fn payload(seq: u64, metrics: Vec<Metric>) -> Vec<u8> {
+        sp::encode(&Payload {
+            timestamp: Some(T),
+            seq: Some(seq),
+            metrics,
+            ..Default::default()
+        })
+    }
+
+    fn nbirth(bd_seq: i64) -> Vec<u8> {
+        payload(
+            0,
+            vec![
+                Metric::new(DataType::Int64, &MetricValue::Int(bd_seq))
+                    .unwrap()
+                    .named("bdSeq"),
+                m(
+                    "Node Control/Rebirth",
+                    1,
+                    DataType::Boolean,
+                    MetricValue::Bool(false),
+                ),
+            ],
+        )
+    }
+
+    /// A pump's birth; aliases from `base` (unique across the node's devices).
+    fn dbirth(seq: u64, base: u64) -> Vec<u8> {
+        payload(
+            seq,
+            vec![
+                m(
+                    "Pump/Speed",
+                    base,
+                    DataType::Float,
+                    MetricValue::Float(40.0),
+                ),
+                m(
+                    "Pump/Flow",
+                    base + 1,
+                    DataType::Float,
+                    MetricValue::Float(360.0),
+                ),
+                m(
+                    "Pump/Running",
+                    base + 2,
+                    DataType::Boolean,
+                    MetricValue::Bool(true),
+                ),
+                m(
+                    "Pump/Vibration",
+                    base + 3,
+                    DataType::Double,
+                    MetricValue::Double(0.2),
+                ),
+            ],
+        )
+    }
+
+    fn topic(kind: &str, device: Option<&str>) -> String {
+        match device {
+            Some(d) => format!("spBv1.0/District/{kind}/{NODE}/{d}"),
+            None => format!("spBv1.0/District/{kind}/{NODE}"),
+        }
+    }
+
+    fn presence(d: Decoded) -> super::super::Presence {
+        match d {
+            Decoded::Presence(p) => *p,
+            Decoded::Write(_) => panic!("expected presence, got a write"),
+            Decoded::Control(c) => panic!("expected presence, got {c:?}"),
+            Decoded::Handled => panic!("expected presence, got handled"),
+        }
+    }
+
+    /// A fixture with the node and its pump born (NBIRTH seq 0, DBIRTH seq 1).
+    fn born() -> Fixture {
+        let mut f = Fixture::new();
+        let (d, rx) = f.decode(node(), &topic("NBIRTH", None), nbirth(7));
+        let p = presence(d);
+        assert!(p.changes.is_empty() && p.then.is_none());
+        assert_eq!(disposition(rx), Some(Disposition::Accepted));
+        let (d, _) = f.decode(node(), &topic("DBIRTH", Some("PS-P01")), dbirth(1, 10));
+        let p = presence(d);
+        assert_eq!(p.changes, vec![(4, true)]);
+        let w = p.then.expect("the birth's values");
+        // Speed, flow (360 m3/h = 0.1 m3/s) and running; the vibration has no mapping.
+        assert_eq!(w.readings, 3);
+        let flow = w.values.iter().find(|v| v.quantity == Quantity::WaterFlow);
+        assert_eq!(flow.map(|v| v.value), Some(Value::Number(0.1)));
+        assert_eq!(w.groups.len(), 1);
+        assert!(f.dead_letters().is_empty());
+        f
+    }
+
+    #[test]
+    fn births_take_the_device_online_and_data_by_alias_is_stored() {
+        let mut f = born();
+        let (d, _) = f.decode(
+            node(),
+            &topic("DDATA", Some("PS-P01")),
+            payload(
+                2,
+                vec![by_alias(10, DataType::Float, MetricValue::Float(55.0))],
+            ),
+        );
+        let w = write(d);
+        assert_eq!(w.readings, 1);
+        assert_eq!(w.values[0].quantity, Quantity::PumpSpeed);
+        assert_eq!(w.values[0].value, Value::Number(55.0));
+        assert_eq!(w.groups[0].ts_ms, T as i64);
+        assert!(f.dead_letters().is_empty());
+    }
+
+    #[test]
+    fn a_sequence_gap_asks_for_a_rebirth_once_and_data_waits_for_it() {
+        let mut f = born();
+        let data = |seq| {
+            payload(
+                seq,
+                vec![by_alias(10, DataType::Float, MetricValue::Float(50.0))],
+            )
+        };
+        let (d, rx) = f.decode(node(), &topic("DDATA", Some("PS-P01")), data(5));
+        assert!(matches!(d, Decoded::Handled));
+        assert!(matches!(disposition(rx), Some(Disposition::Rejected(_))));
+        let (d, _) = f.decode(node(), &topic("DDATA", Some("PS-P01")), data(6));
+        assert!(matches!(d, Decoded::Handled));
+        let sent = f.sent.0.lock().clone();
+        let ncmd: Vec<_> = sent
+            .iter()
+            .filter(|o| o.topic == "spBv1.0/District/NCMD/PS-EN01")
+            .collect();
+        assert_eq!(ncmd.len(), 1, "one rebirth request within the interval");
+        let req = sp::decode(&ncmd[0].payload).unwrap();
+        assert_eq!(req.metrics[0].name.as_deref(), Some("Node Control/Rebirth"));
+        let reasons: Vec<_> = f
+            .dead_letters_except_commands()
+            .into_iter()
+            .map(|(_, d)| d.reason)
+            .collect();
+        assert_eq!(reasons.len(), 2);
+        assert!(reasons.iter().all(|r| r.starts_with("out_of_session")));
+        // The rebirth restores the session.
+        let (d, _) = f.decode(node(), &topic("NBIRTH", None), nbirth(7));
+        presence(d);
+        let (d, _) = f.decode(node(), &topic("DBIRTH", Some("PS-P01")), dbirth(1, 10));
+        assert!(presence(d).then.is_some());
+    }
+
+    #[test]
+    fn history_is_stored_without_twin_rules_or_feeds() {
+        let mut f = born();
+        let old = T - 3_600_000;
+        let (d, _) = f.decode(
+            node(),
+            &topic("DDATA", Some("PS-P01")),
+            payload(
+                2,
+                vec![
+                    by_alias(11, DataType::Float, MetricValue::Float(720.0))
+                        .at(old)
+                        .historical_data(),
+                    by_alias(10, DataType::Float, MetricValue::Float(60.0)),
+                ],
+            ),
+        );
+        let w = write(d);
+        assert_eq!(w.readings, 2);
+        // One live group (the speed); the flow is in the store's write only.
+        assert_eq!(w.groups.len(), 1);
+        assert_eq!(w.values.len(), 1);
+        let flow = w
+            .batch
+            .series
+            .iter()
+            .find(|(s, _)| s.quantity == Quantity::WaterFlow)
+            .expect("history stored");
+        assert_eq!(flow.1[0].ts_ms, old as i64);
+        assert!((flow.1[0].value - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn deaths_take_devices_offline_and_late_wills_change_nothing() {
+        let mut f = born();
+        // The will of an older session is ignored.
+        let (d, rx) = f.decode(node(), &topic("NDEATH", None), ndeath(6));
+        assert!(matches!(d, Decoded::Handled));
+        assert_eq!(disposition(rx), Some(Disposition::Accepted));
+        let (d, _) = f.decode(node(), &topic("NDEATH", None), ndeath(7));
+        assert_eq!(presence(d).changes, vec![(4, false)]);
+        assert!(f.dead_letters_except_commands().is_empty());
+    }
+
+    fn ndeath(bd_seq: i64) -> Vec<u8> {
+        sp::encode(&Payload {
+            timestamp: Some(T),
+            metrics: vec![
+                Metric::new(DataType::Int64, &MetricValue::Int(bd_seq))
+                    .unwrap()
+                    .named("bdSeq"),
+            ],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        let mut f = born();
+        // Not protobuf.
+        let (_, rx) = f.decode(
+            node(),
+            &topic("DDATA", Some("PS-P01")),
+            &b"\xff\xff\xff"[..],
+        );
+        assert!(matches!(disposition(rx), Some(Disposition::Rejected(_))));
+        assert!(f.only_reason().starts_with("bad_sparkplug"));
+        f.sent.0.lock().clear();
+        // A device the registry does not have, and another agent's.
+        let (_, _) = f.decode(node(), &topic("DBIRTH", Some("PS-P99")), dbirth(2, 20));
+        assert!(f.only_reason().starts_with("unknown_device"));
+        f.sent.0.lock().clear();
+        let (_, _) = f.decode(node(), &topic("DBIRTH", Some("SL-1")), dbirth(3, 30));
+        assert!(f.only_reason().starts_with("device_not_of_agent"));
+        f.sent.0.lock().clear();
+        // Another node's topic.
+        let (_, _) = f.decode(node(), "spBv1.0/District/NDATA/PS-EN02", payload(5, vec![]));
+        assert!(f.only_reason().starts_with("bad_sparkplug"));
+    }
+
+    #[test]
+    fn node_metrics_have_no_device_and_wrong_values_are_refused_alone() {
+        let mut f = Fixture::new();
+        let level = Metric::new(DataType::Double, &MetricValue::Double(2.5))
+            .unwrap()
+            .named("Station/Level")
+            .aliased(2)
+            .at(T);
+        let mut birth = sp::decode(&nbirth(1)).unwrap();
+        birth.metrics.push(level);
+        let (d, rx) = f.decode(node(), &topic("NBIRTH", None), sp::encode(&birth));
+        assert!(presence(d).then.is_none());
+        assert_eq!(disposition(rx), Some(Disposition::Accepted));
+        assert!(f.only_reason().starts_with("unknown_device"));
+        f.sent.0.lock().clear();
+        let (d, _) = f.decode(node(), &topic("DBIRTH", Some("PS-P01")), dbirth(1, 10));
+        presence(d);
+        // Text where the flow should be: that metric alone goes to the dead letters.
+        let (d, _) = f.decode(
+            node(),
+            &topic("DDATA", Some("PS-P01")),
+            payload(
+                2,
+                vec![
+                    by_alias(10, DataType::Float, MetricValue::Float(20.0)),
+                    Metric::new(DataType::String, &MetricValue::Text("high".into()))
+                        .unwrap()
+                        .named("Pump/Flow")
+                        .at(T),
+                ],
+            ),
+        );
+        let w = write(d);
+        assert_eq!(w.readings, 1);
+        assert!(f.only_reason().starts_with("wrong_type"));
+    }
+
+    impl Fixture {
+        /// Dead letters, leaving out the commands the hub sent to the node.
+        fn dead_letters_except_commands(&self) -> Vec<(String, DeadLetter)> {
+            let sent = self.sent.0.lock().clone();
+            sent.iter()
+                .filter(|o| !o.topic.starts_with("spBv1.0/"))
+                .map(|o| {
+                    let doc = serde_json::from_slice(&o.payload).expect("a dead letter");
+                    (o.topic.clone(), doc)
+                })
+                .collect()
+        }
+    }
 }
