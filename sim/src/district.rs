@@ -104,7 +104,7 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
     let clock = demo.clock();
     println!(
         "sim demo: a simulated district is running ({} devices, {} cameras, {} agents, embedded hub; started in {:.1} s)",
-        l.field.len() + l.direct.len() + l.hj212.len(),
+        l.field.len() + l.direct.len() + l.hj212.len() + l.pump_devices().count(),
         l.cameras.len(),
         l.agents.len(),
         took.as_secs_f64()
@@ -127,6 +127,12 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
         let mn = l.hj212.first().map_or("MN", |d| d.mn.as_str());
         println!(
             "  HJ 212     stations connect to {hj} (as the demo's: sim hj212-station --platform {hj} --mn {mn} --pw PW, PW from secrets.toml)"
+        );
+    }
+    if let Some(p) = l.pump_stations.first() {
+        println!(
+            "  Sparkplug  edge node {} publishes spBv1.0/District/.../{} to the MQTT listener {mqtt} (hub.toml: protocol = \"sparkplug\", [[sparkplug_metrics]])",
+            p.node, p.node
         );
     }
     println!("  config     {dir}/hub.toml, {dir}/agents/*.toml (secrets in {dir}/secrets.toml)");

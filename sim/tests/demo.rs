@@ -409,6 +409,20 @@ async fn the_district_comes_alive_cameras_sense_and_the_storm_raises_the_river()
             .all(|d| w.feeds.contains_key(*d))
     })
     .await;
+    // The pumping station's PLC gateway speaks Sparkplug B: its wet well and pumps report
+    // through the same normalization (bar to kPa, m3/h to m3/s).
+    w.until("feeds from the Sparkplug pumping station", |w| {
+        ["PS-WW01", "PS-P01", "PS-P02"]
+            .iter()
+            .all(|d| w.feeds.contains_key(*d))
+            && !w.feeds["PS-P01"]["values"]["water_pressure"].is_null()
+    })
+    .await;
+    let well = &w.feeds["PS-WW01"]["values"]["water_level"];
+    assert_eq!(well["unit"], "m");
+    let pump = &w.feeds["PS-P01"]["values"];
+    assert_eq!(pump["water_pressure"]["unit"], "kPa");
+    assert_eq!(pump["water_flow"]["unit"], "m3/s");
     let nh3 = &w.feeds["WQ-E001"]["values"]["ammonia_nitrogen"];
     assert_eq!(nh3["unit"], "mg/L");
     assert_eq!(nh3["quality"], "good");

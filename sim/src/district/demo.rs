@@ -28,6 +28,7 @@ use super::secrets::{Secrets, SecretsError};
 use super::{direct, lighting};
 use crate::device::{DeviceSpec, spawn_tcp};
 use crate::hj212_station;
+use crate::sparkplug_node;
 use crate::world::{SiteConditions, World};
 
 /// How the demo runs.
@@ -254,7 +255,10 @@ impl Demo {
         {
             Ok((field, agents, tasks, stop, clock)) => {
                 info!(
-                    devices = layout.field.len() + layout.direct.len() + layout.hj212.len(),
+                    devices = layout.field.len()
+                        + layout.direct.len()
+                        + layout.hj212.len()
+                        + layout.pump_devices().count(),
                     cameras = layout.cameras.len(),
                     agents = layout.agents.len(),
                     "district running"
@@ -411,6 +415,27 @@ impl Demo {
                 stats,
                 stop_rx.clone(),
             )));
+        }
+
+        // The drainage pumping station's PLC gateway: a Sparkplug B edge node over MQTT.
+        for (i, p) in layout.pump_stations.iter().enumerate() {
+            let spec = sparkplug_node::NodeSpec {
+                broker: hub.to_string(),
+                node: p.node.clone(),
+                secret: secrets.get(&p.node).to_string(),
+                group: "District".to_string(),
+                pumps: p.pumps.clone(),
+                well: Some(p.well.clone()),
+                interval: direct::REPORT_EVERY,
+                seed: 41 + i as u64,
+            };
+            let (stats, _) = watch::channel(sparkplug_node::NodeStats::default());
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = sparkplug_node::run(spec, stats, stop).await {
+                    tracing::error!("pumping station edge node: {e:#}");
+                }
+            }));
         }
 
         let field = Arc::new(Field::new(

@@ -256,6 +256,24 @@ pub struct Hj212Sonde {
     pub lon: f64,
 }
 
+/// A drainage pumping station behind a Sparkplug B edge node (its PLC gateway), not our agent:
+/// pumps and the wet well they empty.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PumpStation {
+    /// The edge node id (an agent with `protocol = "sparkplug"` at the hub).
+    pub node: String,
+    /// Display name.
+    pub name: String,
+    /// The pumps' device ids.
+    pub pumps: Vec<String>,
+    /// The wet well's device id.
+    pub well: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+}
+
 /// The whole district.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
@@ -267,6 +285,8 @@ pub struct Layout {
     pub direct: Vec<DirectDevice>,
     /// HJ 212 stations.
     pub hj212: Vec<Hj212Sonde>,
+    /// Pumping stations reporting over Sparkplug B.
+    pub pump_stations: Vec<PumpStation>,
     /// Streets.
     pub streets: Vec<Street>,
     /// River stations, upstream first.
@@ -581,11 +601,22 @@ impl Layout {
                 },
             )
             .collect();
+        // The drainage pumping station by the downstream river station.
+        let (_, (lat, lon)) = STATIONS[4];
+        let pump_stations = vec![PumpStation {
+            node: "PS-EN01".into(),
+            name: "South drainage pumping station".into(),
+            pumps: vec!["PS-P01".into(), "PS-P02".into()],
+            well: "PS-WW01".into(),
+            lat: round6(lat + 0.0004),
+            lon: round6(lon + 0.0003),
+        }];
         Layout {
             agents,
             field,
             direct,
             hj212,
+            pump_stations,
             streets,
             stations,
             cameras,
@@ -599,7 +630,18 @@ impl Layout {
             .map(|d| d.id.as_str())
             .chain(self.direct.iter().map(|d| d.id.as_str()))
             .chain(self.hj212.iter().map(|d| d.id.as_str()))
+            .chain(self.pump_devices())
             .chain(self.cameras.iter().map(|c| c.id.as_str()))
+    }
+
+    /// The devices of the pumping stations: pumps and wet wells.
+    pub fn pump_devices(&self) -> impl Iterator<Item = &str> {
+        self.pump_stations.iter().flat_map(|p| {
+            p.pumps
+                .iter()
+                .map(String::as_str)
+                .chain(std::iter::once(p.well.as_str()))
+        })
     }
 
     /// The cameras an agent watches.
@@ -629,7 +671,11 @@ mod tests {
         let ids: HashSet<&str> = l.device_ids().collect();
         assert_eq!(
             ids.len(),
-            l.field.len() + l.direct.len() + l.hj212.len() + l.cameras.len()
+            l.field.len()
+                + l.direct.len()
+                + l.hj212.len()
+                + l.pump_devices().count()
+                + l.cameras.len()
         );
         assert!(ids.len() >= 60, "{}", ids.len());
         for m in Model::ALL {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use edge_agent::config::CameraSource;
 use hub::config::{
-    AgentConfig, AppConfig, DailyWindow, DeviceConfig, Hj212Settings, HubConfig, HubSettings,
-    RuleConfig,
+    AgentConfig, AgentProtocol, AppConfig, DailyWindow, DeviceConfig, Hj212Settings, HubConfig,
+    HubSettings, RuleConfig, SparkplugMetricConfig,
 };
 use protocols::config::HumanDuration;
 use protocols::messages::Scalar;
@@ -39,6 +39,7 @@ pub fn client_ids(layout: &Layout) -> Vec<&str> {
         .map(|a| a.id.as_str())
         .chain(layout.direct.iter().map(|d| d.id.as_str()))
         .chain(layout.hj212.iter().map(|d| d.id.as_str()))
+        .chain(layout.pump_stations.iter().map(|p| p.node.as_str()))
         .chain([COMMAND_CENTER, LIGHTING_CONTROL, FLOOD_CONTROL])
         .collect()
 }
@@ -252,6 +253,16 @@ pub fn rules(layout: &Layout) -> Vec<RuleConfig> {
             ..rule("ph-high", AlertLevel::Orange)
         },
         RuleConfig {
+            // The pumping station's wet well close to overflowing into the street drains.
+            kind: some("wet_well"),
+            quantity: some("water_level"),
+            above: Some(3.2),
+            clear_below: Some(2.9),
+            hold: Some(HumanDuration::secs(30)),
+            message: some("{device}: wet well at {value} m, overflow at 3.5 m"),
+            ..rule("wet-well-high", AlertLevel::Orange)
+        },
+        RuleConfig {
             kind: some("manhole"),
             quantity: some("cover_open"),
             equals: Some(Scalar::Bool(true)),
@@ -290,6 +301,25 @@ pub fn rules(layout: &Layout) -> Vec<RuleConfig> {
     ];
     rules.extend(restricted);
     rules
+}
+
+/// What the pumping stations' metrics measure, in the units their PLCs report.
+pub fn sparkplug_metrics() -> Vec<SparkplugMetricConfig> {
+    use crate::sparkplug_node as sp;
+    [
+        (sp::PUMP_RUNNING, "pump_running", None),
+        (sp::PUMP_SPEED, "pump_speed", None),
+        (sp::PUMP_FLOW, "water_flow", Some("m3/h")),
+        (sp::PUMP_PRESSURE, "water_pressure", Some("bar")),
+        (sp::WELL_LEVEL, "water_level", Some("m")),
+    ]
+    .into_iter()
+    .map(|(name, quantity, unit)| SparkplugMetricConfig {
+        name: name.to_string(),
+        quantity: quantity.to_string(),
+        unit: unit.map(String::from),
+    })
+    .collect()
 }
 
 /// Listeners of the hub.
@@ -351,6 +381,25 @@ pub fn hub_config(
             ..DeviceConfig::default()
         });
     }
+    for p in &layout.pump_stations {
+        let kinds = p
+            .pumps
+            .iter()
+            .map(|id| (id, "pump"))
+            .chain([(&p.well, "wet_well")]);
+        for (id, kind) in kinds {
+            devices.push(DeviceConfig {
+                id: id.clone(),
+                kind: kind.to_string(),
+                agent: Some(p.node.clone()),
+                dept: Some("water".to_string()),
+                name: Some(format!("{} {id}", p.name)),
+                lat: Some(p.lat),
+                lon: Some(p.lon),
+                ..DeviceConfig::default()
+            });
+        }
+    }
     for c in &layout.cameras {
         devices.push(DeviceConfig {
             id: c.id.clone(),
@@ -375,6 +424,13 @@ pub fn hub_config(
             dept: Some(a.dept.to_string()),
             ..AgentConfig::default()
         })
+        .chain(layout.pump_stations.iter().map(|p| AgentConfig {
+            id: p.node.clone(),
+            secret: Some(secrets.get(&p.node).to_string()),
+            dept: Some("water".to_string()),
+            protocol: AgentProtocol::Sparkplug,
+            ..AgentConfig::default()
+        }))
         .collect();
     let apps = vec![
         AppConfig {
@@ -423,7 +479,7 @@ pub fn hub_config(
             listen: listen.hj212.clone(),
             ..Hj212Settings::default()
         },
-        sparkplug_metrics: Vec::new(),
+        sparkplug_metrics: sparkplug_metrics(),
         source: None,
     }
 }
@@ -578,8 +634,17 @@ mod tests {
         assert_eq!(cfg.hub.data_dir, dir.path().join("."));
         assert_eq!(
             cfg.devices.len(),
-            layout.field.len() + layout.direct.len() + layout.hj212.len() + layout.cameras.len()
+            layout.field.len()
+                + layout.direct.len()
+                + layout.hj212.len()
+                + layout.pump_devices().count()
+                + layout.cameras.len()
         );
+        let node = cfg.agents.iter().find(|a| a.id == "PS-EN01").unwrap();
+        assert_eq!(node.protocol, AgentProtocol::Sparkplug);
+        let well = cfg.devices.iter().find(|d| d.id == "PS-WW01").unwrap();
+        assert_eq!(well.agent.as_deref(), Some("PS-EN01"));
+        assert_eq!(cfg.sparkplug_metrics.len(), 5);
         let sonde = cfg.devices.iter().find(|d| d.hj212_mn.is_some()).unwrap();
         assert_eq!(sonde.kind, "water_quality");
         assert_eq!(sonde.hj212_pw.as_deref(), Some(secrets.get(&sonde.id)));
