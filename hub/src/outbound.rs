@@ -91,6 +91,19 @@ impl Outlet {
             topic: topic.to_string(),
             payload,
             retain,
+            at_most_once: false,
+        });
+    }
+
+    /// Publishes to MQTT subscribers at QoS 0, never retained: commands a protocol says must
+    /// not be redelivered (Sparkplug B NCMD and DCMD, tck-id-payloads-ncmd-qos and
+    /// tck-id-payloads-dcmd-qos).
+    pub fn publish_at_most_once(&self, topic: &str, payload: Bytes) {
+        self.publisher.publish(Outbound {
+            topic: topic.to_string(),
+            payload,
+            retain: false,
+            at_most_once: true,
         });
     }
 

@@ -217,6 +217,7 @@ async fn hub_feed(args: &Args, qos: u8, subscribers: usize) -> anyhow::Result<Ou
             topic: format!("v1/feeds/water_level/WL-{}", i % 1000),
             payload: payload.clone(),
             retain: false,
+            at_most_once: false,
         });
         // The pipeline publishes between its own work; let the writers run.
         if i % 64 == 0 {

@@ -99,6 +99,9 @@ pub struct Outbound {
     pub payload: Bytes,
     /// Keep as the topic's retained message (an empty payload clears it).
     pub retain: bool,
+    /// Deliver at QoS 0 whatever the subscription's QoS (protocols whose commands must not be
+    /// redelivered, e.g. Sparkplug B NCMD/DCMD); otherwise at most QoS 1.
+    pub at_most_once: bool,
 }
 
 /// Sends messages to the clients subscribed to them.

@@ -377,7 +377,7 @@ impl Publisher for BrokerHandle {
             topic: msg.topic.into(),
             payload: msg.payload,
             properties: bytes::Bytes::new(),
-            qos: 1,
+            qos: if msg.at_most_once { 0 } else { 1 },
             retain: msg.retain,
             origin: None,
             expires_at: None,

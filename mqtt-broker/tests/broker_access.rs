@@ -274,11 +274,13 @@ async fn app_subscriptions_stay_inside_grants() {
         topic: "v1/feeds/camera/CAM-1".into(),
         payload: "outside".into(),
         retain: false,
+        at_most_once: false,
     });
     b.broker.publish(Outbound {
         topic: "v1/feeds/water_level/WL-1".into(),
         payload: "inside".into(),
         retain: false,
+        at_most_once: false,
     });
     let p = app
         .next_incoming(|i| match i {
@@ -471,11 +473,13 @@ async fn device_subscribes_only_to_its_own_commands() {
         topic: "v1/devices/WL-2/cmd".into(),
         payload: "not yours".into(),
         retain: false,
+        at_most_once: false,
     });
     b.broker.publish(Outbound {
         topic: "v1/devices/WL-1/cmd".into(),
         payload: "{\"id\":\"1\",\"name\":\"set\"}".into(),
         retain: false,
+        at_most_once: false,
     });
     let p = d
         .next_incoming(|i| match i {
@@ -543,6 +547,7 @@ async fn ipv4_and_ipv6_listeners_coexist_on_one_port() {
         topic: "v1/devices/WL-1/cmd".into(),
         payload: "over-v6".into(),
         retain: false,
+        at_most_once: false,
     });
     assert_eq!(sub.next_line().await, "over-v6");
     assert_eq!(sub.exit_code().await, Some(0));

@@ -17,6 +17,7 @@ fn feed(topic: &str, payload: &str, retain: bool) -> Outbound {
         topic: topic.into(),
         payload: payload.to_string().into(),
         retain,
+        at_most_once: false,
     }
 }
 
@@ -302,6 +303,37 @@ async fn qos_is_downgraded_to_the_subscription() {
     // QoS 1 published: the QoS 0 subscriber gets 0, the QoS 2 one gets 1 (not 2).
     assert_eq!(q0.next_incoming(qos_of).await, QoS::AtMostOnce);
     assert_eq!(q2.next_incoming(qos_of).await, QoS::AtLeastOnce);
+}
+
+#[tokio::test]
+async fn hub_messages_marked_at_most_once_go_out_at_qos_0() {
+    let b = TestBroker::start().await;
+    let mut q2 = v4::connect(v4::options(b.addr, "ops.q2", "ops", "opss"))
+        .await
+        .unwrap();
+    q2.client
+        .subscribe("v1/twin/#", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    q2.next_incoming(|i| matches!(i, Incoming::SubAck(_)).then_some(()))
+        .await;
+    b.broker.publish(Outbound {
+        at_most_once: true,
+        ..feed("v1/twin/SL-1", "command", false)
+    });
+    b.broker.publish(feed("v1/twin/SL-2", "feed", false));
+    let got = |i: &Incoming| match i {
+        Incoming::Publish(p) => Some((p.topic.clone(), p.qos)),
+        _ => None,
+    };
+    assert_eq!(
+        q2.next_incoming(got).await,
+        ("v1/twin/SL-1".to_string(), QoS::AtMostOnce)
+    );
+    assert_eq!(
+        q2.next_incoming(got).await,
+        ("v1/twin/SL-2".to_string(), QoS::AtLeastOnce)
+    );
 }
 
 #[tokio::test]

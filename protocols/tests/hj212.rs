@@ -1,8 +1,9 @@
 //! The HJ 212-2017 codec on whole packets, as a station sends them over TCP.
 //!
 //! Sources of the example packets:
-//! - `STANDARD_1062`: the example HJ 212-2017 gives for its packet structure and CRC field
-//!   (set the real-time data interval, CRC `1C80`).
+//! - `STANDARD_1062`: the example packet HJ 212-2017 gives for its packet structure and CRC
+//!   field (CN 1062, set the real-time data interval, CRC `1C80`; the CRC algorithm itself is
+//!   the standard's normative Appendix A, "CRC check algorithm").
 //! - Every other packet was written for these tests (realistic values for a surface-water
 //!   station, `ST=21`); its length and CRC were computed by a separate implementation of the
 //!   standard's CRC algorithm, not by this codec, so the codec is checked against them rather

@@ -180,7 +180,7 @@ impl Sparkplug {
             Ok(topic) => {
                 self.metrics.rebirth_requests.fetch_add(1, Relaxed);
                 let payload = Bytes::from(sp::rebirth_request(now_ms));
-                self.outlet.publish(&topic.to_topic(), payload, false);
+                self.outlet.publish_at_most_once(&topic.to_topic(), payload);
             }
             Err(e) => tracing::warn!(node, "no rebirth topic: {e}"),
         }
@@ -237,7 +237,8 @@ impl Sparkplug {
             ..Default::default()
         });
         self.metrics.commands.fetch_add(1, Relaxed);
-        self.outlet.publish(&topic, Bytes::from(payload), false);
+        self.outlet
+            .publish_at_most_once(&topic, Bytes::from(payload));
         Ok(())
     }
 }

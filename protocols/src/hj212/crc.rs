@@ -61,8 +61,8 @@ pub fn from_hex(digits: &[u8]) -> Option<u16> {
 mod tests {
     use super::*;
 
-    /// The data segment of the example packet the standard gives for its CRC field
-    /// (`##0101...&&1C80\r\n`).
+    /// The data segment of the example packet HJ 212-2017 gives for its CRC field
+    /// (`##0101...&&1C80\r\n`), checked with the algorithm of its Appendix A.
     const STANDARD_EXAMPLE: &[u8] = b"QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;Flag=5;CP=&&RtdInterval=30&&";
 
     #[test]
