@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod hj212_station;
 pub mod load;
 pub mod modbus_device;
+pub mod mqtt_events;
 pub mod node;
 pub mod peripherals;
 pub mod sparkplug_node;

@@ -11,8 +11,6 @@
 //! runs one against any broker. The payload builders are public so a benchmark can build the
 //! same messages without a broker.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -25,11 +23,12 @@ use protocols::sparkplug::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
-    SubscribeFilter,
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS, SubscribeFilter,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+
+use crate::mqtt_events::Events;
 
 /// A pump's state (Boolean).
 pub const PUMP_RUNNING: &str = "Pump/Running";
@@ -501,38 +500,6 @@ impl Session {
         } else {
             false
         }
-    }
-}
-
-type Polled = (EventLoop, Result<Event, ConnectionError>);
-
-/// The events of one connection. `EventLoop::poll` is not cancel-safe: dropped while it
-/// connects, it closes the new connection (and the broker sends the will); dropped while it
-/// writes, a request is lost. So one poll stays in flight across `select!` rounds, owning the
-/// loop, and [`Events::next`] only waits for it.
-struct Events {
-    pending: Pin<Box<dyn Future<Output = Polled> + Send>>,
-}
-
-impl Events {
-    fn new(events: EventLoop) -> Events {
-        Events {
-            pending: Events::poll(events),
-        }
-    }
-
-    fn poll(mut events: EventLoop) -> Pin<Box<dyn Future<Output = Polled> + Send>> {
-        Box::pin(async move {
-            let event = events.poll().await;
-            (events, event)
-        })
-    }
-
-    /// The next event; cancel-safe.
-    async fn next(&mut self) -> Result<Event, ConnectionError> {
-        let (events, event) = (&mut self.pending).await;
-        self.pending = Events::poll(events);
-        event
     }
 }
 

@@ -9,6 +9,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::mqtt_events::Events;
 use crate::world::Site;
 
 /// How often a gauge reports.
@@ -46,14 +47,15 @@ pub async fn run(gauge: Gauge, mut link: watch::Receiver<bool>, mut stop: watch:
         let mut opts = MqttOptions::new(&gauge.id, gauge.hub.ip().to_string(), gauge.hub.port());
         opts.set_credentials(&gauge.id, &gauge.secret);
         opts.set_keep_alive(Duration::from_secs(30));
-        let (client, mut events) = AsyncClient::new(opts, 16);
+        let (client, events) = AsyncClient::new(opts, 16);
+        let mut events = Events::new(events);
         let mut tick = tokio::time::interval(REPORT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let topic = format!("v1/devices/{}/telemetry", gauge.id);
         let mut connected = false;
         loop {
             tokio::select! {
-                ev = events.poll() => match ev {
+                ev = events.next() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         if !connected { info!(device = %gauge.id, "rain gauge connected"); }
                         connected = true;
@@ -96,7 +98,7 @@ pub async fn run(gauge: Gauge, mut link: watch::Receiver<bool>, mut stop: watch:
                     let _ = client.try_disconnect();
                     // Let the DISCONNECT go out.
                     let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                        while events.poll().await.is_ok() {}
+                        while events.next().await.is_ok() {}
                     }).await;
                     return;
                 }

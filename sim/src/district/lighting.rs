@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use super::clock::{DemoClock, local_day_and_hour};
 use super::layout::CENTRE;
 use super::scenario::Narrator;
+use crate::mqtt_events::Events;
 
 /// Sun altitude below which the lamps are on, degrees (about 20 lux under a clear sky: a
 /// quarter of an hour after sunset).
@@ -93,7 +94,8 @@ pub async fn run(
     opts.set_credentials(&app.id, &app.secret);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(256 * 1024, 64 * 1024);
-    let (client, mut events) = AsyncClient::new(opts, 256);
+    let (client, events) = AsyncClient::new(opts, 256);
+    let mut events = Events::new(events);
     let mut views: HashMap<String, LampView> = lamps
         .iter()
         .map(|l| (l.clone(), LampView::default()))
@@ -104,7 +106,7 @@ pub async fn run(
     let mut announced: Option<u8> = None;
     loop {
         tokio::select! {
-            ev = events.poll() => match ev {
+            ev = events.next() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     // Subscriptions do not survive a clean-session reconnect: subscribe on each.
                     let _ = client.try_subscribe("v1/twin/+", QoS::AtLeastOnce);
@@ -162,7 +164,7 @@ pub async fn run(
             _ = async { let _ = stop.wait_for(|s| *s).await; } => {
                 let _ = client.try_disconnect();
                 let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                    while events.poll().await.is_ok() {}
+                    while events.next().await.is_ok() {}
                 }).await;
                 return;
             }
