@@ -220,6 +220,7 @@ impl<S: SeriesStore> Hub<S> {
         metrics_registry.register_collector(Box::new(sparkplug::SparkplugCollector(
             sparkplug.metrics().clone(),
         )));
+        sparkplug.announce(true, protocols::time::now_ms().max(0) as u64);
         let twins = Arc::new(
             Twins::open(
                 registry.clone(),
@@ -303,7 +304,7 @@ impl<S: SeriesStore> Hub<S> {
                 Normalizer::new(config.hub.max_clock_skew.0),
                 dead_letters.clone(),
                 metrics.clone(),
-                sparkplug,
+                sparkplug.clone(),
             ),
             control: ControlStage::new(status, twins.clone(), dead_letters),
             commit: Committer {
@@ -368,6 +369,7 @@ impl<S: SeriesStore> Hub<S> {
             ingress,
             pipeline,
             twins,
+            sparkplug,
             alerts,
             rules,
             config_source: config.source.clone(),
@@ -460,6 +462,8 @@ pub struct RunningHub {
     ingress: Shutdown,
     pipeline: Pipeline,
     twins: Arc<Twins>,
+    /// The Sparkplug host (its state goes offline first when the hub stops).
+    sparkplug: Arc<Sparkplug>,
     alerts: Arc<AlertBook>,
     rules: Arc<Rules>,
     config_source: Option<std::path::PathBuf>,
@@ -507,6 +511,8 @@ impl RunningHub {
     /// end) and checkpoints the twins as a clean shutdown. The caller closes the store
     /// afterwards.
     pub async fn shutdown(self) {
+        self.sparkplug
+            .announce(false, protocols::time::now_ms().max(0) as u64);
         self.ingress.stop().await;
         self.pipeline.join().await;
         self.timers.stop().await;

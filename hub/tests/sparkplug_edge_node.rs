@@ -57,6 +57,7 @@ fn hub_config(dir: &std::path::Path) -> hub::config::HubConfig {
     cfg.agents.extend(extra.agents);
     cfg.devices.extend(extra.devices);
     cfg.sparkplug_metrics = extra.sparkplug_metrics;
+    cfg.sparkplug.host_id = Some("district-hub".into());
     cfg
 }
 
@@ -275,6 +276,12 @@ async fn a_sparkplug_edge_node_reports_rebirths_obeys_and_dies() {
         .subscribe("spBv1.0/District/DDATA/#", QoS::AtLeastOnce)
         .await;
     assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Failure]);
+    // What a node may read: the hub's state as its primary host, retained.
+    impostor
+        .subscribe("spBv1.0/STATE/+", QoS::AtLeastOnce)
+        .await;
+    let state = json(&impostor.next_on("spBv1.0/STATE/district-hub").await);
+    assert_eq!(state["online"], true, "{state}");
     drop(impostor);
     hub.stop().await;
 }

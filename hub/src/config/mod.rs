@@ -17,7 +17,7 @@ use protocols::topic::AlertLevel;
 use serde::{Deserialize, Serialize};
 
 pub mod sparkplug;
-pub use sparkplug::{AgentProtocol, SparkplugMetricConfig};
+pub use sparkplug::{AgentProtocol, SparkplugMetricConfig, SparkplugSettings};
 
 /// The whole hub.toml.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -41,6 +41,9 @@ pub struct HubConfig {
     /// The HJ 212-2017 listener for environmental monitoring stations.
     #[serde(default)]
     pub hj212: Hj212Settings,
+    /// The hub as a Sparkplug B host application.
+    #[serde(default)]
+    pub sparkplug: SparkplugSettings,
     /// Sparkplug B metric names and the quantities they measure.
     #[serde(default)]
     pub sparkplug_metrics: Vec<SparkplugMetricConfig>,

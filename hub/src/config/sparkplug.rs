@@ -12,6 +12,9 @@
 //! kind = "pump"
 //! agent = "PS-EN01"
 //!
+//! [sparkplug]
+//! host_id = "district-hub"  # publish spBv1.0/STATE/district-hub as the primary host
+//!
 //! [[sparkplug_metrics]]
 //! name = "Pump/Flow"
 //! quantity = "water_flow"
@@ -44,6 +47,17 @@ impl AgentProtocol {
     }
 }
 
+/// The `[sparkplug]` table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugSettings {
+    /// The hub's host application id: when set, the hub publishes its state retained on
+    /// `spBv1.0/STATE/{host_id}` (online at start, offline when it stops), so edge nodes
+    /// configured with it as their primary host publish only while it is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+}
+
 /// A `[[sparkplug_metrics]]` entry: a metric name (as births declare it) and what it measures.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +74,10 @@ pub struct SparkplugMetricConfig {
 
 /// Checks the metric table: names unique and not empty, quantities known, units accepted.
 pub(super) fn validate(cfg: &HubConfig) -> Result<(), ConfigError> {
+    if let Some(h) = &cfg.sparkplug.host_id {
+        protocols::sparkplug::topic::validate_id(h)
+            .map_err(|e| ConfigError::new("sparkplug.host_id", format!("`{h}`: {e}")))?;
+    }
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, m) in cfg.sparkplug_metrics.iter().enumerate() {
         let key = format!("sparkplug_metrics[{i}]");

@@ -94,6 +94,8 @@ struct Nodes {
 
 /// The host application side of Sparkplug B.
 pub struct Sparkplug {
+    /// `spBv1.0/STATE/{host_id}`, when the hub acts as a primary host.
+    state_topic: Option<String>,
     map: MetricMap,
     nodes: Mutex<Nodes>,
     outlet: Outlet,
@@ -104,10 +106,26 @@ impl Sparkplug {
     /// A host with the config's metric map, sending commands through `outlet`.
     pub fn new(config: &HubConfig, outlet: Outlet) -> Sparkplug {
         Sparkplug {
+            state_topic: config
+                .sparkplug
+                .host_id
+                .as_deref()
+                .and_then(|h| sp::topic::host_state_topic(h).ok()),
             map: MetricMap::from_config(config),
             nodes: Mutex::new(Nodes::default()),
             outlet,
             metrics: Arc::new(SparkplugMetrics::default()),
+        }
+    }
+
+    /// Publishes the hub's state as a primary host application, retained (Sparkplug 3.0,
+    /// "Sparkplug Host Application" birth and death), when `[sparkplug] host_id` is set:
+    /// online when it starts, offline when it stops. The embedded broker dies with the hub, so
+    /// no will is needed: a crashed hub's clients lose their connections.
+    pub fn announce(&self, online: bool, now_ms: u64) {
+        if let Some(topic) = &self.state_topic {
+            let payload = Bytes::from(sp::host_state(online, now_ms));
+            self.outlet.publish(topic, payload, true);
         }
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use edge_agent::config::CameraSource;
 use hub::config::{
     AgentConfig, AgentProtocol, AppConfig, DailyWindow, DeviceConfig, Hj212Settings, HubConfig,
-    HubSettings, RuleConfig, SparkplugMetricConfig,
+    HubSettings, RuleConfig, SparkplugMetricConfig, SparkplugSettings,
 };
 use protocols::config::HumanDuration;
 use protocols::messages::Scalar;
@@ -478,6 +478,10 @@ pub fn hub_config(
         hj212: Hj212Settings {
             listen: listen.hj212.clone(),
             ..Hj212Settings::default()
+        },
+        // The pumping station's gateway may wait for its primary host: the hub says it is up.
+        sparkplug: SparkplugSettings {
+            host_id: Some("district-hub".to_string()),
         },
         sparkplug_metrics: sparkplug_metrics(),
         source: None,
