@@ -31,5 +31,6 @@ pub mod load;
 pub mod modbus_device;
 pub mod node;
 pub mod peripherals;
+pub mod sparkplug_bench;
 pub mod sparkplug_node;
 pub mod world;
