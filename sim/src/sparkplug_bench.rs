@@ -22,8 +22,11 @@
 //! every series of every device counted in the store afterwards (its birth's point and one per
 //! acknowledged DDATA), one of them also read back through `/api/v1/series`. It fails when a
 //! reading is missing, when the hub asked for a rebirth, or when anything went to the dead
-//! letters. `clock_waits` counts the times a node waited rather than stamp the future (more
-//! than one message per device and millisecond for longer than the 2-minute backdating).
+//! letters. With `--feeds` an app also subscribes to `v1/feeds/#`, as `sim bench ingest`'s
+//! measuring subscriber does, and `feeds_received` counts what it got (one feed per DBIRTH and
+//! per DDATA; QoS 0, so a full outbox may drop some). `clock_waits` counts the times a node
+//! waited rather than stamp the future (more than one message per device and millisecond for
+//! longer than the 2-minute backdating allows).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -109,6 +112,10 @@ pub struct BenchArgs {
     /// Threads of the nodes' runtime.
     #[arg(long, default_value_t = 1)]
     pub load_threads: usize,
+    /// Also subscribe an app to `v1/feeds/#` (QoS 0) and count the feeds, as `sim bench
+    /// ingest`'s measuring subscriber does: the hub then also fans every message out.
+    #[arg(long)]
+    pub feeds: bool,
 }
 
 /// One device of a node as the node publishes it.
@@ -211,6 +218,8 @@ struct Shared {
     acked: AtomicU64,
     /// From a DDATA's send to its PUBACK.
     latency: Histogram,
+    /// Feed messages the feeds app received.
+    feeds: AtomicU64,
 }
 
 /// What one node saw.
@@ -397,6 +406,31 @@ async fn run_node(
     Ok(report)
 }
 
+/// Counts the messages of a subscribed session until `stop` turns true.
+async fn count_feeds(
+    mut app: mqtt::Session,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    shared.feeds.fetch_add(app.early.len() as u64, Relaxed);
+    loop {
+        while let Some(p) = mqtt::decode(&mut app.rbuf)? {
+            if let Incoming::Publish(_) = p {
+                shared.feeds.fetch_add(1, Relaxed);
+            }
+        }
+        if app.rbuf.capacity() - app.rbuf.len() < 4096 {
+            app.rbuf.reserve(64 * 1024);
+        }
+        tokio::select! {
+            r = app.stream.read_buf(&mut app.rbuf) => if r? == 0 {
+                bail!("the feeds app's connection closed");
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
 /// Waits until the app on `v1/status/+` has seen every device of `ids` online.
 async fn wait_online(
     mut app: mqtt::Session,
@@ -552,6 +586,22 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the nodes' runtime")?;
     let shared = Arc::new(Shared::default());
+    let (stop_feeds, stop_rx) = watch::channel(false);
+    let feeds = if a.feeds {
+        let app = mqtt::open(
+            &broker,
+            &format!("{}.feeds", APP.0),
+            Some(APP.0),
+            Some(APP.1),
+            &[("v1/feeds/#", 0)],
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .context("connecting the feeds app")?;
+        Some(runtime.spawn(count_feeds(app, shared.clone(), stop_rx)))
+    } else {
+        None
+    };
     let (start_tx, start_rx) = watch::channel(None);
     let settings = NodeSettings {
         window: a.window,
@@ -618,6 +668,22 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    // The last feeds: until none arrived for half a second.
+    if let Some(task) = feeds {
+        let mut seen = shared.feeds.load(Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = shared.feeds.load(Relaxed);
+            if now == seen || task.is_finished() {
+                break;
+            }
+            seen = now;
+        }
+        let _ = stop_feeds.send(true);
+        if let Err(e) = task.await? {
+            eprintln!("bench: feeds app: {e:#}");
+        }
+    }
     runtime.shutdown_background();
     if !failures.is_empty() {
         server
@@ -707,6 +773,9 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
             "clock_waits": clock_waits,
             "dead_letters": dead_letters,
             "sent": sent,
+            "feeds_app": a.feeds,
+            "feeds_received": shared.feeds.load(Relaxed),
+            "feeds_expected": if a.feeds { device_ids.len() as u64 + acked } else { 0 },
             "points_expected": expected,
             "points_stored": stored,
             "api_points_first_series": api_points,
