@@ -49,6 +49,8 @@ pub enum What {
     Ingest(Box<IngestArgs>),
     /// HJ 212 real-time uploads per second through the whole hub, acknowledgement latency.
     Hj212(crate::hj212_station::BenchArgs),
+    /// Sparkplug B DDATA per second from edge nodes through the whole hub, stored latency.
+    Sparkplug(crate::sparkplug_bench::BenchArgs),
 }
 
 /// Arguments of `sim bench ingest`.
@@ -118,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::Ingest(a) => ingest(*a).await,
         What::Hj212(a) => crate::hj212_station::bench(a).await,
+        What::Sparkplug(a) => crate::sparkplug_bench::bench(a).await,
     }
 }
 

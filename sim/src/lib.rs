@@ -32,5 +32,6 @@ pub mod modbus_device;
 pub mod mqtt_events;
 pub mod node;
 pub mod peripherals;
+pub mod sparkplug_bench;
 pub mod sparkplug_node;
 pub mod world;
