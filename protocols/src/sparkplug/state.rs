@@ -553,15 +553,18 @@ impl EdgeNodes {
 
     /// The node's state, created on first sight unless the limit is reached.
     fn node_or_insert(&mut self, topic: &EdgeTopic<'_>) -> Option<&mut Node> {
-        let known = self.node(topic.group, topic.node).is_some();
-        if !known {
+        // Keys are allocated only for a new node: this runs for every data message.
+        if self.node(topic.group, topic.node).is_none() {
             if self.count >= self.limits.max_nodes {
                 return None;
             }
             self.count += 1;
+            self.groups
+                .entry(Arc::from(topic.group))
+                .or_default()
+                .insert(Arc::from(topic.node), Node::new());
         }
-        let nodes = self.groups.entry(Arc::from(topic.group)).or_default();
-        Some(nodes.entry(Arc::from(topic.node)).or_insert_with(Node::new))
+        self.node_mut(topic)
     }
 }
 
