@@ -797,3 +797,45 @@ async fn v5_message_expiry_drops_what_went_stale_in_a_queue() {
         "{expiry:?}"
     );
 }
+
+#[tokio::test]
+async fn v5_deliveries_use_server_topic_aliases_the_client_allows() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let b = TestBroker::start().await;
+    let mut o = v5::options(b.addr, "ops.alias", "ops", "opss");
+    o.set_topic_alias_max(Some(1));
+    let mut c = v5::connect(o).await.unwrap();
+    c.client
+        .subscribe("v1/twin/#", Q5::AtLeastOnce)
+        .await
+        .unwrap();
+    c.next_incoming(|p| matches!(p, Packet::SubAck(_)).then_some(()))
+        .await;
+    for (topic, body) in [
+        ("v1/twin/SL-1", "a"),
+        ("v1/twin/SL-1", "b"),
+        ("v1/twin/SL-2", "c"),
+    ] {
+        b.broker.publish(feed(topic, body, false));
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(
+            c.next_incoming(|p| match p {
+                Packet::Publish(p) => Some((
+                    String::from_utf8_lossy(&p.topic).to_string(),
+                    p.properties.as_ref().and_then(|pr| pr.topic_alias),
+                    String::from_utf8_lossy(&p.payload).to_string(),
+                )),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    // The first names the topic and its alias, the second the alias alone; the client allows
+    // one alias, so the second topic goes out in full.
+    assert_eq!(got[0], ("v1/twin/SL-1".into(), Some(1), "a".into()));
+    assert_eq!(got[1], (String::new(), Some(1), "b".into()));
+    assert_eq!(got[2], ("v1/twin/SL-2".into(), None, "c".into()));
+}

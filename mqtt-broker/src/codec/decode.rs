@@ -194,8 +194,8 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
                 }
                 P_REQUEST_PROBLEM_INFO => c.request_problem_info = value.as_u8()? != 0,
                 P_AUTH_METHOD => c.auth_method = Some(value.as_string()?),
-                P_TOPIC_ALIAS_MAXIMUM | P_REQUEST_RESPONSE_INFO | P_USER_PROPERTY | P_AUTH_DATA => {
-                }
+                P_TOPIC_ALIAS_MAXIMUM => c.topic_alias_maximum = value.as_u16()?,
+                P_REQUEST_RESPONSE_INFO | P_USER_PROPERTY | P_AUTH_DATA => {}
                 _ => return Err(DecodeError::Violation("property not allowed in CONNECT")),
             }
         }

@@ -21,8 +21,10 @@ pub enum AckKind {
 /// How a delivered PUBLISH looks on the wire.
 #[derive(Clone, Copy, Debug)]
 pub struct OutPublish<'a> {
-    /// Topic name (never an alias: server-to-client aliases are not used).
+    /// Topic name (empty when `alias` stands for a topic the client already knows).
     pub topic: &'a str,
+    /// MQTT 5 topic alias sent with the packet (with the topic when it is new to the client).
+    pub alias: Option<u16>,
     /// Application payload.
     pub payload: &'a [u8],
     /// MQTT 5 properties to forward (encoded).
@@ -44,6 +46,7 @@ pub struct OutPublish<'a> {
 impl OutPublish<'_> {
     fn properties_len(&self) -> usize {
         self.properties.len()
+            + if self.alias.is_some() { 3 } else { 0 }
             + if self.message_expiry.is_some() { 5 } else { 0 }
             + self
                 .subscription_ids
@@ -87,6 +90,10 @@ impl OutPublish<'_> {
         if protocol == Protocol::V5 {
             put_varint(buf, self.properties_len());
             buf.put_slice(self.properties);
+            if let Some(a) = self.alias {
+                buf.put_u8(P_TOPIC_ALIAS);
+                buf.put_u16(a);
+            }
             if let Some(e) = self.message_expiry {
                 buf.put_u8(P_MESSAGE_EXPIRY);
                 buf.put_u32(e);

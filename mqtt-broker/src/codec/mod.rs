@@ -237,6 +237,8 @@ pub struct Connect {
     pub receive_maximum: u16,
     /// MQTT 5 largest packet the client accepts (0 = no limit).
     pub maximum_packet_size: u32,
+    /// MQTT 5: topic aliases the client accepts in the broker's PUBLISH packets (0: none).
+    pub topic_alias_maximum: u16,
     /// MQTT 5: the client wants reason strings.
     pub request_problem_info: bool,
     /// MQTT 5 authentication method (enhanced authentication).

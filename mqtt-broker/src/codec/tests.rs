@@ -71,6 +71,7 @@ fn publish_round_trips_through_the_encoder() {
     for protocol in [Protocol::V4, Protocol::V5] {
         let out = OutPublish {
             topic: "v1/devices/WL-1/telemetry",
+            alias: None,
             payload: b"{\"values\":{}}",
             properties: if protocol == Protocol::V5 {
                 &[P_CONTENT_TYPE, 0, 4, b'j', b's', b'o', b'n']
@@ -95,6 +96,31 @@ fn publish_round_trips_through_the_encoder() {
         assert_eq!(&p.properties[..], out.properties);
         assert_eq!((p.qos, p.retain, p.pid), (1, true, 7));
         assert_eq!(p.message_expiry, out.message_expiry);
+    }
+}
+
+#[test]
+fn a_topic_alias_goes_out_with_or_instead_of_the_topic() {
+    for topic in ["v1/feeds/pump/PS-P01", ""] {
+        let out = OutPublish {
+            topic,
+            alias: Some(3),
+            payload: b"x",
+            properties: &[],
+            qos: 0,
+            retain: false,
+            dup: false,
+            pid: 0,
+            subscription_ids: &[],
+            message_expiry: None,
+        };
+        let mut b = BytesMut::new();
+        out.encode(Protocol::V5, &mut b);
+        assert_eq!(b.len(), out.size(Protocol::V5));
+        let Packet::Publish(p) = decode(&mut b, Some(Protocol::V5), 1024).unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!((p.topic.as_str(), p.topic_alias), (topic, Some(3)));
     }
 }
 

@@ -10,6 +10,7 @@
 //! publishes are in flight at once (bounded by the receive maximum).
 
 mod admission;
+mod aliases;
 mod reader;
 mod state;
 mod writer;
@@ -28,6 +29,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use self::admission::{Admitted, ConnectFail};
+use self::aliases::OutAliases;
 use self::reader::Reader;
 use self::state::{AckQueue, End, InboundState, Negotiated};
 use self::writer::{Control, Writer};
@@ -143,6 +145,7 @@ async fn run(
         window: n.window,
         client_max: n.client_max,
         kick: kick_rx.clone(),
+        aliases: OutAliases::new(n.aliases_out),
         closing: false,
     };
     let writer = tokio::spawn(writer.run());

@@ -43,6 +43,9 @@ pub(crate) struct Negotiated {
     pub client_max: usize,
     /// Whether the client wants reason strings (MQTT 5 request problem information).
     pub problem_info: bool,
+    /// Topic aliases the broker may use in its PUBLISH packets to this client (MQTT 5: the
+    /// client's Topic Alias Maximum, at most the broker's own `topic_alias_max`).
+    pub aliases_out: u16,
 }
 
 impl Negotiated {
@@ -79,6 +82,10 @@ impl Negotiated {
                 n => n as usize,
             },
             problem_info: connect.request_problem_info,
+            aliases_out: match protocol {
+                Protocol::V5 => connect.topic_alias_maximum.min(config.topic_alias_max),
+                Protocol::V4 => 0,
+            },
         }
     }
 

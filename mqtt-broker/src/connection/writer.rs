@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 
+use super::aliases::{OutAliases, Plan};
 use super::kicked;
 use super::state::{AckOut, AckQueue, PendingAck};
 use crate::Core;
@@ -60,6 +61,8 @@ pub(super) struct Writer {
     pub client_max: usize,
     /// Set when the connection must close (takeover, shutdown).
     pub kick: watch::Receiver<Option<u8>>,
+    /// MQTT 5 topic aliases of this connection's deliveries.
+    pub aliases: OutAliases,
     /// Finish writing what is gathered, then close.
     pub closing: bool,
 }
@@ -235,8 +238,10 @@ impl Writer {
                 );
             } else {
                 let d = &m.delivery;
+                // At the start of a connection no alias is known yet: full topics.
                 OutPublish {
                     topic: &d.msg.topic,
+                    alias: None,
                     payload: &d.msg.payload,
                     properties: &d.msg.properties,
                     qos: d.qos,
@@ -271,8 +276,15 @@ impl Writer {
                 continue;
             };
             let pid = if d.qos > 0 { o.next_pid() } else { 0 };
+            let plan = self.aliases.plan(&d.msg.topic);
+            let (topic, alias) = match plan {
+                Plan::Topic => (&*d.msg.topic, None),
+                Plan::New(a) => (&*d.msg.topic, Some(a)),
+                Plan::Known(a) => ("", Some(a)),
+            };
             let out = OutPublish {
-                topic: &d.msg.topic,
+                topic,
+                alias,
                 payload: &d.msg.payload,
                 properties: &d.msg.properties,
                 qos: d.qos,
@@ -287,6 +299,9 @@ impl Writer {
                 continue;
             }
             out.encode(self.protocol, &mut self.buf);
+            if let Plan::New(a) = plan {
+                self.aliases.commit(&d.msg.topic, a);
+            }
             sent += 1;
             if d.qos > 0 {
                 o.sent(pid, d, Instant::now());
