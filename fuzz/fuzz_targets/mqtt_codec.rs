@@ -12,8 +12,10 @@ fuzz_target!(|data: &[u8]| {
             let (Packet::Publish(p), Some(proto)) = (packet, protocol) else {
                 continue;
             };
+            let alias = p.topic_alias.filter(|_| proto == Protocol::V5);
             let out = OutPublish {
                 topic: &p.topic,
+                alias,
                 payload: &p.payload,
                 properties: &p.properties,
                 qos: p.qos,
@@ -32,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!((q.topic, q.payload, q.qos, q.retain), (p.topic, p.payload, p.qos, p.retain));
             assert_eq!(q.properties, p.properties);
             assert_eq!(q.message_expiry, p.message_expiry);
+            assert_eq!(q.topic_alias, alias);
         }
     }
 });
