@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use crate::registry::{Identity, Registry, Secret};
+use mqtt_broker::client_id_allowed;
 use mqtt_broker::ingress::{AuthError, Authenticator};
 
 /// How long a successful argon2 verification is remembered.
@@ -159,22 +160,6 @@ fn verify_argon2(phc: &str, password: &[u8]) -> bool {
             .verify_password(password, &hash)
             .is_ok(),
         Err(_) => false,
-    }
-}
-
-/// Whether `client_id` may be used by `principal`: devices and agents use their id, apps their
-/// id or `id.suffix`.
-pub fn client_id_allowed(principal: &Principal, client_id: &str) -> bool {
-    let id = principal.id();
-    match principal {
-        Principal::Device(_) | Principal::Agent(_) | Principal::SparkplugNode(_) => client_id == id,
-        Principal::App { .. } => {
-            client_id == id
-                || client_id
-                    .strip_prefix(id)
-                    .and_then(|rest| rest.strip_prefix('.'))
-                    .is_some_and(|suffix| !suffix.is_empty())
-        }
     }
 }
 

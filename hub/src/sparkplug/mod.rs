@@ -234,12 +234,12 @@ impl Sparkplug {
                     device: device.to_string(),
                     quantity: q.name(),
                 })?;
-                let value = metric_value(*v, conv.invert(v.as_f64()), datatype);
-                let metric = value
+                let raw = conv.invert(v.as_f64());
+                let metric = metric_value(*v, raw, datatype)
                     .and_then(|mv| Metric::new(datatype, &mv).ok())
                     .ok_or_else(|| WriteError::NotRepresentable {
                         metric: name.to_string(),
-                        value: conv.invert(v.as_f64()).to_string(),
+                        value: raw.to_string(),
                         datatype,
                     })?;
                 metrics.push(metric.named(name).at(now_ms));
