@@ -179,6 +179,31 @@ impl Authenticator for RegistryAuthenticator {
         }
         Ok(principal)
     }
+
+    /// A verified client certificate names a device or an agent (SAN URI
+    /// `urn:district:{id}` or subject CN); apps log in by password or token. A user name, if
+    /// given, must be that identity.
+    async fn authenticate_certificate(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        certificate: &[u8],
+    ) -> Result<Arc<Principal>, AuthError> {
+        let id = crate::tls::certificate_identity(certificate).ok_or(AuthError::BadCredentials)?;
+        if username.is_some_and(|u| u != id) {
+            return Err(AuthError::BadCredentials);
+        }
+        let registry = &self.inner.registry;
+        let principal = match registry.identity(&id) {
+            Some(Identity::Device(i)) => registry.device(i).principal.clone(),
+            Some(Identity::Agent(i)) => registry.agent(i).principal.clone(),
+            Some(Identity::App(_)) | None => return Err(AuthError::BadCredentials),
+        };
+        if !client_id.is_empty() && !client_id_allowed(&principal, client_id) {
+            return Err(AuthError::ClientIdMismatch(protocols::id::clip(client_id)));
+        }
+        Ok(principal)
+    }
 }
 
 #[cfg(test)]

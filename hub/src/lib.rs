@@ -34,6 +34,7 @@ pub mod rules;
 pub mod server;
 pub mod shutdown;
 pub mod sparkplug;
+pub mod tls;
 pub mod twin;
 pub mod video;
 
@@ -92,6 +93,9 @@ pub enum StartError {
     /// The HJ 212 listener could not be bound.
     #[error(transparent)]
     Hj212(#[from] hj212::ListenError),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The HTTP listener could not be bound.
     #[error("HTTP listener {addr}: {source}")]
     Http {
@@ -201,6 +205,24 @@ impl<S: SeriesStore> Hub<S> {
             addr: config.hub.http_listen.clone(),
             source,
         })?;
+        let https = match (
+            &config.hub.https_listen,
+            tls::server_config(&config.hub, tls::Listener::Https)?,
+        ) {
+            (Some(addr), Some(tls)) => {
+                let bound = tokio::net::TcpListener::bind(addr).await;
+                let l = bound.and_then(|l| tls::HttpsListener::new(l, tls));
+                Some(l.map_err(|source| StartError::Http {
+                    addr: addr.clone(),
+                    source,
+                })?)
+            }
+            _ => None,
+        };
+        let https_addr = https.as_ref().map(|l| {
+            use axum::serve::Listener;
+            l.local_addr().unwrap_or(http_addr)
+        });
         let outlet = Outlet::new(publisher);
         let dead_letters = DeadLetters::new(outlet.clone(), metrics.clone());
         // The hub's own ingress (stations on TCP): bound before anything runs, like HTTP. It
@@ -350,6 +372,16 @@ impl<S: SeriesStore> Hub<S> {
             config_source: config.source.clone(),
             disk,
         }));
+        if let Some(https) = https {
+            let router = router.clone();
+            http.spawn("HTTPS server", move |mut stop| async move {
+                let serve = axum::serve(https, router)
+                    .with_graceful_shutdown(async move { stop.recv().await });
+                if let Err(e) = serve.await {
+                    tracing::error!("HTTPS server failed: {e}");
+                }
+            });
+        }
         http.spawn("HTTP server", move |mut stop| async move {
             let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.recv().await });
@@ -358,6 +390,9 @@ impl<S: SeriesStore> Hub<S> {
             }
         });
         tracing::info!("HTTP API listening on http://{http_addr}");
+        if let Some(a) = https_addr {
+            tracing::info!("HTTP API listening on https://{a}");
+        }
 
         {
             let t = twins.clone();
@@ -365,6 +400,7 @@ impl<S: SeriesStore> Hub<S> {
         }
         Ok(RunningHub {
             http_addr,
+            https_addr,
             hj212_addrs,
             ingress,
             pipeline,
@@ -457,6 +493,7 @@ pub fn reload_rules(
 /// A started hub.
 pub struct RunningHub {
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     hj212_addrs: Vec<SocketAddr>,
     /// The HJ 212 listener and its connections.
     ingress: Shutdown,
@@ -479,6 +516,11 @@ impl RunningHub {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the HTTPS API listens (`None` without `[hub] https_listen`).
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// Where HJ 212 stations connect (empty when `[hj212] listen` is).

@@ -26,6 +26,9 @@ pub enum ServerError {
     /// The store's opening task failed.
     #[error("opening the store: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A listen address that does not parse.
     #[error("`{0}` is not an address like 0.0.0.0:1883 or [::]:1883")]
     BadAddress(String),
@@ -40,7 +43,8 @@ pub fn store_options(s: &HubSettings) -> StoreOptions {
     }
 }
 
-/// The broker defaults with hub.toml's `[hub] mqtt_listen` and `max_packet_bytes`.
+/// The broker defaults with hub.toml's `[hub] mqtt_listen`, `max_packet_bytes` and the MQTT
+/// over TLS listeners with their certificate, key and client CA.
 pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError> {
     let listen = settings
         .mqtt_listen
@@ -49,6 +53,12 @@ pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError
         .collect::<Result<Vec<SocketAddr>, _>>()?;
     let mut c = BrokerConfig::new(listen);
     c.max_packet_bytes = settings.max_packet_bytes;
+    c.tls_listen = settings
+        .mqtt_tls_listen
+        .iter()
+        .map(|a| a.parse().map_err(|_| ServerError::BadAddress(a.clone())))
+        .collect::<Result<Vec<SocketAddr>, _>>()?;
+    c.tls = crate::tls::server_config(settings, crate::tls::Listener::Mqtt)?;
     Ok(c)
 }
 
@@ -95,6 +105,7 @@ impl Server {
         };
         tracing::info!(
             mqtt = ?broker.local_addrs(),
+            mqtt_tls = ?broker.tls_addrs(),
             http = %running.http_addr(),
             "hub serving"
         );
@@ -109,6 +120,16 @@ impl Server {
     /// The bound MQTT addresses (real ports when the config asked for port 0).
     pub fn mqtt_addrs(&self) -> &[SocketAddr] {
         self.broker.local_addrs()
+    }
+
+    /// The bound MQTT over TLS addresses.
+    pub fn mqtt_tls_addrs(&self) -> &[SocketAddr] {
+        self.broker.tls_addrs()
+    }
+
+    /// The bound HTTPS address, if `[hub] https_listen` is set.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.running.https_addr()
     }
 
     /// The bound HTTP address.

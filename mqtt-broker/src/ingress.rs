@@ -132,4 +132,17 @@ pub trait Authenticator: Send + Sync + 'static {
         username: Option<&str>,
         password: Option<&[u8]>,
     ) -> impl std::future::Future<Output = Result<Arc<Principal>, AuthError>> + Send;
+
+    /// Authenticates a connection by the client certificate (DER, the end entity) that the
+    /// TLS handshake verified against the configured client CA; no password is needed. The
+    /// default knows no certificate identities and refuses.
+    fn authenticate_certificate(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        certificate: &[u8],
+    ) -> impl std::future::Future<Output = Result<Arc<Principal>, AuthError>> + Send {
+        let _ = (client_id, username, certificate);
+        std::future::ready(Err(AuthError::BadCredentials))
+    }
 }

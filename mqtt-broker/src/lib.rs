@@ -48,6 +48,8 @@
 //!     aliases, keep alive, session expiry, the in-order acknowledgement queue), unit-tested.
 //! - [`codec`]: the MQTT 3.1.1/5 wire format, server side: types in `mod.rs`, `decode.rs`,
 //!   `encode.rs`, and the primitives in `wire.rs`. Fuzzed by `fuzz/fuzz_targets/mqtt_codec.rs`.
+//! - `tls.rs`: MQTT over TLS: the handshake in the connection's task, the verified client
+//!   certificate handed on to admission.
 //! - [`metrics`]: the counters and gauges, rendered as Prometheus text.
 //!
 //! Dependencies run one way: `connection` uses `registry`, `session`, `router` and `codec`;
@@ -75,6 +77,7 @@ pub mod metrics;
 mod registry;
 mod router;
 mod session;
+mod tls;
 
 pub use access::{AccessPolicy, ContractAccess, client_id_allowed};
 use message::Message;
@@ -109,6 +112,11 @@ pub struct BrokerConfig {
     /// Longest keep alive granted to an MQTT 5 client (a longer one, or 0, is replaced and the
     /// client told so in CONNACK). `None` accepts the client's, 0 (no keep alive) included.
     pub max_keep_alive: Option<u16>,
+    /// Addresses for MQTT over TLS (8883 by convention); served with `tls`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The TLS server side (certificate chain, key, client certificate verifier) of
+    /// `tls_listen`. A client certificate it verifies goes to the [`Authenticator`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl BrokerConfig {
@@ -125,6 +133,8 @@ impl BrokerConfig {
             max_session_expiry: Duration::from_secs(24 * 3600),
             topic_alias_max: 64,
             max_keep_alive: None,
+            tls_listen: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -143,6 +153,9 @@ pub enum BrokerError {
     /// No address to listen on.
     #[error("no MQTT listen address")]
     NoListener,
+    /// TLS addresses without a TLS configuration.
+    #[error("MQTT TLS listen addresses given without a TLS certificate and key")]
+    NoTlsConfig,
 }
 
 /// State shared by the listeners, connections and the handle.
@@ -211,16 +224,21 @@ impl Broker {
         access: P,
         events: mpsc::Sender<IngressEvent>,
     ) -> Result<BrokerHandle, BrokerError> {
-        if config.listen.is_empty() {
+        if config.listen.is_empty() && config.tls_listen.is_empty() {
             return Err(BrokerError::NoListener);
         }
+        let acceptor = match (&config.tls, config.tls_listen.is_empty()) {
+            (_, true) => None,
+            (Some(tls), false) => Some(tokio_rustls::TlsAcceptor::from(tls.clone())),
+            (None, false) => return Err(BrokerError::NoTlsConfig),
+        };
+        // Plain listeners first, then TLS ones, each with its acceptor.
         let mut listeners = Vec::new();
-        for addr in &config.listen {
-            let l = bind_listener(*addr).map_err(|source| BrokerError::Bind {
-                addr: *addr,
-                source,
-            })?;
-            listeners.push(l);
+        let plain = config.listen.iter().map(|a| (*a, None));
+        let tls = config.tls_listen.iter().map(|a| (*a, acceptor.clone()));
+        for (addr, acceptor) in plain.chain(tls) {
+            let l = bind_listener(addr).map_err(|source| BrokerError::Bind { addr, source })?;
+            listeners.push((addr, l, acceptor));
         }
         let metrics = Arc::new(Metrics::default());
         let (shutdown, _) = watch::channel(false);
@@ -238,19 +256,31 @@ impl Broker {
         });
         let auth = Arc::new(authenticator);
         let mut addrs = Vec::new();
+        let mut tls_addrs = Vec::new();
         let mut tasks = Vec::new();
-        for l in listeners {
+        for (asked, l, acceptor) in listeners {
             let addr = l.local_addr().map_err(|source| BrokerError::Bind {
-                addr: core.config.listen[addrs.len()],
+                addr: asked,
                 source,
             })?;
-            tracing::info!(%addr, "MQTT listening");
-            addrs.push(addr);
-            tasks.push(tokio::spawn(accept_loop(core.clone(), auth.clone(), l)));
+            if acceptor.is_some() {
+                tracing::info!(%addr, "MQTT over TLS listening");
+                tls_addrs.push(addr);
+            } else {
+                tracing::info!(%addr, "MQTT listening");
+                addrs.push(addr);
+            }
+            tasks.push(tokio::spawn(accept_loop(
+                core.clone(),
+                auth.clone(),
+                l,
+                acceptor,
+            )));
         }
         Ok(BrokerHandle {
             core,
             addrs: addrs.into(),
+            tls_addrs: tls_addrs.into(),
             listeners: Arc::new(Mutex::new(tasks)),
         })
     }
@@ -277,7 +307,12 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-async fn accept_loop<A: Authenticator>(core: Arc<Core>, auth: Arc<A>, listener: TcpListener) {
+async fn accept_loop<A: Authenticator>(
+    core: Arc<Core>,
+    auth: Arc<A>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut stop = core.shutdown.subscribe();
     loop {
         tokio::select! {
@@ -288,8 +323,24 @@ async fn accept_loop<A: Authenticator>(core: Arc<Core>, auth: Arc<A>, listener: 
                     core.live.fetch_add(1, Ordering::SeqCst);
                     let core = core.clone();
                     let auth = auth.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        connection::serve(core.clone(), auth, stream, peer).await;
+                        let _ = stream.set_nodelay(true);
+                        // The TLS handshake runs here, in the connection's task, so a slow
+                        // or hostile client never holds up the accept loop.
+                        let link = match &tls {
+                            None => Some(connection::Link::plain(stream)),
+                            Some(acceptor) => {
+                                let mut stop = core.shutdown.subscribe();
+                                tokio::select! {
+                                    l = tls::handshake(&core, acceptor, stream, peer) => l,
+                                    _ = stopped(&mut stop) => None,
+                                }
+                            }
+                        };
+                        if let Some(link) = link {
+                            connection::serve(core.clone(), auth, link, peer).await;
+                        }
                         if core.live.fetch_sub(1, Ordering::SeqCst) == 1 {
                             core.live_changed.notify_waiters();
                         }
@@ -315,6 +366,7 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub struct BrokerHandle {
     core: Arc<Core>,
     addrs: Arc<[SocketAddr]>,
+    tls_addrs: Arc<[SocketAddr]>,
     listeners: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -322,6 +374,11 @@ impl BrokerHandle {
     /// The bound addresses, in the order of the config (with real ports when 0 was asked).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound MQTT over TLS addresses, in the order of the config.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// The ingress metrics (export them on /metrics with a [`MetricsCollector`]).

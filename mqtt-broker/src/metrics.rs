@@ -91,6 +91,11 @@ pub struct Metrics {
     pub sessions: AtomicI64,
     /// Subscriptions held.
     pub subscriptions: AtomicI64,
+    /// TLS handshakes completed on the TLS listeners.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed (plaintext on the TLS port, an unknown CA, an expired
+    /// certificate, a timeout).
+    pub tls_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -171,7 +176,17 @@ impl Collector for MetricsCollector {
                     .encode(family.encode_family(&RefusedLabels { reason })?)?;
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
+            (
+                "tls_handshakes",
+                "TLS handshakes completed.",
+                &m.tls_handshakes,
+            ),
+            (
+                "tls_failures",
+                "TLS handshakes failed (bad certificate, plaintext, timeout).",
+                &m.tls_failures,
+            ),
             (
                 "protocol_errors",
                 "Connections closed for malformed or unexpected packets.",

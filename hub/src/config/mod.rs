@@ -149,6 +149,23 @@ pub struct HubSettings {
     /// and alerts keep room to finish and recover (bytes, or `"64MiB"`).
     #[serde(default = "default_min_free_disk")]
     pub min_free_disk: ByteSize,
+    /// MQTT over TLS listen addresses (none by default); needs `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub mqtt_tls_listen: Vec<String>,
+    /// HTTPS listen address for the API and dashboard (off by default); needs `tls_cert` and
+    /// `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_listen: Option<String>,
+    /// The hub's certificate chain, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert`, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) whose client certificates identify devices and agents on the TLS
+    /// listeners, without a password. Without it, TLS clients log in by password only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The `[hj212]` table: where stations that speak HJ 212-2017 connect.
@@ -202,6 +219,11 @@ impl Default for HubSettings {
             command_timeout: default_command_timeout(),
             command_retry: default_command_retry(),
             min_free_disk: default_min_free_disk(),
+            mqtt_tls_listen: Vec::new(),
+            https_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
     }
 }
@@ -543,6 +565,18 @@ impl HubConfig {
         if self.hub.data_dir.is_relative() {
             self.hub.data_dir = base.join(&self.hub.data_dir);
         }
+        for p in [
+            &mut self.hub.tls_cert,
+            &mut self.hub.tls_key,
+            &mut self.hub.client_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         for d in &mut self.devices {
             if let Some(p) = &mut d.profile
                 && p.is_relative()
@@ -565,6 +599,34 @@ impl HubConfig {
             check_addr(&format!("hub.mqtt_listen[{i}]"), a)?;
         }
         check_addr("hub.http_listen", &s.http_listen)?;
+        for (i, a) in s.mqtt_tls_listen.iter().enumerate() {
+            check_addr(&format!("hub.mqtt_tls_listen[{i}]"), a)?;
+        }
+        if let Some(a) = &s.https_listen {
+            check_addr("hub.https_listen", a)?;
+        }
+        let serves_tls = !s.mqtt_tls_listen.is_empty() || s.https_listen.is_some();
+        match (&s.tls_cert, &s.tls_key) {
+            (None, None) if serves_tls => {
+                return Err(ConfigError::new(
+                    "hub.tls_cert",
+                    "TLS listeners need tls_cert and tls_key",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new("hub.tls_key", "tls_cert needs tls_key"));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new("hub.tls_cert", "tls_key needs tls_cert"));
+            }
+            _ => {}
+        }
+        if s.client_ca.is_some() && s.mqtt_tls_listen.is_empty() {
+            return Err(ConfigError::new(
+                "hub.client_ca",
+                "client certificates need mqtt_tls_listen",
+            ));
+        }
         if s.max_packet_bytes < 1024 {
             return Err(ConfigError::new(
                 "hub.max_packet_bytes",

@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use protocols::access::Principal;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::{ReadHalf, WriteHalf};
 
 use crate::codec::{self, ConnAckProps, Connect, DecodeError, Packet, Protocol, reason, v4_return};
 use crate::ingress::{AuthError, Authenticator};
@@ -33,7 +35,7 @@ pub(super) enum ConnectFail {
 
 /// Reads until a whole CONNECT is in `buf`; bytes after it stay in `buf`.
 pub(super) async fn read_connect(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     buf: &mut BytesMut,
     max: usize,
     core: &Core,
@@ -59,7 +61,7 @@ pub(super) async fn read_connect(
 
 /// Answers bytes that were not a valid CONNECT: a CONNACK "unacceptable protocol version" for
 /// an unknown level (what 3.1.1 asks for), otherwise just the close; counted either way.
-pub(super) async fn reject_bad_connect(core: &Core, wr: &mut OwnedWriteHalf, e: &DecodeError) {
+pub(super) async fn reject_bad_connect(core: &Core, wr: &mut WriteHalf, e: &DecodeError) {
     if let DecodeError::UnsupportedLevel(_) = e {
         core.metrics.refuse(RefuseReason::Protocol);
         let mut out = BytesMut::new();
@@ -71,6 +73,7 @@ pub(super) async fn reject_bad_connect(core: &Core, wr: &mut OwnedWriteHalf, e: 
             &ConnAckProps::default(),
         );
         let _ = wr.write_all(&out).await;
+        let _ = wr.flush().await;
     } else {
         core.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
         if matches!(e, DecodeError::TooLarge { .. }) {
@@ -102,13 +105,7 @@ impl Refusal {
     };
 
     /// Counts the refusal and sends the CONNACK that says it, then closes.
-    pub async fn send(
-        self,
-        core: &Core,
-        wr: &mut OwnedWriteHalf,
-        protocol: Protocol,
-        peer: SocketAddr,
-    ) {
+    pub async fn send(self, core: &Core, wr: &mut WriteHalf, protocol: Protocol, peer: SocketAddr) {
         core.metrics.refuse(self.reason);
         tracing::info!(%peer, reason = self.log, "MQTT CONNECT refused");
         let code = match protocol {
@@ -118,6 +115,7 @@ impl Refusal {
         let mut out = BytesMut::new();
         codec::encode_connack(&mut out, protocol, false, code, &ConnAckProps::default());
         let _ = wr.write_all(&out).await;
+        let _ = wr.flush().await;
         let _ = wr.shutdown().await;
     }
 }
@@ -135,12 +133,14 @@ pub(super) struct Admitted {
     pub assigned: bool,
 }
 
-/// Decides whether a CONNECT is let in.
+/// Decides whether a CONNECT is let in. A client certificate verified by the TLS handshake
+/// authenticates through [`Authenticator::authenticate_certificate`] instead of the password.
 pub(super) async fn admit<A: Authenticator>(
     core: &Core,
     auth: &A,
     connect: Connect,
     peer: SocketAddr,
+    certificate: Option<&CertificateDer<'static>>,
 ) -> Result<Admitted, Refusal> {
     if connect.client_id.is_empty() && !connect.v5 && !connect.clean_start {
         return Err(Refusal {
@@ -156,28 +156,39 @@ pub(super) async fn admit<A: Authenticator>(
             log: "enhanced authentication is not supported",
         });
     }
-    // A client without an id is given one: its user name is valid for every role.
-    let asked_id = if connect.client_id.is_empty() {
+    // A client without an id is given one: its user name is valid for every role (with a
+    // certificate and no user name, the certificate's identity, once known).
+    let mut asked_id = if connect.client_id.is_empty() {
         connect.username.clone().unwrap_or_default()
     } else {
         connect.client_id.clone()
     };
-    let principal = auth
-        .authenticate(
-            &asked_id,
-            connect.username.as_deref(),
-            connect.password.as_deref(),
-        )
-        .await
-        .map_err(|e| match e {
-            AuthError::BadCredentials => Refusal {
-                reason: RefuseReason::BadCredentials,
-                v4: v4_return::BAD_CREDENTIALS,
-                v5: reason::BAD_USER_NAME_OR_PASSWORD,
-                log: "bad user name or password",
-            },
-            AuthError::ClientIdMismatch(_) => Refusal::CLIENT_ID,
-        })?;
+    let authenticated = match certificate {
+        Some(cert) => {
+            auth.authenticate_certificate(&asked_id, connect.username.as_deref(), cert.as_ref())
+                .await
+        }
+        None => {
+            auth.authenticate(
+                &asked_id,
+                connect.username.as_deref(),
+                connect.password.as_deref(),
+            )
+            .await
+        }
+    };
+    let principal = authenticated.map_err(|e| match e {
+        AuthError::BadCredentials => Refusal {
+            reason: RefuseReason::BadCredentials,
+            v4: v4_return::BAD_CREDENTIALS,
+            v5: reason::BAD_USER_NAME_OR_PASSWORD,
+            log: "bad user name or password",
+        },
+        AuthError::ClientIdMismatch(_) => Refusal::CLIENT_ID,
+    })?;
+    if asked_id.is_empty() {
+        asked_id = principal.id().to_string();
+    }
     // Defence in depth: the rule holds whatever the authenticator checked.
     if !client_id_allowed(&principal, &asked_id) {
         return Err(Refusal::CLIENT_ID);

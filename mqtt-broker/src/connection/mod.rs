@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use protocols::access::Principal;
 use protocols::time::now_ms;
-use tokio::io::AsyncReadExt;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use self::admission::{Admitted, ConnectFail};
@@ -44,15 +44,45 @@ const WRITER_LINGER: Duration = Duration::from_secs(2);
 /// How long a closing connection waits for room in the pipeline's channel for its last events.
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 
-/// Serves one accepted TCP connection until it ends.
+/// The read half of a client's byte stream (plain TCP or TLS).
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a client's byte stream (plain TCP or TLS).
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An accepted client's byte stream, ready for MQTT.
+pub(crate) struct Link {
+    /// What the client sends.
+    pub rd: ReadHalf,
+    /// What the client receives.
+    pub wr: WriteHalf,
+    /// The client certificate the TLS handshake verified, if any.
+    pub certificate: Option<CertificateDer<'static>>,
+}
+
+impl Link {
+    /// A plain TCP connection.
+    pub fn plain(stream: TcpStream) -> Link {
+        let (rd, wr) = stream.into_split();
+        Link {
+            rd: Box::new(rd),
+            wr: Box::new(wr),
+            certificate: None,
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends.
 pub(super) async fn serve<A: Authenticator>(
     core: Arc<Core>,
     auth: Arc<A>,
-    stream: TcpStream,
+    link: Link,
     peer: SocketAddr,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let Link {
+        mut rd,
+        mut wr,
+        certificate,
+    } = link;
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut stop = core.shutdown.subscribe();
     let max = core.config.max_packet_bytes;
@@ -79,7 +109,7 @@ pub(super) async fn serve<A: Authenticator>(
         Ok(Ok(c)) => c,
     };
     let negotiated = Negotiated::new(&core.config, &connect);
-    match admission::admit(&core, &*auth, *connect, peer).await {
+    match admission::admit(&core, &*auth, *connect, peer, certificate.as_ref()).await {
         Ok(admitted) => run(core, negotiated, admitted, rd, wr, buf, peer).await,
         Err(refusal) => {
             refusal
@@ -95,8 +125,8 @@ async fn run(
     core: Arc<Core>,
     n: Negotiated,
     admitted: Admitted,
-    mut rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    mut rd: ReadHalf,
+    wr: WriteHalf,
     buf: BytesMut,
     peer: SocketAddr,
 ) {

@@ -12,7 +12,6 @@ use protocols::access::Principal;
 use protocols::time::now_ms;
 use protocols::topic::{validate_filter, validate_topic_name};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::kicked;
@@ -50,7 +49,7 @@ pub(super) struct Reader {
 impl Reader {
     /// Reads and dispatches packets until the connection ends; `buf` holds what was read
     /// after the CONNECT.
-    pub async fn run(&mut self, rd: &mut OwnedReadHalf, mut buf: BytesMut) -> End {
+    pub async fn run(&mut self, rd: &mut super::ReadHalf, mut buf: BytesMut) -> End {
         let max = self.core.config.max_packet_bytes;
         let grace = self.state.keep_alive_grace();
         let mut deadline = tokio::time::Instant::now() + grace.unwrap_or_default();

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 
 use super::aliases::{OutAliases, Plan};
@@ -48,7 +47,7 @@ pub(super) struct Writer {
     /// This connection's generation; the outbox is drained only while it owns it.
     pub generation: u64,
     /// The socket's write half, owned here alone.
-    pub wr: OwnedWriteHalf,
+    pub wr: super::WriteHalf,
     /// What is gathered for the next write (starts with the CONNACK).
     pub buf: BytesMut,
     /// From the reader.
@@ -131,7 +130,12 @@ impl Writer {
         } else {
             stuck
         };
-        let write = tokio::time::timeout(limit, self.wr.write_all(&self.buf));
+        // TLS keeps records it could not send yet inside the stream: flush hands them on.
+        let (wr, buf) = (&mut self.wr, &self.buf);
+        let write = tokio::time::timeout(limit, async move {
+            wr.write_all(buf).await?;
+            wr.flush().await
+        });
         tokio::pin!(write);
         let result = tokio::select! {
             r = &mut write => r,
