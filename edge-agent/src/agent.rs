@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::modbus::Pollers;
 use crate::queue::{Queue, QueueError};
 use crate::update::{self, InstallOptions};
-use crate::uplink::{Uplink, UplinkError, UplinkSettings};
+use crate::uplink::{ClientCert, Uplink, UplinkError, UplinkSettings};
 
 /// redb page cache of the queue: small on purpose (see `Queue::open`).
 const QUEUE_CACHE_BYTES: usize = 1 << 20;
@@ -63,7 +63,13 @@ pub fn uplink_settings(a: &AgentSection) -> UplinkSettings {
         secret: a.secret.clone(),
         hub: a.hub.clone(),
         keepalive: a.keepalive.0,
-        ca_file: a.ca_file.clone(),
+        ca: a.ca.clone(),
+        // Config validation makes sure both or neither are set.
+        client_cert: a
+            .cert
+            .clone()
+            .zip(a.key.clone())
+            .map(|(cert, key)| ClientCert { cert, key }),
         max_inflight: a.max_inflight,
         ack_timeout: a.ack_timeout.0,
     }
@@ -86,7 +92,9 @@ fn restart_fields_changed(old: &AgentSection, new: &AgentSection) -> Vec<&'stati
         old.queue_max_bytes != new.queue_max_bytes,
     );
     check("keepalive", old.keepalive != new.keepalive);
-    check("ca_file", old.ca_file != new.ca_file);
+    check("ca", old.ca != new.ca);
+    check("cert", old.cert != new.cert);
+    check("key", old.key != new.key);
     check("max_inflight", old.max_inflight != new.max_inflight);
     check("ack_timeout", old.ack_timeout != new.ack_timeout);
     check("metrics_listen", old.metrics_listen != new.metrics_listen);

@@ -1,7 +1,7 @@
 //! agent.toml: the agent's identity, its hub, its durable queue, its Modbus devices and cameras.
 //!
-//! Relative paths (data_dir, profiles, camera files) are relative to the config file, so a
-//! technician can move a provisioned directory as a whole.
+//! Relative paths (data_dir, profiles, camera files, the TLS files `ca`, `cert`, `key`) are
+//! relative to the config file, so a technician can move a provisioned directory as a whole.
 
 use std::path::{Path, PathBuf};
 
@@ -83,8 +83,10 @@ fn default_ack_timeout() -> HumanDuration {
 pub struct AgentSection {
     /// The agent's id at the hub.
     pub id: String,
-    /// Its secret.
-    pub secret: String,
+    /// Its secret (the MQTT password). May be left out when `cert` and `key` identify the agent
+    /// to the hub instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub hub: String,
     /// Where the durable queue lives.
@@ -116,8 +118,18 @@ pub struct AgentSection {
     #[serde(default = "default_keepalive")]
     pub keepalive: HumanDuration,
     /// For `mqtts://`: a PEM file of CA certificates to trust instead of the system roots.
+    /// `ca_file` is the older name, still accepted.
+    #[serde(default, alias = "ca_file", skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// For `mqtts://`: the agent's client certificate chain (PEM, the agent's certificate
+    /// first), presented to the hub in the TLS handshake. Its subject CN (or a SAN URI
+    /// `urn:district:{id}`) is the agent id, and it is signed by the hub's `client_ca`; with it
+    /// the agent needs no `secret`. X.509 v3 (rustls refuses v1 certificates). Goes with `key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert` (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
     /// Local Prometheus metrics address, e.g. `127.0.0.1:9101`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
@@ -310,17 +322,51 @@ impl AgentConfig {
         let mut file: AgentFile = parse_toml(text)?;
         let a = &mut file.agent;
         validate_id(&a.id).map_err(|e| ConfigError::new("agent.id", format!("`{}` {e}", a.id)))?;
-        if a.secret.is_empty() {
-            return Err(ConfigError::new("agent.secret", "must not be empty"));
-        }
         check_hub_url(&a.hub)?;
+        match (&a.cert, &a.key) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "agent.key",
+                    "is needed with agent.cert (the certificate's private key, PEM)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "agent.cert",
+                    "is needed with agent.key (the client certificate chain, PEM)",
+                ));
+            }
+            (Some(_), Some(_)) if !a.hub.starts_with("mqtts://") => {
+                return Err(ConfigError::new(
+                    "agent.cert",
+                    format!(
+                        "needs an mqtts:// hub (a client certificate is presented in the TLS handshake; hub is `{}`)",
+                        a.hub
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        match &a.secret {
+            Some(s) if s.is_empty() => {
+                return Err(ConfigError::new("agent.secret", "must not be empty"));
+            }
+            // A client certificate authenticates the agent without a password.
+            None if a.cert.is_none() => {
+                return Err(ConfigError::new(
+                    "agent.secret",
+                    "is needed unless agent.cert and agent.key identify the agent",
+                ));
+            }
+            _ => {}
+        }
         if a.data_dir.is_relative() {
             a.data_dir = base.join(&a.data_dir);
         }
-        if let Some(ca) = &mut a.ca_file
-            && ca.is_relative()
-        {
-            *ca = base.join(&*ca);
+        for file in [&mut a.ca, &mut a.cert, &mut a.key].into_iter().flatten() {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
         }
         if let Some(d) = &mut a.install_dir
             && d.is_relative()
@@ -680,5 +726,101 @@ source = "rtsp://127.0.0.1:8554/cam1"
             got.contains("bad.toml: points: a profile needs at least one point"),
             "{got}"
         );
+    }
+
+    /// GOOD with `[agent]` lines replaced: `secret`, `hub` and the lines in `tls`.
+    fn with_agent(secret: Option<&str>, hub: &str, tls: &str) -> String {
+        let secret = secret
+            .map(|s| format!("secret = \"{s}\"\n"))
+            .unwrap_or_default();
+        GOOD.replace("secret = \"agent-secret-1\"\n", &format!("{secret}{tls}"))
+            .replace("mqtt://127.0.0.1:1883", hub)
+    }
+
+    #[test]
+    fn a_client_certificate_replaces_the_secret_and_paths_resolve_against_the_file() {
+        let d = dir();
+        let tls = "ca = \"tls/hub-ca.crt\"\ncert = \"tls/agent.crt\"\nkey = \"/etc/agent.key\"\n";
+        let c =
+            AgentConfig::from_toml(&with_agent(None, "mqtts://hub:8883", tls), d.path()).unwrap();
+        let a = &c.file.agent;
+        assert_eq!(a.secret, None);
+        assert_eq!(
+            a.ca.as_deref(),
+            Some(d.path().join("tls/hub-ca.crt").as_path())
+        );
+        assert_eq!(
+            a.cert.as_deref(),
+            Some(d.path().join("tls/agent.crt").as_path())
+        );
+        assert_eq!(a.key.as_deref(), Some(Path::new("/etc/agent.key")));
+        let s = crate::agent::uplink_settings(a);
+        assert_eq!(s.secret, None);
+        assert_eq!(
+            s.client_cert,
+            Some(crate::uplink::ClientCert {
+                cert: d.path().join("tls/agent.crt"),
+                key: "/etc/agent.key".into(),
+            })
+        );
+
+        // A secret as well is fine: the hub may take either.
+        let c = AgentConfig::from_toml(&with_agent(Some("s"), "mqtts://hub:8883", tls), d.path())
+            .unwrap();
+        assert_eq!(c.file.agent.secret.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn ca_file_is_still_accepted_for_ca() {
+        let d = dir();
+        let text = with_agent(Some("s"), "mqtts://hub:8883", "ca_file = \"ca.pem\"\n");
+        let c = AgentConfig::from_toml(&text, d.path()).unwrap();
+        assert_eq!(c.file.agent.ca, Some(d.path().join("ca.pem")));
+    }
+
+    #[test]
+    fn tls_identity_problems_name_their_key() {
+        let d = dir();
+        let mqtts = "mqtts://hub:8883";
+        let cases = [
+            (
+                with_agent(None, mqtts, "cert = \"a.crt\"\n"),
+                "agent.key: is needed with agent.cert",
+            ),
+            (
+                with_agent(Some("s"), mqtts, "key = \"a.key\"\n"),
+                "agent.cert: is needed with agent.key",
+            ),
+            (
+                with_agent(
+                    Some("s"),
+                    "mqtt://hub:1883",
+                    "cert = \"a.crt\"\nkey = \"a.key\"\n",
+                ),
+                "agent.cert: needs an mqtts:// hub",
+            ),
+            (
+                with_agent(None, mqtts, "ca = \"ca.pem\"\n"),
+                "agent.secret: is needed unless agent.cert and agent.key",
+            ),
+            (
+                with_agent(Some(""), mqtts, "cert = \"a.crt\"\nkey = \"a.key\"\n"),
+                "agent.secret: must not be empty",
+            ),
+            (
+                with_agent(Some("s"), mqtts, "ca = \"a.pem\"\nca_file = \"b.pem\"\n"),
+                "agent (line 2): duplicate field `ca`",
+            ),
+            (
+                with_agent(Some("s"), mqtts, "cert = 1\nkey = \"a.key\"\n"),
+                "agent.cert (line",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = AgentConfig::from_toml(&text, d.path())
+                .unwrap_err()
+                .to_string();
+            assert!(got.starts_with(want), "got: {got}\nwant: {want}");
+        }
     }
 }

@@ -44,7 +44,7 @@ enum Command {
         /// Connect with TLS (mqtts://).
         #[arg(long)]
         tls: bool,
-        /// CA certificates (PEM) for TLS instead of the system roots.
+        /// CA certificates (PEM) for TLS instead of the system roots (written as `ca`).
         #[arg(long)]
         ca_file: Option<PathBuf>,
         /// data_dir to write into the config.
@@ -162,6 +162,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::CheckConfig { file }) => {
             let cfg = AgentConfig::load(&file)?;
+            // The uplink reads the TLS files only when it starts (and only for mqtts://); check
+            // them now too.
+            let s = edge_agent::agent::uplink_settings(&cfg.file.agent);
+            if s.hub.starts_with("mqtts://") {
+                edge_agent::uplink::check_tls_files(s.ca.as_deref(), s.client_cert.as_ref())?;
+            }
             println!(
                 "{}: ok ({} modbus devices, {} cameras)",
                 file.display(),

@@ -93,7 +93,7 @@ impl Provision {
             .unwrap_or_else(|| "data/agent".into());
         t.push_str(&format!("data_dir = {}\n", q(&data_dir)));
         if let Some(ca) = &self.ca_file {
-            t.push_str(&format!("ca_file = {}\n", q(&ca.display().to_string())));
+            t.push_str(&format!("ca = {}\n", q(&ca.display().to_string())));
         }
         if let Some(k) = &self.update_key {
             t.push_str(&format!("update_key = {}\n", q(k)));
@@ -120,10 +120,11 @@ impl Provision {
         let url = self.hub_url();
         let settings = UplinkSettings {
             agent: self.id.clone(),
-            secret: self.secret.clone(),
+            secret: Some(self.secret.clone()),
             hub: url.clone(),
             keepalive: Duration::from_secs(30),
-            ca_file: self.ca_file.clone(),
+            ca: self.ca_file.clone(),
+            client_cert: None,
             max_inflight: 1,
             ack_timeout: Duration::from_secs(30),
         };
@@ -247,7 +248,7 @@ mod tests {
         let cfg =
             crate::config::AgentConfig::from_toml(&text, Path::new("/etc/edge-agent")).unwrap();
         assert_eq!(cfg.file.agent.id, "AG-0042");
-        assert_eq!(cfg.file.agent.secret, "s\"ec\\ret");
+        assert_eq!(cfg.file.agent.secret.as_deref(), Some("s\"ec\\ret"));
         assert_eq!(cfg.file.agent.hub, "mqtt://10.0.0.5:1883");
         assert_eq!(
             cfg.file.agent.data_dir,

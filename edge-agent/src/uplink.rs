@@ -51,18 +51,29 @@ pub const SNAPSHOT_WINDOW: usize = 4;
 pub struct UplinkSettings {
     /// Agent id: client id and user name.
     pub agent: String,
-    /// Password.
-    pub secret: String,
+    /// Password; none when `client_cert` identifies the agent.
+    pub secret: Option<String>,
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub hub: String,
     /// MQTT keepalive.
     pub keepalive: Duration,
     /// CA certificates (PEM) for `mqtts://`; system roots when absent.
-    pub ca_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    /// The agent's client certificate and key for `mqtts://`.
+    pub client_cert: Option<ClientCert>,
     /// Unacknowledged entries in flight, at most.
     pub max_inflight: usize,
     /// Resend what is unacked after this long.
     pub ack_timeout: Duration,
+}
+
+/// The files of the agent's TLS client identity (`[agent] cert` and `key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    /// PEM certificate chain, the agent's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: PathBuf,
 }
 
 /// Why the uplink cannot be set up.
@@ -74,6 +85,45 @@ pub enum UplinkError {
     /// TLS could not be configured.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A TLS file (`agent.ca`, `agent.cert`, `agent.key`) cannot be read or is not valid PEM.
+    #[error("agent.{key} {}: {source}", path.display())]
+    TlsFile {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's or the PEM parser's error.
+        source: std::io::Error,
+    },
+    /// A TLS file holds nothing usable of what it should.
+    #[error("agent.{key} {}: no {wanted} in the file", path.display())]
+    TlsFileEmpty {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What was looked for, in words.
+        wanted: &'static str,
+    },
+    /// A CA certificate rustls cannot use as a trust anchor.
+    #[error("agent.ca {}: {source}", path.display())]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// rustls' reason.
+        source: rustls::Error,
+    },
+    /// rustls refused the client certificate with its key: a key that does not belong to the
+    /// certificate, or a key type the ring provider cannot sign with.
+    #[error("agent.cert {} with agent.key {}: {source}", cert.display(), key.display())]
+    ClientCert {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls' reason.
+        source: rustls::Error,
+    },
 }
 
 /// The topics of one agent.
@@ -141,54 +191,129 @@ pub fn parse_hub_url(url: &str) -> Result<(bool, String, u16), UplinkError> {
     Ok((tls, host.to_string(), port))
 }
 
-/// A rustls client config with the ring provider and either `ca_file` or the system roots.
-pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, UplinkError> {
+/// Reads a PEM file named by `agent.{key}`.
+fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, UplinkError> {
+    std::fs::read(path).map_err(|source| UplinkError::TlsFile {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The certificates of a PEM file named by `agent.{key}`; at least one.
+fn read_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, UplinkError> {
+    let pem = read_pem(key, path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| UplinkError::TlsFile {
+            key,
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(UplinkError::TlsFileEmpty {
+            key,
+            path: path.to_owned(),
+            wanted: "PEM certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// The trust anchors of the PEM file `agent.ca`.
+fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, UplinkError> {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| UplinkError::Tls(format!("{}: {e}", path.display())))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert =
-                    cert.map_err(|e| UplinkError::Tls(format!("{}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| UplinkError::Tls(format!("{}: {e}", path.display())))?;
-            }
-            if roots.is_empty() {
-                return Err(UplinkError::Tls(format!(
-                    "{}: no PEM certificate in the file",
-                    path.display()
-                )));
-            }
-        }
+    for cert in read_certs("ca", path)? {
+        roots.add(cert).map_err(|source| UplinkError::BadCa {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+/// A rustls client config with the ring provider, trusting `ca` or the system roots, and
+/// presenting `client` (certificate chain and key) when the hub asks for a client certificate.
+pub fn tls_config(
+    ca: Option<&Path>,
+    client: Option<&ClientCert>,
+) -> Result<rustls::ClientConfig, UplinkError> {
+    let roots = match ca {
+        Some(path) => ca_roots(path)?,
         None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
                 return Err(UplinkError::Tls(
-                    "no system CA certificates found; set agent.ca_file".into(),
+                    "no system CA certificates found; set agent.ca".into(),
                 ));
             }
+            roots
         }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UplinkError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+    };
+    client_config(roots, client)
 }
 
-/// MQTT options for the agent: client id = user = agent id, password = secret, the `offline`
-/// will, a clean session, large packets, TLS for `mqtts://`.
+/// Reads and checks the TLS files that are named (`ca`, and `cert` with `key`) as
+/// [`tls_config`] does, without the system roots (for `check-config` on another machine).
+pub fn check_tls_files(ca: Option<&Path>, client: Option<&ClientCert>) -> Result<(), UplinkError> {
+    let roots = match ca {
+        Some(path) => ca_roots(path)?,
+        None => rustls::RootCertStore::empty(),
+    };
+    client_config(roots, client).map(drop)
+}
+
+fn client_config(
+    roots: rustls::RootCertStore,
+    client: Option<&ClientCert>,
+) -> Result<rustls::ClientConfig, UplinkError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UplinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let Some(client) = client else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = read_certs("cert", &client.cert)?;
+    let pem = read_pem("key", &client.key)?;
+    // `private_key` takes the first PKCS#8, PKCS#1 or SEC1 key and skips other sections, so a
+    // key file with the certificate in it works too.
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| UplinkError::TlsFile {
+            key: "key",
+            path: client.key.clone(),
+            source,
+        })?
+        .ok_or_else(|| UplinkError::TlsFileEmpty {
+            key: "key",
+            path: client.key.clone(),
+            wanted: "PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC; unencrypted)",
+        })?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| UplinkError::ClientCert {
+            cert: client.cert.clone(),
+            key: client.key.clone(),
+            source,
+        })
+}
+
+/// MQTT options for the agent: client id = user = agent id, password = secret (none with a
+/// client certificate and no secret), the `offline` will, a clean session, large packets, TLS
+/// for `mqtts://`.
 pub fn mqtt_options(s: &UplinkSettings) -> Result<MqttOptions, UplinkError> {
     let (tls, host, port) = parse_hub_url(&s.hub)?;
     let mut o = MqttOptions::new(s.agent.clone(), host, port);
-    o.set_credentials(s.agent.clone(), s.secret.clone());
+    // rumqttc leaves the password flag off for an empty password, so a certificate-only agent
+    // sends its id as user name and no password at all.
+    o.set_credentials(s.agent.clone(), s.secret.clone().unwrap_or_default());
     o.set_keep_alive(s.keepalive.max(Duration::from_secs(5)));
     o.set_clean_session(true);
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
@@ -200,7 +325,7 @@ pub fn mqtt_options(s: &UplinkSettings) -> Result<MqttOptions, UplinkError> {
         true,
     ));
     if tls {
-        let config = tls_config(s.ca_file.as_deref())?;
+        let config = tls_config(s.ca.as_deref(), s.client_cert.as_ref())?;
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(config),
         )));
@@ -254,8 +379,14 @@ impl Uplink {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (connected_tx, connected) = watch::channel(false);
         let (snapshots, snapshots_rx) = mpsc::unbounded_channel();
+        let credentials = if settings.secret.is_some() {
+            "agent.id and agent.secret"
+        } else {
+            "agent.id and agent.cert"
+        };
         let connection = tokio::spawn(run_connection(
             eventloop,
+            credentials,
             topics.clone(),
             link_tx,
             cmd_tx,
@@ -382,8 +513,10 @@ impl Uplink {
     }
 }
 
+/// `credentials` names the config keys to check when the hub refuses the login.
 async fn run_connection(
     mut eventloop: EventLoop,
+    credentials: &'static str,
     topics: Topics,
     link: mpsc::UnboundedSender<LinkEvent>,
     commands: mpsc::Sender<Vec<u8>>,
@@ -465,7 +598,7 @@ async fn run_connection(
                 let delay = backoff.next_delay();
                 match &e {
                     rumqttc::ConnectionError::ConnectionRefused(code) => tracing::error!(
-                        "the hub refused the connection ({code:?}); check agent.id and agent.secret; retry in {delay:?}"
+                        "the hub refused the connection ({code:?}); check {credentials}; retry in {delay:?}"
                     ),
                     _ => tracing::warn!("hub connection: {e}; retry in {delay:?}"),
                 }
@@ -880,10 +1013,11 @@ mod tests {
     fn options_carry_identity_will_and_packet_size() {
         let s = UplinkSettings {
             agent: "AG-0001".into(),
-            secret: "s3cret".into(),
+            secret: Some("s3cret".into()),
             hub: "mqtt://127.0.0.1:1883".into(),
             keepalive: Duration::from_secs(30),
-            ca_file: None,
+            ca: None,
+            client_cert: None,
             max_inflight: 32,
             ack_timeout: Duration::from_secs(30),
         };
@@ -902,8 +1036,66 @@ mod tests {
     }
 
     #[test]
+    fn without_a_secret_the_agent_sends_its_id_and_no_password() {
+        let s = UplinkSettings {
+            agent: "AG-0001".into(),
+            secret: None,
+            hub: "mqtt://127.0.0.1:1883".into(),
+            keepalive: Duration::from_secs(30),
+            ca: None,
+            client_cert: None,
+            max_inflight: 32,
+            ack_timeout: Duration::from_secs(30),
+        };
+        let o = mqtt_options(&s).unwrap();
+        let login = o.credentials().unwrap();
+        assert_eq!(login.username, "AG-0001");
+        // rumqttc sets the password flag only for a non-empty password.
+        assert!(login.password.is_empty());
+    }
+
+    #[test]
+    fn unreadable_or_empty_client_files_are_clear_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let garbage = d.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let bad_base64 = d.path().join("bad.pem");
+        std::fs::write(
+            &bad_base64,
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let client = |cert: &Path| ClientCert {
+            cert: cert.to_owned(),
+            key: d.path().join("none.key"),
+        };
+        let e = check_tls_files(None, Some(&client(&d.path().join("none.crt")))).unwrap_err();
+        assert!(
+            matches!(e, UplinkError::TlsFile { key: "cert", .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("agent.cert "), "{e}");
+        assert!(e.to_string().contains("none.crt"), "{e}");
+        let e = check_tls_files(None, Some(&client(&garbage))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "agent.cert {}: no PEM certificate in the file",
+                garbage.display()
+            )
+        );
+        let e = check_tls_files(None, Some(&client(&bad_base64))).unwrap_err();
+        assert!(
+            matches!(e, UplinkError::TlsFile { key: "cert", .. }),
+            "{e:?}"
+        );
+        let e = check_tls_files(Some(&garbage), None).unwrap_err();
+        assert!(e.to_string().starts_with("agent.ca "), "{e}");
+    }
+
+    #[test]
     fn tls_with_a_missing_ca_file_is_a_clear_error() {
-        let e = tls_config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        let e = tls_config(Some(Path::new("/nonexistent/ca.pem")), None).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 }
