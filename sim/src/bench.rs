@@ -51,6 +51,8 @@ pub enum What {
     Hj212(crate::hj212_station::BenchArgs),
     /// Sparkplug B DDATA per second from edge nodes through the whole hub, stored latency.
     Sparkplug(crate::sparkplug_bench::BenchArgs),
+    /// TLS logins per second on the MQTT over TLS listener, full and resumed handshakes.
+    Tls(crate::tls_bench::BenchArgs),
 }
 
 /// Arguments of `sim bench ingest`.
@@ -121,6 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         What::Ingest(a) => ingest(*a).await,
         What::Hj212(a) => crate::hj212_station::bench(a).await,
         What::Sparkplug(a) => crate::sparkplug_bench::bench(a).await,
+        What::Tls(a) => crate::tls_bench::bench(a).await,
     }
 }
 

@@ -34,4 +34,5 @@ pub mod node;
 pub mod peripherals;
 pub mod sparkplug_bench;
 pub mod sparkplug_node;
+pub mod tls_bench;
 pub mod world;

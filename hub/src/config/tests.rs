@@ -163,6 +163,26 @@ fn every_problem_names_its_key() {
             "[hub]\nmqtt_listen = []",
             "hub.mqtt_listen: needs at least one",
         ),
+        (
+            "[hub]\nmqtt_tls_listen = [\"0.0.0.0:8883\"]",
+            "hub.tls_cert: TLS listeners need tls_cert and tls_key",
+        ),
+        (
+            "[hub]\nhttps_listen = \"0.0.0.0:8443\"",
+            "hub.tls_cert: TLS listeners need",
+        ),
+        (
+            "[hub]\nhttps_listen = \"0.0.0.0:8443\"\ntls_cert = \"a.crt\"",
+            "hub.tls_key: tls_cert needs tls_key",
+        ),
+        (
+            "[hub]\nmqtt_tls_listen = [\"host:8883\"]\ntls_cert = \"a\"\ntls_key = \"b\"",
+            "hub.mqtt_tls_listen[0]: `host:8883` is not an address",
+        ),
+        (
+            "[hub]\ntls_cert = \"a\"\ntls_key = \"b\"\nclient_ca = \"c\"",
+            "hub.client_ca: client certificates need mqtt_tls_listen",
+        ),
     ];
     for (extra, want) in cases {
         let got = err(extra);
@@ -190,9 +210,17 @@ fn argon2_hashes_are_accepted() {
 fn load_resolves_paths_and_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.toml");
-    std::fs::write(&path, "[hub]\ndata_dir = \"store\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[hub]\ndata_dir = \"store\"\nmqtt_tls_listen = [\"[::]:8883\"]\n\
+         tls_cert = \"tls/hub.crt\"\ntls_key = \"/etc/hub.key\"\nclient_ca = \"tls/ca.crt\"\n",
+    )
+    .unwrap();
     let c = HubConfig::load(&path).unwrap();
     assert_eq!(c.hub.data_dir, dir.path().join("store"));
+    assert_eq!(c.hub.tls_cert, Some(dir.path().join("tls/hub.crt")));
+    assert_eq!(c.hub.tls_key, Some(PathBuf::from("/etc/hub.key")));
+    assert_eq!(c.hub.client_ca, Some(dir.path().join("tls/ca.crt")));
     std::fs::write(&path, "[hub]\ndata_dir = 5\n").unwrap();
     let e = HubConfig::load(&path).unwrap_err().to_string();
     assert!(e.contains("hub.toml: hub.data_dir (line 2)"), "{e}");

@@ -261,3 +261,66 @@ impl axum::serve::Listener for HttpsListener {
         Ok(self.addr)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dev::{ClientName, DevCa};
+    use super::*;
+
+    fn der(pem: &str) -> Vec<u8> {
+        let mut bytes = pem.as_bytes();
+        let first = rustls_pemfile::certs(&mut bytes).next().unwrap().unwrap();
+        first.to_vec()
+    }
+
+    #[test]
+    fn a_certificate_names_its_holder_by_san_uri_first_then_common_name() {
+        let ca = DevCa::new("test").unwrap();
+        let cn = ca.client("WL-0001", ClientName::CommonName).unwrap();
+        assert_eq!(
+            certificate_identity(&der(&cn.cert_pem)).as_deref(),
+            Some("WL-0001")
+        );
+        // The URI wins over a CN that is not an id.
+        let uri = ca.client("AG-0001", ClientName::Uri).unwrap();
+        assert_eq!(
+            certificate_identity(&der(&uri.cert_pem)).as_deref(),
+            Some("AG-0001")
+        );
+        assert_eq!(certificate_identity(b"not a certificate"), None);
+        assert_eq!(certificate_identity(&[]), None);
+    }
+
+    #[test]
+    fn files_that_are_not_pem_are_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::new("test").unwrap();
+        let (crt, key) = ca
+            .server(&["127.0.0.1"])
+            .unwrap()
+            .write(dir.path(), "hub")
+            .unwrap();
+        assert!(build(&crt, &key, Some(&ca.write(dir.path(), "ca").unwrap())).is_ok());
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "hello").unwrap();
+        let e = build(&junk, &key, None).unwrap_err().to_string();
+        assert!(e.contains("junk.pem: no CERTIFICATE block"), "{e}");
+        let e = build(&crt, &junk, None).unwrap_err().to_string();
+        assert!(e.contains("junk.pem: no PRIVATE KEY block"), "{e}");
+        let e = build(&crt, &dir.path().join("missing.key"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot read") && e.contains("missing.key"),
+            "{e}"
+        );
+        // A key that does not belong to the certificate.
+        let (_, other_key) = ca
+            .server(&["127.0.0.1"])
+            .unwrap()
+            .write(dir.path(), "other")
+            .unwrap();
+        let e = build(&crt, &other_key, None).unwrap_err().to_string();
+        assert!(e.starts_with("TLS configuration"), "{e}");
+    }
+}
