@@ -43,8 +43,8 @@ pub fn store_options(s: &HubSettings) -> StoreOptions {
     }
 }
 
-/// The broker defaults with hub.toml's `[hub] mqtt_listen`, `max_packet_bytes` and the MQTT
-/// over TLS listeners with their certificate, key and client CA.
+/// The broker defaults with hub.toml's `[hub] mqtt_listen`, `max_packet_bytes`, the per-client
+/// quotas and the MQTT over TLS listeners with their certificate, key and client CA.
 pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError> {
     let listen = settings
         .mqtt_listen
@@ -53,6 +53,10 @@ pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError
         .collect::<Result<Vec<SocketAddr>, _>>()?;
     let mut c = BrokerConfig::new(listen);
     c.max_packet_bytes = settings.max_packet_bytes;
+    c.max_messages_per_s = settings.max_messages_per_s;
+    c.max_bytes_per_s = settings.max_bytes_per_s.0;
+    c.throttle_grace = settings.throttle_grace.0;
+    c.max_subscriptions = settings.max_subscriptions;
     c.tls_listen = settings
         .mqtt_tls_listen
         .iter()

@@ -112,6 +112,16 @@ pub struct BrokerConfig {
     /// Longest keep alive granted to an MQTT 5 client (a longer one, or 0, is replaced and the
     /// client told so in CONNACK). `None` accepts the client's, 0 (no keep alive) included.
     pub max_keep_alive: Option<u16>,
+    /// Publishes per second a client may sustain (bursts of two seconds' worth pass); 0 is no
+    /// limit. Beyond it the client is throttled (its socket is not read), counted.
+    pub max_messages_per_s: u32,
+    /// Publish bytes (topic and payload) per second a client may sustain; 0 is no limit.
+    pub max_bytes_per_s: u64,
+    /// A client over its rate without pause for this long is disconnected (MQTT 5: 0x96
+    /// "Message rate too high"), counted and named in the log.
+    pub throttle_grace: Duration,
+    /// Subscriptions a session may hold; 0 is no limit. More are refused in SUBACK (0x97).
+    pub max_subscriptions: usize,
     /// Addresses for MQTT over TLS (8883 by convention); served with `tls`.
     pub tls_listen: Vec<SocketAddr>,
     /// The TLS server side (certificate chain, key, client certificate verifier) of
@@ -135,6 +145,10 @@ impl BrokerConfig {
             max_keep_alive: None,
             tls_listen: Vec::new(),
             tls: None,
+            max_messages_per_s: 0,
+            max_bytes_per_s: 0,
+            throttle_grace: Duration::from_secs(10),
+            max_subscriptions: 0,
         }
     }
 }

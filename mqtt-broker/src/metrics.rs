@@ -91,6 +91,12 @@ pub struct Metrics {
     pub sessions: AtomicI64,
     /// Subscriptions held.
     pub subscriptions: AtomicI64,
+    /// Publishes a client had to wait for because it was over its rate.
+    pub throttled: AtomicU64,
+    /// Clients disconnected for flooding (over their rate for the whole grace period).
+    pub flood_disconnects: AtomicU64,
+    /// Subscriptions refused because the session holds as many as it may.
+    pub subscriptions_over_quota: AtomicU64,
     /// TLS handshakes completed on the TLS listeners.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed (plaintext on the TLS port, an unknown CA, an expired
@@ -176,7 +182,22 @@ impl Collector for MetricsCollector {
                     .encode(family.encode_family(&RefusedLabels { reason })?)?;
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
+            (
+                "throttled",
+                "Publishes delayed because their client was over its rate.",
+                &m.throttled,
+            ),
+            (
+                "flood_disconnects",
+                "Clients disconnected for staying over their rate.",
+                &m.flood_disconnects,
+            ),
+            (
+                "subscriptions_over_quota",
+                "Subscriptions refused: the session holds as many as it may.",
+                &m.subscriptions_over_quota,
+            ),
             (
                 "tls_handshakes",
                 "TLS handshakes completed.",
@@ -294,8 +315,8 @@ mod tests {
             s.lines()
                 .all(|l| l.starts_with('#') || l.starts_with("hub_mqtt_"))
         );
-        // 20 families: 4 gauges, 16 counters.
-        assert_eq!(s.matches("# TYPE ").count(), 20, "{s}");
+        // 25 families: 4 gauges, 21 counters.
+        assert_eq!(s.matches("# TYPE ").count(), 25, "{s}");
         assert_eq!(s.matches(" gauge\n").count(), 4);
     }
 }

@@ -560,6 +560,10 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     cfg.hub.data_dir = dir.path().to_path_buf();
     cfg.hub.mqtt_listen = vec!["127.0.0.1:0".into()];
     cfg.hub.http_listen = "127.0.0.1:0".into();
+    // The engine's capacity is measured, not the per-client quota (hub.toml's defaults
+    // would hold a few fast connections to 5,000 publishes/s each).
+    cfg.hub.max_messages_per_s = 0;
+    cfg.hub.max_bytes_per_s = protocols::config::ByteSize(0);
     let server = hub::server::Server::start(cfg)
         .await
         .context("starting the embedded hub")?;

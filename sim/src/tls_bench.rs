@@ -82,6 +82,10 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     cfg.hub.data_dir = dir.path().join("hub");
     cfg.hub.mqtt_listen = vec!["127.0.0.1:0".into()];
     cfg.hub.http_listen = "127.0.0.1:0".into();
+    // The engine's capacity is measured, not the per-client quota (hub.toml's defaults
+    // would hold a few fast connections to 5,000 publishes/s each).
+    cfg.hub.max_messages_per_s = 0;
+    cfg.hub.max_bytes_per_s = protocols::config::ByteSize(0);
     cfg.hub.mqtt_tls_listen = vec!["127.0.0.1:0".into()];
     cfg.hub.tls_cert = Some(crt);
     cfg.hub.tls_key = Some(key);

@@ -149,6 +149,20 @@ pub struct HubSettings {
     /// and alerts keep room to finish and recover (bytes, or `"64MiB"`).
     #[serde(default = "default_min_free_disk")]
     pub min_free_disk: ByteSize,
+    /// Publishes per second one MQTT client may sustain (bursts of two seconds' worth pass);
+    /// beyond, the client is throttled. 0 is no limit.
+    #[serde(default = "default_max_messages_per_s")]
+    pub max_messages_per_s: u32,
+    /// Publish bytes per second one MQTT client may sustain (bytes, or `"16MiB"`); 0 is no
+    /// limit.
+    #[serde(default = "default_max_bytes_per_s")]
+    pub max_bytes_per_s: ByteSize,
+    /// A client over its rate without pause this long is disconnected, counted and logged.
+    #[serde(default = "default_throttle_grace")]
+    pub throttle_grace: HumanDuration,
+    /// Subscriptions one MQTT session may hold; 0 is no limit.
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions: usize,
     /// MQTT over TLS listen addresses (none by default); needs `tls_cert` and `tls_key`.
     #[serde(default)]
     pub mqtt_tls_listen: Vec<String>,
@@ -202,6 +216,22 @@ fn default_min_free_disk() -> ByteSize {
     ByteSize::mib(64)
 }
 
+fn default_max_messages_per_s() -> u32 {
+    5_000
+}
+
+fn default_max_bytes_per_s() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+fn default_max_subscriptions() -> usize {
+    1_000
+}
+
+fn default_throttle_grace() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+
 impl Default for HubSettings {
     fn default() -> Self {
         HubSettings {
@@ -219,6 +249,10 @@ impl Default for HubSettings {
             command_timeout: default_command_timeout(),
             command_retry: default_command_retry(),
             min_free_disk: default_min_free_disk(),
+            max_messages_per_s: default_max_messages_per_s(),
+            max_bytes_per_s: default_max_bytes_per_s(),
+            throttle_grace: default_throttle_grace(),
+            max_subscriptions: default_max_subscriptions(),
             mqtt_tls_listen: Vec::new(),
             https_listen: None,
             tls_cert: None,

@@ -229,3 +229,22 @@ fn load_resolves_paths_and_names_the_file() {
         .to_string();
     assert!(e.contains("missing.toml"), "{e}");
 }
+
+#[test]
+fn client_quotas_have_defaults_and_map_onto_the_broker() {
+    let c = HubConfig::from_toml("").unwrap();
+    assert_eq!(c.hub.max_messages_per_s, 5_000);
+    assert_eq!(c.hub.max_bytes_per_s.0, 16 << 20);
+    assert_eq!(c.hub.max_subscriptions, 1_000);
+    let c = HubConfig::from_toml(
+        "[hub]\nmax_messages_per_s = 20\nmax_bytes_per_s = \"1MiB\"\n\
+         throttle_grace = \"3s\"\nmax_subscriptions = 0\n",
+    )
+    .unwrap();
+    let b = crate::server::broker_config(&c.hub).unwrap();
+    assert_eq!(b.max_messages_per_s, 20);
+    assert_eq!(b.max_bytes_per_s, 1 << 20);
+    assert_eq!(b.throttle_grace, std::time::Duration::from_secs(3));
+    assert_eq!(b.max_subscriptions, 0);
+    assert!(b.tls.is_none() && b.tls_listen.is_empty());
+}

@@ -139,6 +139,8 @@ pub mod reason {
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     /// Quota exceeded.
     pub const QUOTA_EXCEEDED: u8 = 0x97;
+    /// Message rate too high.
+    pub const MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
     /// Payload format invalid.
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     /// Shared subscriptions not supported.

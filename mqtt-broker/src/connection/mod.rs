@@ -11,6 +11,7 @@
 
 mod admission;
 mod aliases;
+mod quota;
 mod reader;
 mod state;
 mod writer;
@@ -190,6 +191,7 @@ async fn run(
         control: control_tx,
         permits: Arc::new(Semaphore::new(usize::from(core.config.max_inflight_in))),
         state: InboundState::new(&core.config, &n),
+        quota: quota::Quota::new(&core.config, Instant::now()),
         kick: kick_rx,
     };
     let connected = IngressEvent::Connected {
@@ -207,6 +209,12 @@ async fn run(
                 core.metrics.oversized.fetch_add(1, Ordering::Relaxed);
             }
             tracing::warn!(%peer, client = %client_id, error = %why, "closing MQTT connection");
+        }
+        End::Flood => {
+            core.metrics
+                .flood_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, client = %client_id, "disconnecting a client that stays over its publish rate");
         }
         End::KeepAlive => {
             core.metrics

@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::kicked;
+use super::quota::{Quota, Verdict};
 use super::state::{AckWait, End, InboundState, PendingAck};
 use super::writer::Control;
 use crate::Core;
@@ -44,6 +45,8 @@ pub(super) struct Reader {
     pub state: InboundState,
     /// Set when the connection must close (takeover, shutdown).
     pub kick: watch::Receiver<Option<u8>>,
+    /// The client's publish rate limits, if the broker sets any.
+    pub quota: Option<Quota>,
 }
 
 impl Reader {
@@ -177,6 +180,20 @@ impl Reader {
             .metrics
             .messages_in
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(q) = &mut self.quota {
+            match q.charge(p.topic.len() + p.payload.len(), Instant::now()) {
+                Verdict::Pass => {}
+                Verdict::Wait(d) => {
+                    self.core.metrics.throttled.fetch_add(1, Ordering::Relaxed);
+                    // Not reading meanwhile: TCP slows the client down.
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        code = kicked(&mut self.kick) => return Err(End::Kicked(code)),
+                    }
+                }
+                Verdict::Flood => return Err(End::Flood),
+            }
+        }
         let Publish {
             qos,
             retain,
@@ -343,6 +360,24 @@ impl Reader {
                     reason::UNSPECIFIED
                 });
                 continue;
+            }
+            let max = self.core.config.max_subscriptions;
+            if max > 0 {
+                let filters = self.session.filters.lock();
+                if filters.len() >= max && !filters.contains_key(filter.as_str()) {
+                    drop(filters);
+                    self.core
+                        .metrics
+                        .subscriptions_over_quota
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client = %self.client_id, %filter, max, "subscription refused: too many");
+                    codes.push(if v5 {
+                        reason::QUOTA_EXCEEDED
+                    } else {
+                        reason::UNSPECIFIED
+                    });
+                    continue;
+                }
             }
             let new = self
                 .core

@@ -128,6 +128,8 @@ pub(crate) enum End {
     WriterGone,
     /// The pipeline is gone: the hub is stopping.
     PipelineClosed,
+    /// Over its publish rate for the whole grace period.
+    Flood,
 }
 
 impl End {
@@ -145,6 +147,7 @@ impl End {
         match self {
             End::Protocol(code, _) | End::Kicked(code) => Some(*code),
             End::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
+            End::Flood => Some(reason::MESSAGE_RATE_TOO_HIGH),
             _ => None,
         }
     }
