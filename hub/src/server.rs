@@ -57,6 +57,9 @@ pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError
     c.max_bytes_per_s = settings.max_bytes_per_s.0;
     c.throttle_grace = settings.throttle_grace.0;
     c.max_subscriptions = settings.max_subscriptions;
+    // Persistent sessions (a command queued for an offline device) and retained messages
+    // outlive a restart.
+    c.state_dir = Some(settings.data_dir.join("broker"));
     c.tls_listen = settings
         .mqtt_tls_listen
         .iter()

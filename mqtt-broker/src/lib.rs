@@ -38,6 +38,8 @@
 //!   deliveries with their packet ids, QoS 2 ids received), I/O-free and unit-tested.
 //! - `registry.rs`: client id -> session: takeover of a live connection, resume, detach and
 //!   expiry.
+//! - `persist.rs`: persistent sessions and retained messages in a redb file
+//!   (`BrokerConfig::state_dir`), written by a task from what changed, restored at start.
 //! - `connection/`: one task pair per client.
 //!   - `mod.rs`: wires the pieces below and cleans up after a connection (will, detach).
 //!   - `admission.rs`: CONNECT: protocol level, authentication, client id, will, refusals.
@@ -74,6 +76,7 @@ mod connection;
 pub mod ingress;
 mod message;
 pub mod metrics;
+mod persist;
 mod registry;
 mod router;
 mod session;
@@ -82,6 +85,7 @@ mod tls;
 pub use access::{AccessPolicy, ContractAccess, client_id_allowed};
 use message::Message;
 pub use metrics::{Metrics, MetricsCollector, RefuseReason};
+pub use persist::PersistError;
 use registry::Slot;
 use router::Router;
 
@@ -122,6 +126,9 @@ pub struct BrokerConfig {
     pub throttle_grace: Duration,
     /// Subscriptions a session may hold; 0 is no limit. More are refused in SUBACK (0x97).
     pub max_subscriptions: usize,
+    /// Where persistent sessions and retained messages are kept across restarts
+    /// (`broker.redb`); `None` keeps them in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Addresses for MQTT over TLS (8883 by convention); served with `tls`.
     pub tls_listen: Vec<SocketAddr>,
     /// The TLS server side (certificate chain, key, client certificate verifier) of
@@ -149,6 +156,7 @@ impl BrokerConfig {
             max_bytes_per_s: 0,
             throttle_grace: Duration::from_secs(10),
             max_subscriptions: 0,
+            state_dir: None,
         }
     }
 }
@@ -167,6 +175,9 @@ pub enum BrokerError {
     /// No address to listen on.
     #[error("no MQTT listen address")]
     NoListener,
+    /// The state file of sessions and retained messages could not be used.
+    #[error(transparent)]
+    State(#[from] persist::PersistError),
     /// TLS addresses without a TLS configuration.
     #[error("MQTT TLS listen addresses given without a TLS certificate and key")]
     NoTlsConfig,
@@ -194,6 +205,8 @@ pub(crate) struct Core {
     pub live: AtomicUsize,
     /// Notified when `live` drops to zero.
     pub live_changed: Notify,
+    /// The state file of persistent sessions and retained messages, if any.
+    pub persist: Option<Arc<persist::Persist>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -254,10 +267,14 @@ impl Broker {
             let l = bind_listener(addr).map_err(|source| BrokerError::Bind { addr, source })?;
             listeners.push((addr, l, acceptor));
         }
+        let persist = match &config.state_dir {
+            Some(dir) => Some(Arc::new(persist::Persist::open(dir)?)),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let (shutdown, _) = watch::channel(false);
         let core = Arc::new(Core {
-            router: Router::new(metrics.clone(), config.max_queued),
+            router: Router::new(metrics.clone(), config.max_queued, persist.clone()),
             config,
             access: Box::new(access),
             metrics,
@@ -267,7 +284,14 @@ impl Broker {
             generation: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             live_changed: Notify::new(),
+            persist: persist.clone(),
         });
+        let mut state_writer = None;
+        if let Some(p) = persist {
+            p.restore(&core)?;
+            let stop = core.shutdown.subscribe();
+            state_writer = Some(tokio::spawn(p.run(core.clone(), stop)));
+        }
         let auth = Arc::new(authenticator);
         let mut addrs = Vec::new();
         let mut tls_addrs = Vec::new();
@@ -296,6 +320,7 @@ impl Broker {
             addrs: addrs.into(),
             tls_addrs: tls_addrs.into(),
             listeners: Arc::new(Mutex::new(tasks)),
+            state_writer: Arc::new(Mutex::new(state_writer)),
         })
     }
 }
@@ -382,6 +407,7 @@ pub struct BrokerHandle {
     addrs: Arc<[SocketAddr]>,
     tls_addrs: Arc<[SocketAddr]>,
     listeners: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    state_writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl BrokerHandle {
@@ -430,6 +456,12 @@ impl BrokerHandle {
                 );
                 break;
             }
+        }
+        // Every connection has detached its session: write the state file one last time.
+        self.core.final_flush();
+        let writer = self.state_writer.lock().take();
+        if let Some(w) = writer {
+            let _ = w.await;
         }
     }
 }

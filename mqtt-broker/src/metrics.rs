@@ -99,6 +99,10 @@ pub struct Metrics {
     pub subscriptions_over_quota: AtomicU64,
     /// TLS handshakes completed on the TLS listeners.
     pub tls_handshakes: AtomicU64,
+    /// Messages queued for a persistent session whose client is away.
+    pub queued_offline: AtomicU64,
+    /// Writes of the state file (sessions and retained messages that changed) that committed.
+    pub state_flushes: AtomicU64,
     /// TLS handshakes that failed (plaintext on the TLS port, an unknown CA, an expired
     /// certificate, a timeout).
     pub tls_failures: AtomicU64,
@@ -182,7 +186,17 @@ impl Collector for MetricsCollector {
                     .encode(family.encode_family(&RefusedLabels { reason })?)?;
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
+            (
+                "queued_offline",
+                "Messages queued for persistent sessions whose client is away.",
+                &m.queued_offline,
+            ),
+            (
+                "state_flushes",
+                "State file writes (persistent sessions, retained messages) committed.",
+                &m.state_flushes,
+            ),
             (
                 "throttled",
                 "Publishes delayed because their client was over its rate.",
@@ -315,8 +329,8 @@ mod tests {
             s.lines()
                 .all(|l| l.starts_with('#') || l.starts_with("hub_mqtt_"))
         );
-        // 25 families: 4 gauges, 21 counters.
-        assert_eq!(s.matches("# TYPE ").count(), 25, "{s}");
+        // 27 families: 4 gauges, 23 counters.
+        assert_eq!(s.matches("# TYPE ").count(), 27, "{s}");
         assert_eq!(s.matches(" gauge\n").count(), 4);
     }
 }

@@ -55,14 +55,34 @@ impl Core {
             drop(sessions);
             self.router.remove_session(&slot.session);
             self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.session_changed(client_id);
         }
     }
 }
 
 /// Attaches a connection to its session: takes over a live connection with the same client
-/// id (waiting for it to finish), resumes a persistent session or starts a new one. Returns
-/// the session and whether it was resumed (CONNACK session present).
+/// id (waiting for it to finish), resumes a persistent session or starts a new one, with
+/// session expiry `expiry` (seconds). Returns the session and whether it was resumed (CONNACK
+/// session present).
 pub(crate) async fn attach(
+    core: &Arc<Core>,
+    client_id: &Arc<str>,
+    principal: &Arc<Principal>,
+    clean_start: bool,
+    expiry: u32,
+    generation: u64,
+    link: Option<ConnLink>,
+) -> (Arc<Session>, bool) {
+    let (session, present) =
+        attach_inner(core, client_id, principal, clean_start, generation, link).await;
+    session.expiry.store(expiry, Ordering::Relaxed);
+    session.offline_since_ms.store(0, Ordering::Relaxed);
+    // Written (or, without expiry, deleted) by the state file's next flush.
+    core.session_changed(client_id);
+    (session, present)
+}
+
+async fn attach_inner(
     core: &Arc<Core>,
     client_id: &Arc<str>,
     principal: &Arc<Principal>,
@@ -136,17 +156,32 @@ pub(crate) fn detach(core: &Arc<Core>, client_id: &Arc<str>, generation: u64, ex
     }
     slot.conn = None;
     slot.session.outbox.lock().detach();
+    slot.session.expiry.store(expiry, Ordering::Relaxed);
+    slot.session
+        .offline_since_ms
+        .store(protocols::time::now_ms(), Ordering::Relaxed);
     drop(sessions);
     if expiry == 0 {
         core.end_session(client_id, generation);
         return;
     }
+    core.session_changed(client_id);
+    expire_after(
+        core,
+        client_id.clone(),
+        generation,
+        Duration::from_secs(u64::from(expiry)),
+    );
+}
+
+/// Ends the session of `client_id` after `left`, unless a connection after `generation` took
+/// it up (or the broker stops first: a persistent session outlives the process on disk).
+pub(crate) fn expire_after(core: &Arc<Core>, client_id: Arc<str>, generation: u64, left: Duration) {
     let core = core.clone();
-    let client_id = client_id.clone();
     tokio::spawn(async move {
         let mut stop = core.shutdown.subscribe();
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
+            _ = tokio::time::sleep(left) => {
                 core.end_session(&client_id, generation);
             }
             _ = crate::stopped(&mut stop) => {}

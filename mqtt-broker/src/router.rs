@@ -15,6 +15,7 @@ use protocols::topic::{filter_matches, validate_filter};
 use crate::codec::SubOptions;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
+use crate::persist::Persist;
 use crate::session::Session;
 
 /// A subscription in the trie.
@@ -110,16 +111,35 @@ pub(crate) struct Router {
     retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
     metrics: Arc<Metrics>,
     queue_cap: usize,
+    /// The state file, told about retained messages and persistent sessions that change.
+    persist: Option<Arc<Persist>>,
 }
 
 impl Router {
     /// An empty router; each session's outbox holds at most `queue_cap` messages.
-    pub fn new(metrics: Arc<Metrics>, queue_cap: usize) -> Router {
+    pub fn new(metrics: Arc<Metrics>, queue_cap: usize, persist: Option<Arc<Persist>>) -> Router {
         Router {
             subs: RwLock::new(Node::default()),
             retained: RwLock::new(HashMap::new()),
             metrics,
             queue_cap,
+            persist,
+        }
+    }
+
+    /// The retained messages by topic (the state writer reads them).
+    pub fn retained_map(
+        &self,
+    ) -> parking_lot::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Message>>> {
+        self.retained.read()
+    }
+
+    /// Tells the state file that a persistent session changed.
+    fn session_changed(&self, session: &Session) {
+        if let Some(p) = &self.persist
+            && session.expiry.load(Ordering::Relaxed) > 0
+        {
+            p.session_changed(&session.client_id);
         }
     }
 
@@ -179,10 +199,11 @@ impl Router {
             }
         };
         drop(root);
+        session.filters.lock().insert(filter.to_owned(), (opts, id));
         if new {
-            session.filters.lock().insert(filter.to_owned(), ());
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
+        self.session_changed(session);
         new
     }
 
@@ -196,6 +217,7 @@ impl Router {
         if removed {
             session.filters.lock().remove(filter);
             self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            self.session_changed(session);
         }
         removed
     }
@@ -243,12 +265,19 @@ impl Router {
                 }
                 i += 1;
             }
-            session.offer(d, self.queue_cap, &self.metrics);
+            if session.offer(d, self.queue_cap, &self.metrics) {
+                self.metrics.queued_offline.fetch_add(1, Ordering::Relaxed);
+                // Queued for a client that is away: its queue must outlive a restart.
+                self.session_changed(session);
+            }
         }
     }
 
     /// Stores (or, with an empty payload, clears) the retained message of its topic.
     pub fn retain(&self, msg: &Arc<Message>) {
+        if let Some(p) = &self.persist {
+            p.retained_changed(&msg.topic);
+        }
         let mut r = self.retained.write();
         if msg.payload.is_empty() {
             if r.remove(&msg.topic).is_some() {
@@ -354,7 +383,7 @@ mod tests {
 
     #[test]
     fn wildcards_match_like_the_spec() {
-        let r = Router::new(Arc::default(), 100);
+        let r = Router::new(Arc::default(), 100, None);
         let cases = [
             ("a/b/c", "a/b/c", true),
             ("a/+/c", "a/b/c", true),
@@ -381,7 +410,7 @@ mod tests {
 
     #[test]
     fn qos_is_downgraded_and_overlaps_deliver_once() {
-        let r = Router::new(Arc::default(), 100);
+        let r = Router::new(Arc::default(), 100, None);
         let s = session("s");
         r.subscribe(&s, "a/#", opts(0), None);
         r.subscribe(&s, "a/+", opts(1), None);
@@ -393,7 +422,7 @@ mod tests {
 
     #[test]
     fn shared_group_delivers_to_one_member_in_turn() {
-        let r = Router::new(Arc::default(), 100);
+        let r = Router::new(Arc::default(), 100, None);
         let (a, b) = (session("a"), session("b"));
         r.subscribe(&a, "$share/g/t/#", opts(1), None);
         r.subscribe(&b, "$share/g/t/#", opts(1), None);
@@ -410,7 +439,7 @@ mod tests {
     #[test]
     fn full_outbox_drops_and_counts() {
         let m = Arc::new(Metrics::default());
-        let r = Router::new(m.clone(), 2);
+        let r = Router::new(m.clone(), 2, None);
         let s = session("s");
         r.subscribe(&s, "t", opts(0), None);
         for _ in 0..5 {
@@ -422,7 +451,7 @@ mod tests {
 
     #[test]
     fn retained_set_and_cleared() {
-        let r = Router::new(Arc::default(), 2);
+        let r = Router::new(Arc::default(), 2, None);
         r.retain(&msg("v1/twin/A", 1));
         r.retain(&msg("v1/twin/B", 1));
         assert_eq!(r.retained_for("v1/twin/+").len(), 2);

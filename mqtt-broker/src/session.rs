@@ -12,14 +12,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
 use protocols::access::Principal;
 use tokio::sync::Notify;
 
-use crate::codec::reason;
+use crate::codec::{SubOptions, reason};
 use crate::message::Delivery;
 use crate::metrics::Metrics;
 
@@ -233,8 +233,13 @@ pub(crate) struct Session {
     pub outbox: Mutex<Outbox>,
     /// Wakes the connection's writer when the outbox changes.
     pub wake: Notify,
-    /// The session's subscription filters as the client wrote them (`$share/...` included).
-    pub filters: Mutex<HashMap<String, ()>>,
+    /// The session's subscription filters as the client wrote them (`$share/...` included),
+    /// with their options and subscription identifier.
+    pub filters: Mutex<HashMap<String, (SubOptions, Option<u32>)>>,
+    /// Session expiry in force, seconds (0: the session ends with its connection).
+    pub expiry: AtomicU32,
+    /// When its client left (epoch ms; 0 while connected or never).
+    pub offline_since_ms: AtomicI64,
     /// QoS 2 packet ids received from the client and not yet released.
     pub qos2_in: Mutex<Qos2Inbound>,
 }
@@ -248,21 +253,25 @@ impl Session {
             outbox: Mutex::new(Outbox::default()),
             wake: Notify::new(),
             filters: Mutex::new(HashMap::new()),
+            expiry: AtomicU32::new(0),
+            offline_since_ms: AtomicI64::new(0),
             qos2_in: Mutex::new(Qos2Inbound::default()),
         }
     }
 
     /// Queues a delivery unless the outbox is full (then it is dropped and counted). Offline
-    /// sessions keep only QoS 1/2 messages.
-    pub fn offer(&self, d: Delivery, cap: usize, metrics: &Metrics) {
+    /// sessions keep only QoS 1/2 messages. True when it was queued for an offline session.
+    pub fn offer(&self, d: Delivery, cap: usize, metrics: &Metrics) -> bool {
         let offered = self.outbox.lock().push(d, cap);
         match offered {
             Offered::Queued { wake: true } => self.wake.notify_one(),
             Offered::Full => {
                 metrics.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            Offered::Queued { wake: false } | Offered::Skipped => {}
+            Offered::Queued { wake: false } => return true,
+            Offered::Skipped => {}
         }
+        false
     }
 }
 
@@ -396,7 +405,7 @@ mod tests {
         s.outbox.lock().attach(1);
         let m = Metrics::default();
         for _ in 0..3 {
-            s.offer(delivery(1), 2, &m);
+            let _ = s.offer(delivery(1), 2, &m);
         }
         assert_eq!(s.outbox.lock().queue.len(), 2);
         assert_eq!(m.dropped.load(Ordering::Relaxed), 1);

@@ -108,3 +108,57 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// The hub as a process (`test-hub`), killed on drop.
+pub struct HubProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its HTTP address (from its `ready` line).
+    pub http: std::net::SocketAddr,
+}
+
+impl HubProc {
+    /// Starts `BIN --config CONFIG` (with `HUB_FAILPOINT` when given; `RUST_LOG` from the
+    /// test's environment, `error` by default) and waits up to `within` for its `ready` line.
+    pub async fn start(
+        bin: &Path,
+        config: &Path,
+        failpoint: Option<&str>,
+        within: Duration,
+    ) -> HubProc {
+        use std::io::BufRead;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .env_remove("HUB_FAILPOINT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped());
+        if let Some(f) = failpoint {
+            cmd.env("HUB_FAILPOINT", f);
+        }
+        let mut child = cmd.spawn().expect("start test-hub");
+        let out = child.stdout.take().expect("piped stdout");
+        let proc = Proc::new(child);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = tokio::time::timeout(within, rx.recv())
+            .await
+            .expect("the hub is ready in time")
+            .expect("the hub printed its ready line");
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .unwrap_or_else(|| panic!("no http address in {line:?}"))
+            .parse()
+            .expect("an address after http=");
+        HubProc { proc, http }
+    }
+}

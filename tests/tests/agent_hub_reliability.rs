@@ -18,7 +18,6 @@
 //!   trusting the agent or the hub.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use tests::{Proc, free_port, root};
+use tests::{HubProc, Proc, free_port, root};
 
 /// The longest any awaited condition may take.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -65,45 +64,16 @@ where
 
 // ------------------------------------------------------------------------------ processes
 
-/// The hub as a process (`test-hub`).
-struct HubProc {
-    proc: Proc,
-    http: SocketAddr,
-}
-
 /// Starts `test-hub --config CONFIG` (with `HUB_FAILPOINT` when given) and waits for its
 /// `ready` line.
 async fn start_hub(config: &Path, failpoint: Option<&str>) -> HubProc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-hub"));
-    cmd.arg("--config")
-        .arg(config)
-        .env("RUST_LOG", log_level())
-        .env_remove("HUB_FAILPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    if let Some(f) = failpoint {
-        cmd.env("HUB_FAILPOINT", f);
-    }
-    let mut child = cmd.spawn().expect("start test-hub");
-    let out = child.stdout.take().unwrap();
-    let proc = Proc::new(child);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = tokio::time::timeout(DEADLINE, rx.recv())
-        .await
-        .expect("the hub is ready in time")
-        .expect("the hub printed its ready line");
-    let http = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .unwrap_or_else(|| panic!("no http address in {line:?}"))
-        .parse()
-        .unwrap();
-    HubProc { proc, http }
+    HubProc::start(
+        Path::new(env!("CARGO_BIN_EXE_test-hub")),
+        config,
+        failpoint,
+        DEADLINE,
+    )
+    .await
 }
 
 /// Writes a hub.toml: MQTT on `mqtt_port` (the same across restarts, as agents are configured

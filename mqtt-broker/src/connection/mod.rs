@@ -151,6 +151,7 @@ async fn run(
         &client_id,
         &principal,
         connect.clean_start,
+        n.session_expiry,
         generation,
         Some(link),
     )

@@ -407,7 +407,7 @@ impl Reader {
         self.send_control(Control::Raw(b.freeze())).await?;
         let cap = self.core.router.queue_cap();
         for d in retained {
-            self.session.offer(d, cap, &self.core.metrics);
+            let _ = self.session.offer(d, cap, &self.core.metrics);
         }
         for (filter, why) in refused {
             self.send_event(IngressEvent::Refused {
