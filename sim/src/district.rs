@@ -6,8 +6,9 @@
 //! publishing JSON themselves; and 5 cameras (GB/T 28181 ids) watched by cabinets and
 //! stations, their synthetic scenes rendered in the agents: traffic, floodlights switching,
 //! a camera whose power keeps failing, a restricted area watched at night. The devices run the real firmware over Modbus TCP on loopback;
-//! the agents are the real `edge_agent`, in-process, publishing over real MQTT to the
-//! embedded hub through cuttable backhaul links; a lighting-control app switches and dims the
+//! the agents are the real `edge_agent`, in-process, publishing over real MQTT (over TLS, with
+//! client certificates of a development CA, unless `--no-tls`) to the embedded hub through
+//! cuttable backhaul links; a lighting-control app switches and dims the
 //! lamps through the hub's desired state; a scenario on a demo clock brings dusk, storms,
 //! failures and outages (see [`scenario`]).
 //!
@@ -44,9 +45,19 @@ pub struct Args {
     /// MQTT listener of the embedded hub (repeatable; default 0.0.0.0:1883 and [::]:1883).
     #[arg(long)]
     pub mqtt_listen: Vec<String>,
+    /// MQTT over TLS listener of the embedded hub (repeatable; default 0.0.0.0:8883 and
+    /// [::]:8883). The agents connect there.
+    #[arg(long)]
+    pub mqtt_tls_listen: Vec<String>,
     /// HTTP listener of the embedded hub (default 0.0.0.0:8080).
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// HTTPS listener of the embedded hub: API and dashboard (default 0.0.0.0:8443).
+    #[arg(long)]
+    pub https_listen: Option<String>,
+    /// No TLS: neither MQTT over TLS nor HTTPS, the agents on plain MQTT, no development PKI.
+    #[arg(long, conflicts_with_all = ["mqtt_tls_listen", "https_listen"])]
+    pub no_tls: bool,
     /// HJ 212 listener of the embedded hub (repeatable; default 0.0.0.0:9212 and [::]:9212).
     #[arg(long)]
     pub hj212_listen: Vec<String>,
@@ -73,8 +84,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if !args.mqtt_listen.is_empty() {
         opts.mqtt_listen = args.mqtt_listen;
     }
+    if !args.mqtt_tls_listen.is_empty() {
+        opts.mqtt_tls_listen = args.mqtt_tls_listen;
+    }
     if let Some(h) = args.http_listen {
         opts.http_listen = h;
+    }
+    if let Some(h) = args.https_listen {
+        opts.https_listen = Some(h);
+    }
+    if args.no_tls {
+        opts.mqtt_tls_listen.clear();
+        opts.https_listen = None;
     }
     if !args.hj212_listen.is_empty() {
         opts.hj212_listen = args.hj212_listen;
@@ -110,11 +131,23 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
         took.as_secs_f64()
     );
     println!();
+    // The CA as a path the user can paste from where they ran `sim demo`.
+    let ca = demo.ca_file().map(|p| p.display().to_string());
     println!("  dashboard  {}", demo.dashboard_url());
+    if let Some(url) = demo.https_dashboard_url() {
+        println!(
+            "             {url}  (the browser warns: the development CA is not one it trusts)"
+        );
+    }
     println!("  app        {app} / {secret}");
     println!(
         "  HTTP API   curl -H 'Authorization: Bearer {app}:{secret}' http://{http}/api/v1/devices"
     );
+    if let (Some(https), Some(ca)) = (demo.https_addr(), &ca) {
+        println!(
+            "  HTTPS API  curl --cacert {ca} -H 'Authorization: Bearer {app}:{secret}' https://{https}/api/v1/devices"
+        );
+    }
     println!(
         "  cameras    curl -H 'Authorization: Bearer {app}:{secret}' http://{http}/api/v1/cameras  (and /api/v1/events, /api/v1/cameras/ID/snapshot)"
     );
@@ -123,6 +156,17 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
         mqtt.ip(),
         mqtt.port()
     );
+    if let (Some(tls), Some(ca)) = (demo.mqtt_tls_addr(), &ca) {
+        println!(
+            "  MQTT/TLS   mosquitto_sub --cafile {ca} -h {} -p {} -u {app} -P {secret} -i {app}.cli -t 'v1/feeds/#' -v",
+            tls.ip(),
+            tls.port()
+        );
+        println!(
+            "  TLS        the agents connect there (mqtts://, client certificates {dir}/tls/agents/*.crt); the hub's certificate names {}",
+            provision::HUB_HOSTS.join(", ")
+        );
+    }
     if let Some(hj) = demo.hj212_addr() {
         let mn = l.hj212.first().map_or("MN", |d| d.mn.as_str());
         println!(

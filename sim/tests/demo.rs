@@ -2,7 +2,8 @@
 //! every kind of device through the real agents and hub, twins online, the lighting control
 //! switching the lamps through desired state, a storm raising the river, the cameras sensing
 //! through the hub's video API), the scripted incidents show up in what the hub publishes, it
-//! stops cleanly, and a second start in the same directory keeps its secrets.
+//! stops cleanly, and a second start in the same directory keeps its secrets and its
+//! development PKI. The agents run on MQTT over TLS here, as by default.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -529,6 +530,7 @@ async fn incidents_show_up_at_the_hub_and_the_demo_restarts_with_its_secrets() {
     })
     .await;
     let secret = demo.command_center().1.to_string();
+    let ca = std::fs::read(demo.ca_file().expect("TLS on")).unwrap();
     demo.shutdown().await;
 
     let again = Demo::start(DemoOptions {
@@ -538,5 +540,7 @@ async fn incidents_show_up_at_the_hub_and_the_demo_restarts_with_its_secrets() {
     .await
     .unwrap();
     assert_eq!(again.command_center().1, secret);
+    // The development PKI too: clients that trust ca.crt keep working across restarts.
+    assert_eq!(std::fs::read(again.ca_file().expect("TLS on")).unwrap(), ca);
     again.shutdown().await;
 }

@@ -4,6 +4,13 @@
 //!
 //! `sim demo` runs [`Demo::start`] and waits for Ctrl-C; tests call it with ports 0 and a
 //! temporary directory ([`DemoOptions::local`]) and stop it with [`Demo::shutdown`].
+//!
+//! TLS is on unless both TLS listeners are off: the hub serves MQTT over TLS and HTTPS with a
+//! development PKI under `DIR/tls/` ([`provision::ensure_pki`]) and the agents connect with
+//! `mqtts://` and client certificates, through their backhauls (TCP proxies, which TLS passes
+//! through). The rain gauges, the HJ 212 sondes, the Sparkplug node and the lighting control
+//! stay on the plaintext listeners: they stand for devices and apps on the hub's LAN, and the
+//! TLS path is what the agents (the devices out on 5G) show.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,7 +29,7 @@ use super::backhaul::Backhaul;
 use super::clock::{DemoClock, TimeOfDay};
 use super::field::Field;
 use super::layout::{Layout, Model, SiteKind};
-use super::provision::{self, COMMAND_CENTER, LIGHTING_CONTROL, Listen};
+use super::provision::{self, COMMAND_CENTER, LIGHTING_CONTROL, Listen, Pki, Uplink};
 use super::scenario::{Narrator, Scenario};
 use super::secrets::{Secrets, SecretsError};
 use super::{direct, lighting};
@@ -36,8 +43,12 @@ use crate::world::{SiteConditions, World};
 pub struct DemoOptions {
     /// MQTT listeners of the hub.
     pub mqtt_listen: Vec<String>,
+    /// MQTT over TLS listeners of the hub (none: the agents use plain MQTT).
+    pub mqtt_tls_listen: Vec<String>,
     /// HTTP listener of the hub.
     pub http_listen: String,
+    /// HTTPS listener of the hub (API and dashboard; none: off).
+    pub https_listen: Option<String>,
     /// HJ 212 listeners of the hub (the environment bureau's sondes connect there).
     pub hj212_listen: Vec<String>,
     /// Where configs, secrets, the hub's store and the agents' queues live.
@@ -53,11 +64,14 @@ pub struct DemoOptions {
 }
 
 impl DemoOptions {
-    /// The contract's defaults: MQTT on 1883 (IPv4 and IPv6), HTTP on 8080, `data/demo`.
+    /// The contract's defaults: MQTT on 1883 (IPv4 and IPv6), MQTT over TLS on 8883 (IPv4
+    /// and IPv6), HTTP on 8080, HTTPS on 8443, `data/demo`.
     pub fn defaults() -> DemoOptions {
         DemoOptions {
             mqtt_listen: vec!["0.0.0.0:1883".into(), "[::]:1883".into()],
+            mqtt_tls_listen: vec!["0.0.0.0:8883".into(), "[::]:8883".into()],
             http_listen: "0.0.0.0:8080".into(),
+            https_listen: Some("0.0.0.0:8443".into()),
             hj212_listen: vec!["0.0.0.0:9212".into(), "[::]:9212".into()],
             data_dir: PathBuf::from("data/demo"),
             speed: 1.0,
@@ -67,11 +81,13 @@ impl DemoOptions {
         }
     }
 
-    /// Free loopback ports and `dir`, silent (tests).
+    /// Free loopback ports and `dir`, silent, TLS on as by default (tests).
     pub fn local(dir: &Path) -> DemoOptions {
         DemoOptions {
             mqtt_listen: vec!["127.0.0.1:0".into()],
+            mqtt_tls_listen: vec!["127.0.0.1:0".into()],
             http_listen: "127.0.0.1:0".into(),
+            https_listen: Some("127.0.0.1:0".into()),
             hj212_listen: vec!["127.0.0.1:0".into()],
             data_dir: dir.to_path_buf(),
             narrate: false,
@@ -88,7 +104,7 @@ pub enum DemoError {
         "{what} port {port} is already in use ({addr}); stop what holds it or pass {flag} 127.0.0.1:PORT"
     )]
     PortTaken {
-        /// `MQTT` or `HTTP`.
+        /// `MQTT`, `MQTT/TLS`, `HTTP` or `HTTPS`.
         what: &'static str,
         /// The port.
         port: u16,
@@ -119,29 +135,49 @@ pub enum DemoError {
     Field(anyhow::Error),
 }
 
-fn port_taken(e: ServerError) -> DemoError {
+/// A taken port as the flag that moves it: the hub's errors name the address only, so the
+/// listener is told by the address `opts` gave it.
+fn port_taken(e: ServerError, opts: &DemoOptions) -> DemoError {
     let in_use = |s: &std::io::Error| s.kind() == std::io::ErrorKind::AddrInUse;
     match e {
         ServerError::Broker(BrokerError::Bind { addr, ref source }) if in_use(source) => {
+            let tls = opts
+                .mqtt_tls_listen
+                .iter()
+                .any(|a| a.parse::<SocketAddr>().ok() == Some(addr));
+            let (what, flag) = if tls {
+                ("MQTT/TLS", "--mqtt-tls-listen")
+            } else {
+                ("MQTT", "--mqtt-listen")
+            };
             DemoError::PortTaken {
-                what: "MQTT",
+                what,
                 port: addr.port(),
                 addr: addr.to_string(),
-                flag: "--mqtt-listen",
+                flag,
             }
         }
         ServerError::Start(hub::StartError::Http {
             ref addr,
             ref source,
-        }) if in_use(source) => DemoError::PortTaken {
-            what: "HTTP",
-            port: addr
-                .parse::<SocketAddr>()
-                .map(|a| a.port())
-                .unwrap_or_default(),
-            addr: addr.clone(),
-            flag: "--http-listen",
-        },
+        }) if in_use(source) => {
+            // An address given to both listeners counts as HTTP's: either flag moves it.
+            let (what, flag) =
+                if opts.https_listen.as_ref() == Some(addr) && opts.http_listen != *addr {
+                    ("HTTPS", "--https-listen")
+                } else {
+                    ("HTTP", "--http-listen")
+                };
+            DemoError::PortTaken {
+                what,
+                port: addr
+                    .parse::<SocketAddr>()
+                    .map(|a| a.port())
+                    .unwrap_or_default(),
+                addr: addr.clone(),
+                flag,
+            }
+        }
         other => DemoError::Hub(other),
     }
 }
@@ -196,6 +232,17 @@ fn sonde_values(site: &crate::world::Site) -> Vec<hj212_station::Measurement> {
     ]
 }
 
+/// Where the district's clients reach the hub.
+#[derive(Clone, Copy, Debug)]
+struct Hubs {
+    /// Plain MQTT.
+    mqtt: SocketAddr,
+    /// MQTT over TLS, if on.
+    mqtt_tls: Option<SocketAddr>,
+    /// HJ 212, if on.
+    hj212: Option<SocketAddr>,
+}
+
 type AgentTask = JoinHandle<Result<edge_agent::agent::Exit, edge_agent::agent::AgentError>>;
 
 /// The running district.
@@ -207,8 +254,11 @@ pub struct Demo {
     clock: DemoClock,
     dir: PathBuf,
     mqtt_addr: SocketAddr,
+    mqtt_tls_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     hj212_addr: Option<SocketAddr>,
+    pki: Option<Pki>,
     stop: watch::Sender<bool>,
     agents: Vec<(String, AgentTask)>,
     tasks: Vec<JoinHandle<()>>,
@@ -227,23 +277,40 @@ impl Demo {
         provision::write_profiles(&dir)?;
         let listen = Listen {
             mqtt: opts.mqtt_listen.clone(),
+            mqtt_tls: opts.mqtt_tls_listen.clone(),
             http: opts.http_listen.clone(),
+            https: opts.https_listen.clone(),
             hj212: opts.hj212_listen.clone(),
+        };
+        let pki = if listen.tls() {
+            let pki = provision::ensure_pki(&dir, layout.agents.iter().map(|a| a.id.as_str()))?;
+            info!(ca = %pki.ca.display(), reused = pki.reused, "development PKI");
+            Some(pki)
+        } else {
+            None
         };
         let hub_config = provision::write_hub_config(
             &dir,
             &provision::hub_config(&layout, &secrets, &listen, opts.speed),
         )?;
 
-        let server = Server::start(hub_config).await.map_err(port_taken)?;
-        let mqtt_addr = server
-            .mqtt_addrs()
-            .iter()
-            .copied()
-            .min_by_key(|a| a.is_ipv6())
-            .map(reachable)
+        let server = Server::start(hub_config)
+            .await
+            .map_err(|e| port_taken(e, &opts))?;
+        // IPv4 first: the hub's certificate names 127.0.0.1 and ::1 alike, and most clients
+        // reach 127.0.0.1.
+        let first = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .copied()
+                .min_by_key(|a| a.is_ipv6())
+                .map(reachable)
+        };
+        let mqtt_addr = first(server.mqtt_addrs())
             .ok_or_else(|| DemoError::Hub(ServerError::Broker(BrokerError::NoListener)))?;
+        let mqtt_tls_addr = first(server.mqtt_tls_addrs());
         let http_addr = reachable(server.http_addr());
+        let https_addr = server.https_addr().map(reachable);
         let hj212_addr = server
             .hub()
             .hj212_addrs()
@@ -251,8 +318,12 @@ impl Demo {
             .copied()
             .min_by_key(|a| a.is_ipv6())
             .map(reachable);
-        match Demo::start_field(&opts, &dir, layout.clone(), &secrets, mqtt_addr, hj212_addr).await
-        {
+        let hubs = Hubs {
+            mqtt: mqtt_addr,
+            mqtt_tls: mqtt_tls_addr,
+            hj212: hj212_addr,
+        };
+        match Demo::start_field(&opts, &dir, layout.clone(), &secrets, hubs).await {
             Ok((field, agents, tasks, stop, clock)) => {
                 info!(
                     devices = layout.field.len()
@@ -271,8 +342,11 @@ impl Demo {
                     clock,
                     dir,
                     mqtt_addr,
+                    mqtt_tls_addr,
                     http_addr,
+                    https_addr,
                     hj212_addr,
+                    pki,
                     stop,
                     agents,
                     tasks,
@@ -293,8 +367,7 @@ impl Demo {
         dir: &Path,
         layout: Layout,
         secrets: &Secrets,
-        hub: SocketAddr,
-        hj212: Option<SocketAddr>,
+        hubs: Hubs,
     ) -> Result<
         (
             Arc<Field>,
@@ -306,6 +379,11 @@ impl Demo {
         DemoError,
     > {
         let field_err = DemoError::Field;
+        let Hubs {
+            mqtt: hub,
+            mqtt_tls,
+            hj212,
+        } = hubs;
         let clock = DemoClock::new(opts.speed, opts.start);
         let narrator = Narrator::new(clock, opts.narrate);
         let world = World::default();
@@ -353,10 +431,13 @@ impl Demo {
             .filter_map(|(d, _)| Some((d.id.clone(), d.addr?)))
             .collect();
 
+        // The agents' links lead to the TLS listener when there is one; TLS passes through the
+        // backhaul (a TCP relay) untouched.
+        let agent_hub = mqtt_tls.unwrap_or(hub);
         let mut backhauls = HashMap::new();
         for a in &layout.agents {
             let (_, _, link) = provision::agent_paths(dir, &a.id);
-            let b = Backhaul::start(hub, link)
+            let b = Backhaul::start(agent_hub, link)
                 .await
                 .map_err(|e| field_err(anyhow::anyhow!("backhaul of {}: {e}", a.id)))?;
             backhauls.insert(a.id.clone(), b);
@@ -365,13 +446,17 @@ impl Demo {
         let (stop, stop_rx) = watch::channel(false);
         let mut agents = Vec::new();
         for a in &layout.agents {
-            let via = backhauls[&a.id].addr();
+            // The agent dials its backhaul on 127.0.0.1, a name in the hub's certificate.
+            let uplink = Uplink {
+                hub: backhauls[&a.id].addr(),
+                tls: mqtt_tls.is_some(),
+            };
             let cfg = provision::write_agent_config(
                 dir,
                 &layout,
                 &a.id,
                 secrets,
-                via,
+                uplink,
                 |id| endpoints.get(id).copied(),
                 opts.speed,
             )?;
@@ -471,9 +556,24 @@ impl Demo {
         self.mqtt_addr
     }
 
+    /// Where the hub's MQTT over TLS listener is reachable (none with TLS off).
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls_addr
+    }
+
     /// Where the hub's HTTP API is reachable.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the hub's HTTPS API and dashboard are reachable (none with TLS off).
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The development CA's certificate that TLS clients trust (none with TLS off).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.pki.as_ref().map(|p| p.ca.as_path())
     }
 
     /// Where the hub's HJ 212 listener is reachable (none when `hj212_listen` is empty).
@@ -497,6 +597,13 @@ impl Demo {
     pub fn dashboard_url(&self) -> String {
         let (app, secret) = self.command_center();
         format!("http://{}/#app={app}&secret={secret}", self.http_addr)
+    }
+
+    /// [`Demo::dashboard_url`] over HTTPS (none with HTTPS off).
+    pub fn https_dashboard_url(&self) -> Option<String> {
+        let (app, secret) = self.command_center();
+        let addr = self.https_addr?;
+        Some(format!("https://{addr}/#app={app}&secret={secret}"))
     }
 
     /// The layout.
@@ -561,5 +668,51 @@ impl Drop for Demo {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(e: ServerError, opts: &DemoOptions) -> (&'static str, &'static str) {
+        match port_taken(e, opts) {
+            DemoError::PortTaken { what, flag, .. } => (what, flag),
+            other => panic!("not PortTaken: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_taken_port_names_the_flag_of_its_listener() {
+        let opts = DemoOptions::defaults();
+        let in_use = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let bind = |addr: &str| {
+            ServerError::Broker(BrokerError::Bind {
+                addr: addr.parse().unwrap(),
+                source: in_use(),
+            })
+        };
+        let http = |addr: &str| {
+            ServerError::Start(hub::StartError::Http {
+                addr: addr.to_string(),
+                source: in_use(),
+            })
+        };
+        assert_eq!(
+            taken(bind("0.0.0.0:1883"), &opts),
+            ("MQTT", "--mqtt-listen")
+        );
+        assert_eq!(
+            taken(bind("[::]:8883"), &opts),
+            ("MQTT/TLS", "--mqtt-tls-listen")
+        );
+        assert_eq!(
+            taken(http("0.0.0.0:8080"), &opts),
+            ("HTTP", "--http-listen")
+        );
+        assert_eq!(
+            taken(http("0.0.0.0:8443"), &opts),
+            ("HTTPS", "--https-listen")
+        );
     }
 }

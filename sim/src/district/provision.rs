@@ -12,6 +12,7 @@ use hub::config::{
     AgentConfig, AgentProtocol, AppConfig, DailyWindow, DeviceConfig, Hj212Settings, HubConfig,
     HubSettings, RuleConfig, SparkplugMetricConfig, SparkplugSettings,
 };
+use hub::tls::dev::{ClientName, DevCa};
 use protocols::config::HumanDuration;
 use protocols::messages::Scalar;
 use protocols::topic::AlertLevel;
@@ -115,6 +116,9 @@ pub enum ProvisionError {
     /// names the file.
     #[error(transparent)]
     Config(#[from] protocols::config::LoadError),
+    /// The development certificates could not be made.
+    #[error("development PKI: {0}")]
+    Tls(#[from] hub::tls::TlsError),
 }
 
 fn write(path: &Path, text: &str) -> Result<(), ProvisionError> {
@@ -327,10 +331,98 @@ pub fn sparkplug_metrics() -> Vec<SparkplugMetricConfig> {
 pub struct Listen {
     /// MQTT addresses.
     pub mqtt: Vec<String>,
+    /// MQTT over TLS addresses (none: off).
+    pub mqtt_tls: Vec<String>,
     /// HTTP address.
     pub http: String,
+    /// HTTPS address (none: off).
+    pub https: Option<String>,
     /// HJ 212 addresses.
     pub hj212: Vec<String>,
+}
+
+impl Listen {
+    /// Whether any listener speaks TLS (the hub then needs the [`Pki`]'s files).
+    pub fn tls(&self) -> bool {
+        !self.mqtt_tls.is_empty() || self.https.is_some()
+    }
+}
+
+/// The development CA's certificate, relative to the data directory: the hub's `client_ca`
+/// and what clients trust (`mosquitto_sub --cafile`, `curl --cacert`, an agent's `ca`).
+pub const CA_FILE: &str = "tls/ca.crt";
+/// The hub's server certificate, relative to the data directory.
+pub const HUB_CERT_FILE: &str = "tls/hub.crt";
+/// The key of [`HUB_CERT_FILE`], relative to the data directory.
+pub const HUB_KEY_FILE: &str = "tls/hub.key";
+/// What the hub's certificate names: clients of the demo dial loopback (the agents their
+/// backhaul on 127.0.0.1). A client on another machine would dial a name not in it.
+pub const HUB_HOSTS: [&str; 3] = ["127.0.0.1", "::1", "localhost"];
+
+/// An agent's client certificate and key, relative to the data directory.
+pub fn agent_cert_files(agent: &str) -> (PathBuf, PathBuf) {
+    let dir = Path::new("tls").join("agents");
+    (
+        dir.join(format!("{agent}.crt")),
+        dir.join(format!("{agent}.key")),
+    )
+}
+
+/// The demo's development PKI under `DIR/tls/` (see [`ensure_pki`]).
+#[derive(Clone, Debug)]
+pub struct Pki {
+    /// The CA certificate (absolute, or relative to where the demo runs).
+    pub ca: PathBuf,
+    /// Whether the files were kept from an earlier run rather than made now.
+    pub reused: bool,
+}
+
+/// Makes the development PKI under `DIR/tls/`: a CA, the hub's certificate for
+/// [`HUB_HOSTS`], and a client certificate per agent (SAN URI `urn:district:{id}`). When
+/// every file is there from an earlier run, they are kept, so clients that trust `ca.crt`
+/// keep working across restarts; when any is missing, all are made anew (the CA's key is not
+/// kept, so nothing can be added to an old set).
+pub fn ensure_pki<'a>(
+    dir: &Path,
+    agents: impl IntoIterator<Item = &'a str>,
+) -> Result<Pki, ProvisionError> {
+    let agents: Vec<&str> = agents.into_iter().collect();
+    let ca = dir.join(CA_FILE);
+    let mut files = vec![ca.clone(), dir.join(HUB_CERT_FILE), dir.join(HUB_KEY_FILE)];
+    for a in &agents {
+        let (crt, key) = agent_cert_files(a);
+        files.extend([dir.join(crt), dir.join(key)]);
+    }
+    if files.iter().all(|f| f.is_file()) {
+        return Ok(Pki { ca, reused: true });
+    }
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ProvisionError::Write { path, source }
+    };
+    // The CA certificate goes last: with it gone until then, an interrupted run leaves an
+    // incomplete set that the next run makes anew rather than a mix of two CAs.
+    if let Err(e) = std::fs::remove_file(&ca)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(write_err(&ca)(e));
+    }
+    let tls = dir.join("tls");
+    let agents_dir = tls.join("agents");
+    std::fs::create_dir_all(&agents_dir).map_err(write_err(&agents_dir))?;
+    let authority = DevCa::new("sim demo development CA")?;
+    authority
+        .server(&HUB_HOSTS)?
+        .write(&tls, "hub")
+        .map_err(write_err(&dir.join(HUB_CERT_FILE)))?;
+    for a in &agents {
+        authority
+            .client(a, ClientName::Uri)?
+            .write(&agents_dir, a)
+            .map_err(write_err(&dir.join(agent_cert_files(a).0)))?;
+    }
+    authority.write(&tls, "ca").map_err(write_err(&ca))?;
+    Ok(Pki { ca, reused: false })
 }
 
 /// The hub configuration of the district; cameras are described by their sources at
@@ -464,10 +556,18 @@ pub fn hub_config(
                 .collect(),
         },
     ];
+    // Relative: hub.toml's paths resolve against its directory, so the data directory can
+    // move.
+    let tls_file = |f: &str| listen.tls().then(|| PathBuf::from(f));
     HubConfig {
         hub: HubSettings {
             mqtt_listen: listen.mqtt.clone(),
             http_listen: listen.http.clone(),
+            mqtt_tls_listen: listen.mqtt_tls.clone(),
+            https_listen: listen.https.clone(),
+            tls_cert: tls_file(HUB_CERT_FILE),
+            tls_key: tls_file(HUB_KEY_FILE),
+            client_ca: tls_file(CA_FILE),
             data_dir: PathBuf::from("."),
             ..HubSettings::default()
         },
@@ -523,6 +623,12 @@ struct AgentSectionToml<'a> {
     id: &'a str,
     secret: &'a str,
     hub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
     data_dir: String,
     health_interval: &'a str,
     batch_max_age: &'a str,
@@ -551,15 +657,25 @@ pub fn agent_paths(dir: &Path, agent: &str) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// Writes `DIR/agents/{agent}.toml`: the agent reaches the hub at `hub` (its backhaul link),
-/// polls its devices at `endpoint(device id)` and watches its cameras (scenes at
-/// `demo_speed`); loads it back with the agent's loader.
+/// How an agent reaches the hub.
+#[derive(Clone, Copy, Debug)]
+pub struct Uplink {
+    /// Where it dials (its backhaul link).
+    pub hub: SocketAddr,
+    /// `mqtts://` with the [`Pki`]'s CA and the agent's client certificate (made by
+    /// [`ensure_pki`]); otherwise plain `mqtt://`.
+    pub tls: bool,
+}
+
+/// Writes `DIR/agents/{agent}.toml`: the agent reaches the hub through `uplink` (its
+/// backhaul link), polls its devices at `endpoint(device id)` and watches its cameras
+/// (scenes at `demo_speed`); loads it back with the agent's loader.
 pub fn write_agent_config(
     dir: &Path,
     layout: &Layout,
     agent: &str,
     secrets: &Secrets,
-    hub: SocketAddr,
+    uplink: Uplink,
     endpoint: impl Fn(&str) -> Option<SocketAddr>,
     demo_speed: f64,
 ) -> Result<edge_agent::config::AgentConfig, ProvisionError> {
@@ -590,11 +706,27 @@ pub fn write_agent_config(
             settings: camera_settings(c),
         })
         .collect();
+    // The agent's paths resolve against its config's directory, `DIR/agents/`.
+    let up = |p: &Path| {
+        uplink
+            .tls
+            .then(|| Path::new("..").join(p).display().to_string())
+    };
+    let (cert, key) = agent_cert_files(agent);
     let file = AgentToml {
         agent: AgentSectionToml {
             id: agent,
+            // Kept beside the certificate: the config still works against a hub without
+            // `client_ca`.
             secret: secrets.get(agent),
-            hub: format!("mqtt://{hub}"),
+            hub: format!(
+                "{}://{}",
+                if uplink.tls { "mqtts" } else { "mqtt" },
+                uplink.hub
+            ),
+            ca: up(Path::new(CA_FILE)),
+            cert: up(&cert),
+            key: up(&key),
             data_dir: agent.to_string(),
             // Often, so the dashboard shows a device dropping off within seconds.
             health_interval: "5s",
@@ -630,12 +762,15 @@ mod tests {
         write_profiles(dir.path()).unwrap();
         let listen = Listen {
             mqtt: vec!["127.0.0.1:0".into()],
+            mqtt_tls: Vec::new(),
             http: "127.0.0.1:0".into(),
+            https: None,
             hj212: vec!["127.0.0.1:0".into()],
         };
         let cfg =
             write_hub_config(dir.path(), &hub_config(&layout, &secrets, &listen, 1.0)).unwrap();
         assert_eq!(cfg.hub.data_dir, dir.path().join("."));
+        assert_eq!(cfg.hub.tls_cert, None, "no TLS listener, no TLS files");
         assert_eq!(
             cfg.devices.len(),
             layout.field.len()
@@ -685,7 +820,10 @@ mod tests {
             &layout,
             "AG-LC01",
             &secrets,
-            "127.0.0.1:1883".parse().unwrap(),
+            Uplink {
+                hub: "127.0.0.1:1883".parse().unwrap(),
+                tls: false,
+            },
             |_| Some("127.0.0.1:5020".parse().unwrap()),
             60.0,
         )
@@ -697,7 +835,10 @@ mod tests {
             &layout,
             "AG-WS01",
             &secrets,
-            "127.0.0.1:1883".parse().unwrap(),
+            Uplink {
+                hub: "127.0.0.1:1883".parse().unwrap(),
+                tls: false,
+            },
             |_| Some("127.0.0.1:5020".parse().unwrap()),
             1.0,
         )
@@ -711,6 +852,64 @@ mod tests {
             agent.file.camera[0].source,
             "synthetic:street?seed=18&size=320x180&fps=5&speed=1"
         );
+    }
+
+    #[test]
+    fn the_pki_is_made_once_and_the_tls_configs_point_at_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::district();
+        let agents = || layout.agents.iter().map(|a| a.id.as_str());
+        let pki = ensure_pki(dir.path(), agents()).unwrap();
+        assert!(!pki.reused);
+        let ca = std::fs::read(&pki.ca).unwrap();
+        let again = ensure_pki(dir.path(), agents()).unwrap();
+        assert!(again.reused);
+        assert_eq!(std::fs::read(&again.ca).unwrap(), ca);
+        // A file gone: everything is made anew, under a new CA.
+        std::fs::remove_file(dir.path().join(HUB_KEY_FILE)).unwrap();
+        let renewed = ensure_pki(dir.path(), agents()).unwrap();
+        assert!(!renewed.reused);
+        assert_ne!(std::fs::read(&renewed.ca).unwrap(), ca);
+
+        let secrets = Secrets::load_or_create(dir.path(), client_ids(&layout)).unwrap();
+        write_profiles(dir.path()).unwrap();
+        let listen = Listen {
+            mqtt: vec!["127.0.0.1:0".into()],
+            mqtt_tls: vec!["127.0.0.1:0".into()],
+            http: "127.0.0.1:0".into(),
+            https: Some("127.0.0.1:0".into()),
+            hj212: Vec::new(),
+        };
+        let cfg =
+            write_hub_config(dir.path(), &hub_config(&layout, &secrets, &listen, 1.0)).unwrap();
+        assert_eq!(cfg.hub.tls_cert, Some(dir.path().join(HUB_CERT_FILE)));
+        assert_eq!(cfg.hub.tls_key, Some(dir.path().join(HUB_KEY_FILE)));
+        assert_eq!(cfg.hub.client_ca, Some(dir.path().join(CA_FILE)));
+        assert_eq!(cfg.hub.https_listen.as_deref(), Some("127.0.0.1:0"));
+        hub::tls::server_config(&cfg.hub, hub::tls::Listener::Mqtt)
+            .unwrap()
+            .expect("MQTT/TLS configured");
+
+        let agent = write_agent_config(
+            dir.path(),
+            &layout,
+            "AG-LC01",
+            &secrets,
+            Uplink {
+                hub: "127.0.0.1:8883".parse().unwrap(),
+                tls: true,
+            },
+            |_| Some("127.0.0.1:5020".parse().unwrap()),
+            1.0,
+        )
+        .unwrap();
+        let a = &agent.file.agent;
+        assert_eq!(a.hub, "mqtts://127.0.0.1:8883");
+        assert_eq!(a.secret.as_deref(), Some(secrets.get("AG-LC01")));
+        for p in [&a.ca, &a.cert, &a.key] {
+            let p = p.as_ref().expect("TLS file set");
+            assert!(p.is_file(), "{}", p.display());
+        }
     }
 
     #[test]
