@@ -267,11 +267,11 @@ impl Broker {
             let l = bind_listener(addr).map_err(|source| BrokerError::Bind { addr, source })?;
             listeners.push((addr, l, acceptor));
         }
+        let metrics = Arc::new(Metrics::default());
         let persist = match &config.state_dir {
-            Some(dir) => Some(Arc::new(persist::Persist::open(dir)?)),
+            Some(dir) => Some(Arc::new(persist::Persist::open(dir, metrics.clone())?)),
             None => None,
         };
-        let metrics = Arc::new(Metrics::default());
         let (shutdown, _) = watch::channel(false);
         let core = Arc::new(Core {
             router: Router::new(metrics.clone(), config.max_queued, persist.clone()),

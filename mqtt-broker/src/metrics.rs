@@ -91,6 +91,8 @@ pub struct Metrics {
     pub sessions: AtomicI64,
     /// Subscriptions held.
     pub subscriptions: AtomicI64,
+    /// Persistent sessions and retained topics changed and not yet written to the state file.
+    pub state_pending: AtomicI64,
     /// Publishes a client had to wait for because it was over its rate.
     pub throttled: AtomicU64,
     /// Clients disconnected for flooding (over their rate for the whole grace period).
@@ -166,6 +168,12 @@ impl Collector for MetricsCollector {
             "connections",
             "Open MQTT connections.",
             &m.connections,
+        )?;
+        gauge(
+            &mut e,
+            "state_pending",
+            "Sessions and retained topics changed, not yet in the state file.",
+            &m.state_pending,
         )?;
         counter(
             &mut e,
@@ -329,8 +337,8 @@ mod tests {
             s.lines()
                 .all(|l| l.starts_with('#') || l.starts_with("hub_mqtt_"))
         );
-        // 27 families: 4 gauges, 23 counters.
-        assert_eq!(s.matches("# TYPE ").count(), 27, "{s}");
-        assert_eq!(s.matches(" gauge\n").count(), 4);
+        // 28 families: 5 gauges, 23 counters.
+        assert_eq!(s.matches("# TYPE ").count(), 28, "{s}");
+        assert_eq!(s.matches(" gauge\n").count(), 5);
     }
 }

@@ -103,12 +103,15 @@ pub(crate) struct Persist {
     db: Mutex<Option<Arc<redb::Database>>>,
     path: PathBuf,
     dirty: Mutex<Dirty>,
+    /// Keys being written right now (the state file's pending gauge counts them too).
+    writing: std::sync::atomic::AtomicUsize,
     wake: Notify,
+    metrics: Arc<crate::Metrics>,
 }
 
 impl Persist {
     /// Opens (or creates) `dir/broker.redb`.
-    pub fn open(dir: &Path) -> Result<Persist, PersistError> {
+    pub fn open(dir: &Path, metrics: Arc<crate::Metrics>) -> Result<Persist, PersistError> {
         let path = dir.join("broker.redb");
         let fail = |detail: String| PersistError {
             path: path.clone(),
@@ -124,18 +127,34 @@ impl Persist {
             db: Mutex::new(Some(Arc::new(db))),
             path,
             dirty: Mutex::new(Dirty::default()),
+            writing: std::sync::atomic::AtomicUsize::new(0),
             wake: Notify::new(),
+            metrics,
         })
     }
 
     /// Marks a session to be written (or deleted, when it no longer persists).
     pub fn session_changed(&self, client_id: &Arc<str>) {
-        self.dirty.lock().sessions.insert(client_id.clone());
+        let mut d = self.dirty.lock();
+        if d.sessions.insert(client_id.clone()) {
+            self.count_pending(&d);
+        }
     }
 
     /// Marks a retained topic to be written (or deleted).
     pub fn retained_changed(&self, topic: &Arc<str>) {
-        self.dirty.lock().retained.insert(topic.clone());
+        let mut d = self.dirty.lock();
+        if d.retained.insert(topic.clone()) {
+            self.count_pending(&d);
+        }
+    }
+
+    /// Updates the pending gauge: keys marked plus keys being written.
+    fn count_pending(&self, d: &Dirty) {
+        let n = d.sessions.len() + d.retained.len() + self.writing.load(Ordering::Relaxed);
+        self.metrics
+            .state_pending
+            .store(n as i64, Ordering::Relaxed);
     }
 
     /// Asks the writer to flush now (shutdown).
@@ -191,7 +210,13 @@ impl Persist {
                 self.session_changed(&client_id);
                 continue;
             }
-            restore_session(core, client_id, record, now, Duration::from_millis(left_ms as u64));
+            restore_session(
+                core,
+                client_id,
+                record,
+                now,
+                Duration::from_millis(left_ms as u64),
+            );
             restored.1 += 1;
         }
         {
@@ -224,6 +249,8 @@ impl Persist {
             let batch = self.collect(&core);
             let me = self.clone();
             let written = tokio::task::spawn_blocking(move || me.write(batch)).await;
+            // Written or marked again: either way no longer in this batch.
+            self.writing.store(0, Ordering::Relaxed);
             match written {
                 Ok(Ok(wrote)) => {
                     if wrote {
@@ -243,6 +270,7 @@ impl Persist {
                 }
                 Err(e) => tracing::warn!(error = %e, "MQTT state writer failed"),
             }
+            self.count_pending(&self.dirty.lock());
             if stopping {
                 self.db.lock().take();
                 return;
@@ -252,14 +280,21 @@ impl Persist {
 
     /// Takes the dirty keys and reads their current state.
     fn collect(&self, core: &Core) -> Batch {
-        let dirty = std::mem::take(&mut *self.dirty.lock());
+        let dirty = {
+            let mut d = self.dirty.lock();
+            self.writing
+                .store(d.sessions.len() + d.retained.len(), Ordering::Relaxed);
+            std::mem::take(&mut *d)
+        };
         let now = now_ms();
         let at = Instant::now();
         let mut batch = Batch::default();
         {
             let retained = core.router.retained_map();
             for topic in dirty.retained {
-                let rec = retained.get(&topic).and_then(|m| record(m, false, &[], at, now));
+                let rec = retained
+                    .get(&topic)
+                    .and_then(|m| record(m, false, &[], at, now));
                 batch.retained.push((topic, rec.and_then(|r| encode(&r))));
             }
         }
@@ -309,8 +344,10 @@ impl Persist {
     /// Marks a failed batch's keys dirty again (their state is read afresh next time).
     fn requeue(&self, batch: Batch) {
         let mut d = self.dirty.lock();
-        d.retained.extend(batch.retained.into_iter().map(|(k, _)| k));
-        d.sessions.extend(batch.sessions.into_iter().map(|(k, _)| k));
+        d.retained
+            .extend(batch.retained.into_iter().map(|(k, _)| k));
+        d.sessions
+            .extend(batch.sessions.into_iter().map(|(k, _)| k));
     }
 }
 
@@ -458,7 +495,9 @@ fn restore_session(
     });
     let session = Arc::new(Session::new(client_id.clone(), principal));
     session.expiry.store(r.expiry, Ordering::Relaxed);
-    session.offline_since_ms.store(r.since_ms, Ordering::Relaxed);
+    session
+        .offline_since_ms
+        .store(r.since_ms, Ordering::Relaxed);
     {
         let mut outbox = session.outbox.lock();
         outbox.detach();

@@ -266,9 +266,9 @@ impl Router {
                 i += 1;
             }
             if session.offer(d, self.queue_cap, &self.metrics) {
-                self.metrics.queued_offline.fetch_add(1, Ordering::Relaxed);
                 // Queued for a client that is away: its queue must outlive a restart.
                 self.session_changed(session);
+                self.metrics.queued_offline.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -29,7 +29,12 @@ fn hub_publish(b: &TestBroker, topic: &str, payload: &str, retain: bool) {
     });
 }
 
-fn persistent(addr: std::net::SocketAddr, id: &str, user: &str, pass: &str) -> rumqttc::MqttOptions {
+fn persistent(
+    addr: std::net::SocketAddr,
+    id: &str,
+    user: &str,
+    pass: &str,
+) -> rumqttc::MqttOptions {
     let mut o = v4::options(addr, id, user, pass);
     o.set_clean_session(false);
     o
@@ -118,7 +123,10 @@ async fn sessions_queues_and_retained_messages_outlive_a_restart() {
         })
         .await;
     assert!(p.retain);
-    assert_eq!((p.topic.as_str(), &p.payload[..]), ("v1/twin/WL-1", &b"twin v7"[..]));
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("v1/twin/WL-1", &b"twin v7"[..])
+    );
     // Cleared retained messages stay cleared.
     hub_publish(&b, "v1/twin/WL-1", "", true);
     b.broker.shutdown().await;
