@@ -40,12 +40,8 @@ fn persistent(
     o
 }
 
-#[tokio::test]
-async fn sessions_queues_and_retained_messages_outlive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker_in(dir.path()).await;
-
-    // A device with a persistent session subscribes to its commands and goes away.
+/// WL-1 connects with a persistent session, subscribes to its commands and disconnects.
+async fn subscribe_and_leave(b: &TestBroker) {
     let mut dev = v4::connect(persistent(b.addr, "WL-1", "WL-1", "s1"))
         .await
         .unwrap();
@@ -62,7 +58,15 @@ async fn sessions_queues_and_retained_messages_outlive_a_restart() {
                 .any(|s| matches!(s, Seen::Disconnected { client_id, .. } if client_id == "WL-1"))
         })
         .await;
-    drop(dev);
+}
+
+#[tokio::test]
+async fn sessions_queues_and_retained_messages_outlive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker_in(dir.path()).await;
+
+    // A device with a persistent session subscribes to its commands and goes away.
+    subscribe_and_leave(&b).await;
     // A clean-session client leaves nothing to restore.
     let clean = v4::connect(v4::options(b.addr, "WL-2", "WL-2", "s2"))
         .await
@@ -147,22 +151,7 @@ async fn an_expired_session_is_not_restored() {
         })
         .await
     };
-    let mut dev = v4::connect(persistent(b.addr, "WL-1", "WL-1", "s1"))
-        .await
-        .unwrap();
-    dev.client
-        .subscribe("v1/devices/WL-1/cmd", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    dev.next_incoming(|i| matches!(i, Incoming::SubAck(_)).then_some(()))
-        .await;
-    drop(dev);
-    b.pipeline
-        .wait_for("the device's disconnect", |seen| {
-            seen.iter()
-                .any(|s| matches!(s, Seen::Disconnected { client_id, .. } if client_id == "WL-1"))
-        })
-        .await;
+    subscribe_and_leave(&b).await;
     b.broker.shutdown().await;
     drop(b);
     // Its one second of expiry runs out while the broker is down.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use broker_support::*;
 use rumqttc::{Incoming, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const RATE: u32 = 50;
@@ -80,7 +80,7 @@ async fn a_flood_is_throttled_then_disconnected_while_others_go_on() {
 
     // The flooder hears DISCONNECT 0x96 and the connection closes.
     let mut reason = None;
-    while let Some((first, body)) = next_packet(&mut rd).await {
+    while let Some((first, body)) = read_packet(&mut rd).await {
         if first == 0xE0 {
             reason = body.first().copied();
         }
@@ -169,25 +169,4 @@ fn subscribe(v5: bool, pid: u16, filters: &[&str]) -> Vec<u8> {
     let mut out = vec![0x82, body.len() as u8];
     out.extend_from_slice(&body);
     out
-}
-
-/// The next packet (first byte, body), `None` once the peer closed.
-async fn next_packet(rd: &mut (impl AsyncRead + Unpin)) -> Option<(u8, Vec<u8>)> {
-    let read = async {
-        let first = rd.read_u8().await.ok()?;
-        let mut len = 0usize;
-        for i in 0..4 {
-            let b = rd.read_u8().await.ok()?;
-            len |= usize::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        rd.read_exact(&mut body).await.ok()?;
-        Some((first, body))
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("the broker closes a flooding client in time")
 }

@@ -668,8 +668,9 @@ pub fn raw_subscribe(pid: u16, filter: &str, qos: u8) -> Vec<u8> {
     out
 }
 
-/// Reads one packet from a raw socket: (first byte, body). None when the peer closed.
-pub async fn read_packet(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+/// Reads one packet from a raw socket (or its read half): (first byte, body). None when the
+/// peer closed.
+pub async fn read_packet(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<(u8, Vec<u8>)> {
     let fut = async {
         let first = s.read_u8().await.ok()?;
         let mut len = 0usize;
