@@ -166,7 +166,9 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .tempdir()?;
     let (target, mut hub, pid) = match &a.target {
         Some(t) => {
-            let hp = crate::bench::host_port(t)?;
+            // `mqtt://HOST:PORT` or `HOST:PORT` (bench.rs registers this module: no import
+            // back from it).
+            let hp = t.strip_prefix("mqtt://").unwrap_or(t);
             let addr = tokio::net::lookup_host(&hp)
                 .await?
                 .next()
