@@ -53,6 +53,9 @@ pub enum What {
     Sparkplug(crate::sparkplug_bench::BenchArgs),
     /// TLS logins per second on the MQTT over TLS listener, full and resumed handshakes.
     Tls(crate::tls_bench::BenchArgs),
+    /// Many direct devices, one connection each: connect and reconnect storms, PUBACK latency,
+    /// memory per connection, against a hub started as its own process.
+    Connections(crate::connections_bench::BenchArgs),
 }
 
 /// Arguments of `sim bench ingest`.
@@ -124,6 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         What::Hj212(a) => crate::hj212_station::bench(a).await,
         What::Sparkplug(a) => crate::sparkplug_bench::bench(a).await,
         What::Tls(a) => crate::tls_bench::bench(a).await,
+        What::Connections(a) => crate::connections_bench::bench(a).await,
     }
 }
 

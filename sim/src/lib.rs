@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod connections_bench;
 pub mod device;
 pub mod district;
 pub mod fleet;

@@ -50,6 +50,7 @@ pub(super) async fn read_connect(
             }
             None => {}
         }
+        super::reader::make_room(buf);
         match rd.read_buf(buf).await? {
             0 => return Err(ConnectFail::Closed),
             n => {

@@ -84,7 +84,7 @@ pub(super) async fn serve<A: Authenticator>(
         mut wr,
         certificate,
     } = link;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut buf = BytesMut::with_capacity(reader::READ_CHUNK);
     let mut stop = core.shutdown.subscribe();
     let max = core.config.max_packet_bytes;
     let read = admission::read_connect(&mut rd, &mut buf, max, &core);

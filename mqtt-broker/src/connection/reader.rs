@@ -49,6 +49,24 @@ pub(super) struct Reader {
     pub quota: Option<Quota>,
 }
 
+/// Free space below which the read buffer grows before the next read.
+const READ_MIN_FREE: usize = 512;
+/// What the read buffer starts with and grows by at least; an idle device's connection keeps
+/// no more (tens of thousands of them: `docs/PERFORMANCE.md`).
+pub(super) const READ_CHUNK: usize = 2048;
+/// An empty read buffer larger than this (after a big packet) is given back.
+const READ_KEEP: usize = 64 * 1024;
+
+/// Room for the next read: small for small packets, doubling while a big one arrives, and a
+/// buffer a big packet left behind is freed once it is empty.
+pub(super) fn make_room(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > READ_KEEP {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+    } else if buf.capacity() - buf.len() < READ_MIN_FREE {
+        buf.reserve(buf.len().max(READ_CHUNK));
+    }
+}
+
 impl Reader {
     /// Reads and dispatches packets until the connection ends; `buf` holds what was read
     /// after the CONNECT.
@@ -68,9 +86,7 @@ impl Reader {
                     Err(e) => return End::Protocol(e.reason_code(), e.to_string()),
                 }
             }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(16 * 1024);
-            }
+            make_room(&mut buf);
             let read = tokio::select! {
                 biased;
                 code = kicked(&mut self.kick) => return End::Kicked(code),
