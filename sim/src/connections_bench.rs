@@ -491,12 +491,26 @@ enum ConnectError {
     Closed,
 }
 
-fn device_id(i: usize) -> String {
+/// The id of benchmark device `i` (a rain gauge), shared with `sim bench tls`.
+pub(crate) fn device_id(i: usize) -> String {
     format!("RG-{i:05}")
 }
 
-fn secret(i: usize) -> String {
+/// The secret of benchmark device `i`.
+pub(crate) fn secret(i: usize) -> String {
     format!("rg-secret-{i:05}")
+}
+
+/// `n` rain gauges `RG-00000`... with plain secrets, as the benchmarks register them.
+pub(crate) fn rain_gauges(n: usize) -> Vec<DeviceConfig> {
+    (0..n)
+        .map(|i| DeviceConfig {
+            id: device_id(i),
+            kind: "rain_gauge".into(),
+            secret: Some(secret(i)),
+            ..DeviceConfig::default()
+        })
+        .collect()
 }
 
 /// TCP connect from the device's source address, CONNECT, CONNACK.
@@ -648,14 +662,7 @@ async fn start_hub(
     // The hub's capacity for connections is measured, not the per-client quotas.
     cfg.hub.max_messages_per_s = 0;
     cfg.hub.max_bytes_per_s = protocols::config::ByteSize(0);
-    cfg.devices = (0..registry)
-        .map(|i| DeviceConfig {
-            id: device_id(i),
-            kind: "rain_gauge".into(),
-            secret: Some(secret(i)),
-            ..DeviceConfig::default()
-        })
-        .collect();
+    cfg.devices = rain_gauges(registry);
     let path = dir.join("hub.toml");
     std::fs::write(&path, toml::to_string(&cfg)?)
         .with_context(|| format!("writing {}", path.display()))?;

@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use hub::config::DeviceConfig;
 use hub::tls::dev::{ClientName, DevCa};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::connections_bench::{device_id, rain_gauges, secret};
 use crate::load::stats::Histogram;
 
 /// Arguments of `sim bench tls`.
@@ -90,14 +90,7 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     cfg.hub.tls_cert = Some(crt);
     cfg.hub.tls_key = Some(key);
     cfg.hub.client_ca = Some(ca_path.clone());
-    cfg.devices = (0..a.devices)
-        .map(|i| DeviceConfig {
-            id: device_id(i),
-            kind: "rain_gauge".into(),
-            secret: Some(secret(i)),
-            ..DeviceConfig::default()
-        })
-        .collect();
+    cfg.devices = rain_gauges(a.devices);
     let server = hub::server::Server::start(cfg)
         .await
         .context("starting the embedded hub")?;
@@ -185,14 +178,6 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     server.shutdown().await?;
     ensure!(logins > 0, "no client logged in");
     Ok(())
-}
-
-fn device_id(i: usize) -> String {
-    format!("RG-{i:05}")
-}
-
-fn secret(i: usize) -> String {
-    format!("rg-secret-{i:05}")
 }
 
 /// A client config trusting `ca`, with a client certificate when given.
