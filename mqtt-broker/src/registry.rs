@@ -55,7 +55,10 @@ impl Core {
             drop(sessions);
             self.router.remove_session(&slot.session);
             self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
-            self.session_changed(client_id);
+            // Only a persistent session has a record to delete (clean ones never had one).
+            if slot.session.expiry.load(Ordering::Relaxed) > 0 {
+                self.session_changed(client_id);
+            }
         }
     }
 }
@@ -75,10 +78,14 @@ pub(crate) async fn attach(
 ) -> (Arc<Session>, bool) {
     let (session, present) =
         attach_inner(core, client_id, principal, clean_start, generation, link).await;
-    session.expiry.store(expiry, Ordering::Relaxed);
+    let before = session.expiry.swap(expiry, Ordering::Relaxed);
     session.offline_since_ms.store(0, Ordering::Relaxed);
-    // Written (or, without expiry, deleted) by the state file's next flush.
-    core.session_changed(client_id);
+    // Written (or, when it stops persisting, deleted) by the state file's next flush; a
+    // clean session that never persisted has nothing on disk, so a connect storm of them
+    // costs the state file nothing.
+    if expiry > 0 || before > 0 {
+        core.session_changed(client_id);
+    }
     (session, present)
 }
 
@@ -110,6 +117,10 @@ async fn attach_inner(
                     if let Some(old) = existing {
                         core.router.remove_session(&old.session);
                         core.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+                        if old.session.expiry.load(Ordering::Relaxed) > 0 {
+                            // Its record goes unless the new session persists in its place.
+                            core.session_changed(client_id);
+                        }
                     }
                     let session = Arc::new(Session::new(client_id.clone(), principal.clone()));
                     session.outbox.lock().attach(generation);
@@ -156,12 +167,16 @@ pub(crate) fn detach(core: &Arc<Core>, client_id: &Arc<str>, generation: u64, ex
     }
     slot.conn = None;
     slot.session.outbox.lock().detach();
-    slot.session.expiry.store(expiry, Ordering::Relaxed);
+    let before = slot.session.expiry.swap(expiry, Ordering::Relaxed);
     slot.session
         .offline_since_ms
         .store(protocols::time::now_ms(), Ordering::Relaxed);
     drop(sessions);
     if expiry == 0 {
+        // A session that persisted until its DISCONNECT set expiry 0: delete its record.
+        if before > 0 {
+            core.session_changed(client_id);
+        }
         core.end_session(client_id, generation);
         return;
     }
