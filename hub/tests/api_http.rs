@@ -610,3 +610,22 @@ async fn stream_over_websocket() {
     }
     stop.await.unwrap();
 }
+
+#[tokio::test]
+async fn quantities_table_for_clients() {
+    let (_dir, h) = hub().await;
+    let api = Api::new(&h);
+    let (s, body) = api.get("/api/v1/quantities", Some(WATER)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let all = body.as_array().unwrap();
+    assert_eq!(all.len(), protocols::quantity::Quantity::ALL.len());
+    let level = all.iter().find(|q| q["name"] == "water_level").unwrap();
+    assert_eq!(level["unit"], "m");
+    assert_eq!(level["kind"], "number");
+    assert_eq!(level["decimals"], 3);
+    let status = all.iter().find(|q| q["name"] == "lamp_status").unwrap();
+    assert_eq!(status["kind"], "enum");
+    assert_eq!(status["states"][1], "lamp_failure");
+    let (s, _) = api.get("/api/v1/quantities", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}

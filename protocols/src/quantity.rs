@@ -22,7 +22,7 @@ pub enum ValueKind {
 pub const LAMP_STATUS_STATES: &[&str] = &["ok", "lamp_failure", "driver_failure", "power_loss"];
 
 macro_rules! quantities {
-    ($( $variant:ident = $code:literal, $name:literal, $unit:literal, $kind:expr, $range:expr; )*) => {
+    ($( $variant:ident = $code:literal, $name:literal, $unit:literal, $kind:expr, $range:expr, $decimals:literal; )*) => {
         /// A measured or controlled quantity. The numeric codes are stable: they are what the
         /// binary agent batch carries, so a code is never reused or renumbered.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,6 +80,15 @@ macro_rules! quantities {
                 }
             }
 
+            /// How many decimals of the canonical unit a reading is shown with: the resolution
+            /// of the sensors the district uses (a river level to the millimetre, turbidity to
+            /// 0.1 NTU), so a display never prints float noise like `265.7997131347656`.
+            pub const fn decimals(self) -> u8 {
+                match self {
+                    $(Quantity::$variant => $decimals,)*
+                }
+            }
+
             /// The physically possible range in the canonical unit, if bounded. A value outside
             /// it is kept but marked `bad`: no sensor can have measured it.
             pub const fn physical_range(self) -> Option<(f64, f64)> {
@@ -94,42 +103,42 @@ macro_rules! quantities {
 use ValueKind::{Bool, Number};
 
 quantities! {
-    WaterLevel = 1, "water_level", "m", Number, Some((-100.0, 1000.0));
-    WaterFlow = 2, "water_flow", "m3/s", Number, Some((-1.0e5, 1.0e5));
-    Rainfall = 3, "rainfall", "mm", Number, Some((0.0, 2000.0));
-    Turbidity = 4, "turbidity", "NTU", Number, Some((0.0, 10000.0));
-    Ph = 5, "ph", "1", Number, Some((0.0, 14.0));
-    DissolvedOxygen = 6, "dissolved_oxygen", "mg/L", Number, Some((0.0, 50.0));
-    Conductivity = 7, "conductivity", "uS/cm", Number, Some((0.0, 200000.0));
-    WaterTemperature = 8, "water_temperature", "Cel", Number, Some((-5.0, 100.0));
-    AirTemperature = 9, "air_temperature", "Cel", Number, Some((-80.0, 70.0));
-    LampPower = 10, "lamp_power", "W", Number, Some((0.0, 100000.0));
-    LampVoltage = 11, "lamp_voltage", "V", Number, Some((0.0, 1000.0));
-    LampCurrent = 12, "lamp_current", "A", Number, Some((0.0, 1000.0));
-    LampEnergy = 13, "lamp_energy", "kWh", Number, Some((0.0, 1.0e9));
-    DimmingLevel = 14, "dimming_level", "%", Number, Some((0.0, 100.0));
-    LampStatus = 15, "lamp_status", "enum", ValueKind::Enum(LAMP_STATUS_STATES), None;
-    TiltAngle = 16, "tilt_angle", "deg", Number, Some((-180.0, 180.0));
-    CoverOpen = 17, "cover_open", "bool", Bool, None;
-    BatteryLevel = 18, "battery_level", "%", Number, Some((0.0, 100.0));
-    CameraFps = 19, "camera_fps", "Hz", Number, Some((0.0, 1000.0));
-    CameraBitrate = 20, "camera_bitrate", "kbit/s", Number, Some((0.0, 1.0e7));
-    Motion = 21, "motion", "bool", Bool, None;
-    CameraFramesLost = 22, "camera_frames_lost", "1", Number, Some((0.0, 1.0e12));
-    RelativeHumidity = 23, "relative_humidity", "%", Number, Some((0.0, 100.0));
-    WindSpeed = 24, "wind_speed", "m/s", Number, Some((0.0, 150.0));
-    AirPressure = 25, "air_pressure", "hPa", Number, Some((300.0, 1100.0));
+    WaterLevel = 1, "water_level", "m", Number, Some((-100.0, 1000.0)), 3;
+    WaterFlow = 2, "water_flow", "m3/s", Number, Some((-1.0e5, 1.0e5)), 3;
+    Rainfall = 3, "rainfall", "mm", Number, Some((0.0, 2000.0)), 1;
+    Turbidity = 4, "turbidity", "NTU", Number, Some((0.0, 10000.0)), 1;
+    Ph = 5, "ph", "1", Number, Some((0.0, 14.0)), 2;
+    DissolvedOxygen = 6, "dissolved_oxygen", "mg/L", Number, Some((0.0, 50.0)), 2;
+    Conductivity = 7, "conductivity", "uS/cm", Number, Some((0.0, 200000.0)), 0;
+    WaterTemperature = 8, "water_temperature", "Cel", Number, Some((-5.0, 100.0)), 1;
+    AirTemperature = 9, "air_temperature", "Cel", Number, Some((-80.0, 70.0)), 1;
+    LampPower = 10, "lamp_power", "W", Number, Some((0.0, 100000.0)), 1;
+    LampVoltage = 11, "lamp_voltage", "V", Number, Some((0.0, 1000.0)), 1;
+    LampCurrent = 12, "lamp_current", "A", Number, Some((0.0, 1000.0)), 3;
+    LampEnergy = 13, "lamp_energy", "kWh", Number, Some((0.0, 1.0e9)), 2;
+    DimmingLevel = 14, "dimming_level", "%", Number, Some((0.0, 100.0)), 0;
+    LampStatus = 15, "lamp_status", "enum", ValueKind::Enum(LAMP_STATUS_STATES), None, 0;
+    TiltAngle = 16, "tilt_angle", "deg", Number, Some((-180.0, 180.0)), 1;
+    CoverOpen = 17, "cover_open", "bool", Bool, None, 0;
+    BatteryLevel = 18, "battery_level", "%", Number, Some((0.0, 100.0)), 0;
+    CameraFps = 19, "camera_fps", "Hz", Number, Some((0.0, 1000.0)), 1;
+    CameraBitrate = 20, "camera_bitrate", "kbit/s", Number, Some((0.0, 1.0e7)), 0;
+    Motion = 21, "motion", "bool", Bool, None, 0;
+    CameraFramesLost = 22, "camera_frames_lost", "1", Number, Some((0.0, 1.0e12)), 0;
+    RelativeHumidity = 23, "relative_humidity", "%", Number, Some((0.0, 100.0)), 0;
+    WindSpeed = 24, "wind_speed", "m/s", Number, Some((0.0, 150.0)), 1;
+    AirPressure = 25, "air_pressure", "hPa", Number, Some((300.0, 1100.0)), 1;
     // Laboratory-style water quality parameters reported by monitoring stations (HJ 212). The
     // ranges are wide on purpose: raw sewage and landfill leachate reach thousands of mg/L.
-    AmmoniaNitrogen = 26, "ammonia_nitrogen", "mg/L", Number, Some((0.0, 10000.0));
-    Cod = 27, "cod", "mg/L", Number, Some((0.0, 100000.0));
-    PermanganateIndex = 28, "permanganate_index", "mg/L", Number, Some((0.0, 10000.0));
-    TotalPhosphorus = 29, "total_phosphorus", "mg/L", Number, Some((0.0, 10000.0));
-    TotalNitrogen = 30, "total_nitrogen", "mg/L", Number, Some((0.0, 10000.0));
+    AmmoniaNitrogen = 26, "ammonia_nitrogen", "mg/L", Number, Some((0.0, 10000.0)), 3;
+    Cod = 27, "cod", "mg/L", Number, Some((0.0, 100000.0)), 1;
+    PermanganateIndex = 28, "permanganate_index", "mg/L", Number, Some((0.0, 10000.0)), 1;
+    TotalPhosphorus = 29, "total_phosphorus", "mg/L", Number, Some((0.0, 10000.0)), 3;
+    TotalNitrogen = 30, "total_nitrogen", "mg/L", Number, Some((0.0, 10000.0)), 2;
     // Pumping stations (drainage and flood pumps, often behind Sparkplug B gateways).
-    PumpRunning = 31, "pump_running", "bool", Bool, None;
-    PumpSpeed = 32, "pump_speed", "%", Number, Some((0.0, 100.0));
-    WaterPressure = 33, "water_pressure", "kPa", Number, Some((-101.325, 100000.0));
+    PumpRunning = 31, "pump_running", "bool", Bool, None, 0;
+    PumpSpeed = 32, "pump_speed", "%", Number, Some((0.0, 100.0)), 0;
+    WaterPressure = 33, "water_pressure", "kPa", Number, Some((-101.325, 100000.0)), 1;
 }
 
 /// Why a unit or value could not be brought to the canonical form.

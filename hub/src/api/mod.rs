@@ -12,6 +12,7 @@ mod alerts;
 mod cameras;
 mod dashboard;
 mod devices;
+mod quantities;
 mod series;
 mod stream;
 
@@ -73,6 +74,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/devices", get(devices::list::<S>))
         .route("/api/v1/devices/{id}", get(devices::one::<S>))
         .route("/api/v1/devices/{id}/desired", patch(devices::desired::<S>))
+        .route("/api/v1/quantities", get(quantities::list::<S>))
         .route("/api/v1/series", get(series::query::<S>))
         .route("/api/v1/stream", get(stream::handler::<S>))
         .route("/api/v1/alerts", get(alerts::list::<S>))
