@@ -57,6 +57,10 @@ pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError
     c.max_bytes_per_s = settings.max_bytes_per_s.0;
     c.throttle_grace = settings.throttle_grace.0;
     c.max_subscriptions = settings.max_subscriptions;
+    c.max_connections = match settings.max_connections {
+        0 => connection_limit_from_open_files(),
+        n => n,
+    };
     // Persistent sessions (a command queued for an offline device) and retained messages
     // outlive a restart.
     c.state_dir = Some(settings.data_dir.join("broker"));
@@ -67,6 +71,22 @@ pub fn broker_config(settings: &HubSettings) -> Result<BrokerConfig, ServerError
         .collect::<Result<Vec<SocketAddr>, _>>()?;
     c.tls = crate::tls::server_config(settings, crate::tls::Listener::Mqtt)?;
     Ok(c)
+}
+
+/// File descriptors kept back from MQTT connections: store segments, the broker's and twins'
+/// state files, HTTP clients, HJ 212 stations, logs.
+const RESERVED_FILES: u64 = 1_024;
+
+/// The connection limit when hub.toml sets none: the soft open-file limit less
+/// [`RESERVED_FILES`] (at least 64), so a storm beyond what the process can hold is refused
+/// in CONNACK rather than failing `accept` and the store's own file opens. No limit when the
+/// open-file limit is unlimited or unknown.
+fn connection_limit_from_open_files() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match soft {
+        Some(n) => usize::try_from(n.saturating_sub(RESERVED_FILES).max(64)).unwrap_or(0),
+        None => 0,
+    }
 }
 
 /// A running hub: store, ingress, pipeline and API.

@@ -126,6 +126,12 @@ pub struct BrokerConfig {
     pub throttle_grace: Duration,
     /// Subscriptions a session may hold; 0 is no limit. More are refused in SUBACK (0x97).
     pub max_subscriptions: usize,
+    /// Open connections (admitted or still connecting) the broker serves; 0 is no limit.
+    /// Beyond it a new client is answered CONNACK 0x97 "Quota exceeded" (MQTT 5) or 3
+    /// "Server unavailable" (3.1.1) and closed, counted as `server_busy`: the last resort, so
+    /// that the process keeps file descriptors for its store and API and the device backs off
+    /// knowingly instead of the kernel dropping its handshake without a word.
+    pub max_connections: usize,
     /// Where persistent sessions and retained messages are kept across restarts
     /// (`broker.redb`); `None` keeps them in memory only.
     pub state_dir: Option<std::path::PathBuf>,
@@ -156,6 +162,7 @@ impl BrokerConfig {
             max_bytes_per_s: 0,
             throttle_grace: Duration::from_secs(10),
             max_subscriptions: 0,
+            max_connections: 0,
             state_dir: None,
         }
     }
@@ -435,7 +442,9 @@ fn spawn_connection<A: Authenticator>(
     peer: SocketAddr,
 ) {
     core.metrics.tcp_accepted.fetch_add(1, Ordering::Relaxed);
-    core.live.fetch_add(1, Ordering::SeqCst);
+    let open = core.live.fetch_add(1, Ordering::SeqCst);
+    let limit = core.config.max_connections;
+    let over_limit = limit > 0 && open >= limit;
     let core = core.clone();
     let auth = auth.clone();
     let tls = tls.clone();
@@ -454,7 +463,7 @@ fn spawn_connection<A: Authenticator>(
             }
         };
         if let Some(link) = link {
-            connection::serve(core.clone(), auth, link, peer).await;
+            connection::serve(core.clone(), auth, link, peer, over_limit).await;
         }
         if core.live.fetch_sub(1, Ordering::SeqCst) == 1 {
             core.live_changed.notify_waiters();

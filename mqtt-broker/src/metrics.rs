@@ -26,15 +26,18 @@ pub enum RefuseReason {
     Protocol,
     /// The broker is shutting down.
     ShuttingDown,
+    /// The broker already serves `max_connections`.
+    ServerBusy,
 }
 
 impl RefuseReason {
-    const ALL: [RefuseReason; 5] = [
+    const ALL: [RefuseReason; 6] = [
         RefuseReason::BadCredentials,
         RefuseReason::ClientId,
         RefuseReason::WillDenied,
         RefuseReason::Protocol,
         RefuseReason::ShuttingDown,
+        RefuseReason::ServerBusy,
     ];
 
     fn label(self) -> &'static str {
@@ -44,6 +47,7 @@ impl RefuseReason {
             RefuseReason::WillDenied => "will_denied",
             RefuseReason::Protocol => "protocol",
             RefuseReason::ShuttingDown => "shutting_down",
+            RefuseReason::ServerBusy => "server_busy",
         }
     }
 }
@@ -58,7 +62,7 @@ pub struct Metrics {
     pub tcp_accepted: AtomicU64,
     /// CONNECTs accepted, total.
     pub connects: AtomicU64,
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; RefuseReason::ALL.len()],
     /// Connections closed for a protocol violation or garbage.
     pub protocol_errors: AtomicU64,
     /// Connections closed for an oversized packet.

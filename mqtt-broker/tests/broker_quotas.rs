@@ -1,7 +1,8 @@
 //! Per-client quotas: a client flooding publishes is throttled (its socket is not read), then
 //! disconnected with MQTT 5 "Message rate too high", counted, while another client's
 //! publishes go on being acknowledged; subscriptions beyond the session's limit are refused
-//! in SUBACK (MQTT 5 0x97, 3.1.1 0x80).
+//! in SUBACK (MQTT 5 0x97, 3.1.1 0x80); clients beyond the connection limit are refused in
+//! CONNACK.
 
 mod broker_support;
 
@@ -169,4 +170,60 @@ fn subscribe(v5: bool, pid: u16, filters: &[&str]) -> Vec<u8> {
     let mut out = vec![0x82, body.len() as u8];
     out.extend_from_slice(&body);
     out
+}
+
+/// Beyond `max_connections` a client is told so in its own protocol (3.1.1: return code 3
+/// "Server unavailable"; MQTT 5: 0x97 "Quota exceeded") and closed, counted as
+/// `server_busy`; the clients already in go on, and a freed place is taken again.
+#[tokio::test]
+async fn beyond_the_connection_limit_clients_are_refused_in_connack() {
+    let b = TestBroker::start_with(|c| c.max_connections = 2).await;
+    let first = raw_client(b.addr, "WL-1", "WL-1", "s1", 60).await;
+    let mut second = raw_client(b.addr, "AG-1", "AG-1", "a1", 60).await;
+
+    let mut v4 = TcpStream::connect(b.addr).await.unwrap();
+    v4.write_all(&raw_connect("WL-2", "WL-2", "s2", 60))
+        .await
+        .unwrap();
+    let (kind, body) = read_packet(&mut v4).await.expect("CONNACK");
+    assert_eq!((kind, body[1]), (0x20, 3), "3.1.1: server unavailable");
+    assert!(closed_by_peer(&mut v4).await);
+
+    let mut v5 = TcpStream::connect(b.addr).await.unwrap();
+    v5.write_all(&raw_connect_v5("WL-2", "WL-2", "s2", 60))
+        .await
+        .unwrap();
+    let (kind, body) = read_packet(&mut v5).await.expect("CONNACK");
+    assert_eq!((kind, body[1]), (0x20, 0x97), "MQTT 5: quota exceeded");
+    assert!(closed_by_peer(&mut v5).await);
+    assert_eq!(
+        b.broker
+            .metrics()
+            .refused(mqtt_broker::RefuseReason::ServerBusy),
+        2
+    );
+
+    // The clients in are served as before.
+    second
+        .write_all(&raw_publish("agents/AG-1/status", 1, 7, b"online"))
+        .await
+        .unwrap();
+    let (kind, body) = read_packet(&mut second).await.expect("PUBACK");
+    assert_eq!((kind, &body[..2]), (0x40, &7u16.to_be_bytes()[..]));
+
+    // A place freed is a place for the next device (its task ends a moment after the close).
+    drop(first);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(b.addr).await.unwrap();
+        s.write_all(&raw_connect("WL-2", "WL-2", "s2", 60))
+            .await
+            .unwrap();
+        let (_, body) = read_packet(&mut s).await.expect("CONNACK");
+        if body[1] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed place was not taken");
+        tokio::task::yield_now().await;
+    }
 }

@@ -163,6 +163,11 @@ pub struct HubSettings {
     /// Subscriptions one MQTT session may hold; 0 is no limit.
     #[serde(default = "default_max_subscriptions")]
     pub max_subscriptions: usize,
+    /// MQTT connections served at once (plain and TLS); beyond, a client is refused with
+    /// CONNACK "Quota exceeded"/"Server unavailable". 0 (the default) takes the process's
+    /// open-file limit less a reserve for the store, the API and the state files.
+    #[serde(default)]
+    pub max_connections: usize,
     /// MQTT over TLS listen addresses (none by default); needs `tls_cert` and `tls_key`.
     #[serde(default)]
     pub mqtt_tls_listen: Vec<String>,
@@ -253,6 +258,7 @@ impl Default for HubSettings {
             max_bytes_per_s: default_max_bytes_per_s(),
             throttle_grace: default_throttle_grace(),
             max_subscriptions: default_max_subscriptions(),
+            max_connections: 0,
             mqtt_tls_listen: Vec::new(),
             https_listen: None,
             tls_cert: None,

@@ -247,4 +247,13 @@ fn client_quotas_have_defaults_and_map_onto_the_broker() {
     assert_eq!(b.throttle_grace, std::time::Duration::from_secs(3));
     assert_eq!(b.max_subscriptions, 0);
     assert!(b.tls.is_none() && b.tls_listen.is_empty());
+    // No connection limit given: the open-file limit less a reserve.
+    assert!(b.max_connections >= 64, "{}", b.max_connections);
+    let c = HubConfig::from_toml("[hub]\nmax_connections = 5\n").unwrap();
+    assert_eq!(
+        crate::server::broker_config(&c.hub)
+            .unwrap()
+            .max_connections,
+        5
+    );
 }

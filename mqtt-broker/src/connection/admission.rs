@@ -98,6 +98,14 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
+    /// Over `max_connections`.
+    pub const BUSY: Refusal = Refusal {
+        reason: RefuseReason::ServerBusy,
+        v4: v4_return::SERVER_UNAVAILABLE,
+        v5: reason::QUOTA_EXCEEDED,
+        log: "connection limit reached (max_connections)",
+    };
+
     const CLIENT_ID: Refusal = Refusal {
         reason: RefuseReason::ClientId,
         v4: v4_return::IDENTIFIER_REJECTED,

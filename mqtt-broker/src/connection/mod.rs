@@ -72,12 +72,14 @@ impl Link {
     }
 }
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection until it ends. `over_limit`: the broker already serves
+/// `max_connections`; the client's CONNECT is read only to refuse it in its own protocol.
 pub(super) async fn serve<A: Authenticator>(
     core: Arc<Core>,
     auth: Arc<A>,
     link: Link,
     peer: SocketAddr,
+    over_limit: bool,
 ) {
     let Link {
         mut rd,
@@ -110,6 +112,12 @@ pub(super) async fn serve<A: Authenticator>(
         Ok(Ok(c)) => c,
     };
     let negotiated = Negotiated::new(&core.config, &connect);
+    if over_limit {
+        admission::Refusal::BUSY
+            .send(&core, &mut wr, negotiated.protocol, peer)
+            .await;
+        return;
+    }
     match admission::admit(&core, &*auth, *connect, peer, certificate.as_ref()).await {
         Ok(admitted) => run(core, negotiated, admitted, rd, wr, buf, peer).await,
         Err(refusal) => {
