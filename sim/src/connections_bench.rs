@@ -95,6 +95,22 @@ pub struct BenchArgs {
     /// Where the started hub's log goes (default: this program's stderr).
     #[arg(long, value_name = "FILE")]
     pub hub_log: Option<PathBuf>,
+    /// MQTT over TLS: the started hub gets a development CA's certificate and a TLS listener,
+    /// and every device logs in by password over TLS 1.3 with a session cache of its own (the
+    /// reconnect storm resumes). Started hub only.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// A device's byte stream: plain TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
+/// How devices reach the hub over TLS.
+struct TlsClient {
+    /// One client config per device: a device keeps its own session tickets.
+    configs: Vec<Arc<rustls::ClientConfig>>,
 }
 
 /// Phases, in order; devices follow them through a watch channel.
@@ -122,6 +138,7 @@ struct Storm {
 /// Shared by the device tasks and the conductor.
 struct Ctx {
     target: SocketAddr,
+    tls: Option<TlsClient>,
     sources: u8,
     keep_alive: u16,
     attempt_timeout: Duration,
@@ -164,7 +181,11 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("sim-bench-connections-")
         .tempdir()?;
-    let (target, mut hub, pid) = match &a.target {
+    ensure!(
+        !(a.tls && a.target.is_some()),
+        "--tls works with the hub this bench starts, not with --target"
+    );
+    let (target, mut hub, pid, ca) = match &a.target {
         Some(t) => {
             // `mqtt://HOST:PORT` or `HOST:PORT` (bench.rs registers this module: no import
             // back from it).
@@ -173,15 +194,23 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 .await?
                 .next()
                 .with_context(|| format!("{hp}: no address"))?;
-            (addr, None, a.target_pid)
+            (addr, None, a.target_pid, None)
         }
         None => {
-            let (addr, child) = start_hub(&a, registry, dir.path()).await?;
+            let (addr, child, ca) = start_hub(&a, registry, dir.path()).await?;
             let pid = child.id();
-            (addr, Some(child), Some(pid))
+            (addr, Some(child), Some(pid), ca)
         }
     };
-    let result = run(&a, target, pid).await;
+    let tls = match &ca {
+        Some(ca) => Some(TlsClient {
+            configs: (0..n)
+                .map(|_| client_config(ca, None, 2))
+                .collect::<anyhow::Result<_>>()?,
+        }),
+        None => None,
+    };
+    let result = run(&a, target, pid, tls).await;
     if let Some(child) = &mut hub {
         stop_hub(child).await;
     }
@@ -195,6 +224,7 @@ async fn run(
     a: &BenchArgs,
     target: SocketAddr,
     pid: Option<u32>,
+    tls: Option<TlsClient>,
 ) -> anyhow::Result<serde_json::Value> {
     let n = a.connections;
     let sample = || pid.and_then(proc_sample);
@@ -211,6 +241,7 @@ async fn run(
         .context("starting the devices' runtime")?;
     let ctx = Arc::new(Ctx {
         target,
+        tls,
         sources: if target.ip().is_loopback() {
             a.sources
         } else {
@@ -293,6 +324,7 @@ async fn run(
     Ok(serde_json::json!({
         "bench": "connections",
         "target": a.target.clone().unwrap_or_else(|| "hub".into()),
+        "tls": a.tls,
         "connections": n,
         "registry": a.registry.unwrap_or(n).max(n),
         "period_s": a.period.as_secs_f64(),
@@ -404,7 +436,7 @@ async fn live(
     k: usize,
     id: u8,
     phase: &mut watch::Receiver<u8>,
-) -> Option<TcpStream> {
+) -> Option<Conn> {
     let mut first = true;
     loop {
         let stream = connect_phase(ctx, i, k, id, first, phase).await?;
@@ -427,7 +459,7 @@ async fn connect_phase(
     id: u8,
     count: bool,
     phase: &mut watch::Receiver<u8>,
-) -> Option<TcpStream> {
+) -> Option<Conn> {
     let s = &ctx.storms[k];
     let start = *ctx.storm_start[k].get()?;
     let mut attempt = 0u32;
@@ -513,8 +545,39 @@ pub(crate) fn rain_gauges(n: usize) -> Vec<DeviceConfig> {
         .collect()
 }
 
+/// A client config trusting `ca`, with a client certificate when given, keeping up to
+/// `sessions` TLS sessions for resumption (0: none).
+pub(crate) fn client_config(
+    ca: &Path,
+    cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    sessions: usize,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in hub::tls::certificates(ca)? {
+        roots.add(c)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        None => builder.with_no_client_auth(),
+        Some((crt, key)) => {
+            let pem = std::fs::read(key)?;
+            let key =
+                rustls_pemfile::private_key(&mut pem.as_slice())?.context("no private key")?;
+            builder.with_client_auth_cert(hub::tls::certificates(crt)?, key)?
+        }
+    };
+    config.resumption = match sessions {
+        0 => rustls::client::Resumption::disabled(),
+        n => rustls::client::Resumption::in_memory_sessions(n),
+    };
+    Ok(Arc::new(config))
+}
+
 /// TCP connect from the device's source address, CONNECT, CONNACK.
-async fn connect_once(ctx: &Ctx, i: usize) -> Result<TcpStream, ConnectError> {
+async fn connect_once(ctx: &Ctx, i: usize) -> Result<Conn, ConnectError> {
     let socket = match ctx.target {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -526,8 +589,16 @@ async fn connect_once(ctx: &Ctx, i: usize) -> Result<TcpStream, ConnectError> {
             0,
         ))?;
     }
-    let mut stream = socket.connect(ctx.target).await?;
-    stream.set_nodelay(true)?;
+    let tcp = socket.connect(ctx.target).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream: Conn = match &ctx.tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.configs[i].clone());
+            let name = rustls::pki_types::ServerName::IpAddress(ctx.target.ip().into());
+            Box::new(connector.connect(name, tcp).await?)
+        }
+    };
     let id = device_id(i);
     let mut out = BytesMut::with_capacity(64);
     mqtt::connect(&mut out, &id, Some(&id), Some(&secret(i)), ctx.keep_alive);
@@ -554,9 +625,9 @@ async fn publish_loop(
     i: usize,
     h: usize,
     id: u8,
-    mut stream: TcpStream,
+    mut stream: Conn,
     phase: &mut watch::Receiver<u8>,
-) -> Option<TcpStream> {
+) -> Option<Conn> {
     let origin = *ctx.storm_start[0].get()?;
     let n = ctx.connections as u128;
     // Devices spread evenly over the period, on one schedule for the whole run.
@@ -640,7 +711,7 @@ async fn start_hub(
     a: &BenchArgs,
     registry: usize,
     dir: &Path,
-) -> anyhow::Result<(SocketAddr, Child)> {
+) -> anyhow::Result<(SocketAddr, Child, Option<PathBuf>)> {
     let bin = match &a.hub_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -663,6 +734,20 @@ async fn start_hub(
     cfg.hub.max_messages_per_s = 0;
     cfg.hub.max_bytes_per_s = protocols::config::ByteSize(0);
     cfg.devices = rain_gauges(registry);
+    // With TLS the devices reach the hub on its TLS port only, by password over TLS.
+    let mut ca_path = None;
+    let mut target = mqtt;
+    if a.tls {
+        let pki = dir.join("tls");
+        std::fs::create_dir_all(&pki)?;
+        let ca = hub::tls::dev::DevCa::new("bench CA")?;
+        ca_path = Some(ca.write(&pki, "ca")?);
+        let (crt, key) = ca.server(&["127.0.0.1"])?.write(&pki, "hub")?;
+        target = free_port()?;
+        cfg.hub.mqtt_tls_listen = vec![target.to_string()];
+        cfg.hub.tls_cert = Some(crt);
+        cfg.hub.tls_key = Some(key);
+    }
     let path = dir.join("hub.toml");
     std::fs::write(&path, toml::to_string(&cfg)?)
         .with_context(|| format!("writing {}", path.display()))?;
@@ -688,8 +773,8 @@ async fn start_hub(
         if let Some(status) = child.try_wait()? {
             bail!("the hub exited during start: {status}");
         }
-        if TcpStream::connect(mqtt).await.is_ok() {
-            return Ok((mqtt, child));
+        if TcpStream::connect(target).await.is_ok() {
+            return Ok((target, child, ca_path));
         }
         if Instant::now() > deadline {
             let _ = child.kill();

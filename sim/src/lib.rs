@@ -21,6 +21,8 @@
 //! ```
 
 #![warn(missing_docs)]
+// The benchmarks' JSON lines (`serde_json::json!`) have more fields than the default limit expands.
+#![recursion_limit = "256"]
 
 pub mod bench;
 pub mod connections_bench;

@@ -17,7 +17,6 @@
 //! connect to CONNACK.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::connections_bench::{device_id, rain_gauges, secret};
+use crate::connections_bench::{client_config, device_id, rain_gauges, secret};
 use crate::load::stats::Histogram;
 
 /// Arguments of `sim bench tls`.
@@ -105,7 +104,7 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
             } else {
                 None
             };
-            client_config(&ca_path, cert.as_ref(), !a.full)
+            client_config(&ca_path, cert.as_ref(), if a.full { 0 } else { 256 })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
@@ -178,35 +177,6 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     server.shutdown().await?;
     ensure!(logins > 0, "no client logged in");
     Ok(())
-}
-
-/// A client config trusting `ca`, with a client certificate when given.
-fn client_config(
-    ca: &Path,
-    cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
-    resumption: bool,
-) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in hub::tls::certificates(ca)? {
-        roots.add(c)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let mut config = match cert {
-        None => builder.with_no_client_auth(),
-        Some((crt, key)) => {
-            let pem = std::fs::read(key)?;
-            let key =
-                rustls_pemfile::private_key(&mut pem.as_slice())?.context("no private key")?;
-            builder.with_client_auth_cert(hub::tls::certificates(crt)?, key)?
-        }
-    };
-    if !resumption {
-        config.resumption = rustls::client::Resumption::disabled();
-    }
-    Ok(Arc::new(config))
 }
 
 /// One login; whether its handshake was resumed.
