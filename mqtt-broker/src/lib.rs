@@ -456,8 +456,10 @@ fn spawn_connection<A: Authenticator>(
             None => Some(connection::Link::plain(stream)),
             Some(acceptor) => {
                 let mut stop = core.shutdown.subscribe();
+                // Boxed, like the other steps around the reader's loop: the task of an idle
+                // connection keeps only the state of the step it is in.
                 tokio::select! {
-                    l = tls::handshake(&core, acceptor, stream, peer) => l,
+                    l = Box::pin(tls::handshake(&core, acceptor, stream, peer)) => l,
                     _ = stopped(&mut stop) => None,
                 }
             }

@@ -118,7 +118,10 @@ pub(super) async fn serve<A: Authenticator>(
             .await;
         return;
     }
-    match admission::admit(&core, &*auth, *connect, peer, certificate.as_ref()).await {
+    let admitted = admission::admit(&core, &*auth, *connect, peer, certificate.as_ref());
+    // Boxed: the admission's state (the authenticator's future) is not kept for the life of
+    // the connection.
+    match Box::pin(admitted).await {
         Ok(admitted) => run(core, negotiated, admitted, rd, wr, buf, peer).await,
         Err(refusal) => {
             refusal
@@ -154,7 +157,10 @@ async fn run(
         kick: kick_tx,
         finished: finished_rx,
     };
-    let (session, present) = registry::attach(
+    // The steps before and after the reader's loop are boxed: a connection's task keeps only
+    // the state of the step it is in, and idle devices are most of a hub's connections
+    // (`docs/PERFORMANCE.md`, "Direct devices at scale").
+    let (session, present) = Box::pin(registry::attach(
         &core,
         &client_id,
         &principal,
@@ -162,7 +168,7 @@ async fn run(
         n.session_expiry,
         generation,
         Some(link),
-    )
+    ))
     .await;
     core.metrics.connects.fetch_add(1, Ordering::Relaxed);
     core.metrics.connections.fetch_add(1, Ordering::Relaxed);
@@ -207,91 +213,94 @@ async fn run(
         principal: principal.clone(),
         client_id: client_id.clone(),
     };
-    let end = match reader.send_event(connected).await {
+    let end = match Box::pin(reader.send_event(connected)).await {
         Err(end) => end,
         Ok(()) => reader.run(&mut rd, buf).await,
     };
-    match &end {
-        End::Protocol(code, why) => {
-            core.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            if *code == reason::PACKET_TOO_LARGE {
-                core.metrics.oversized.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::warn!(%peer, client = %client_id, error = %why, "closing MQTT connection");
-        }
-        End::Flood => {
-            core.metrics
-                .flood_disconnects
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, client = %client_id, "disconnecting a client that stays over its publish rate");
-        }
-        End::KeepAlive => {
-            core.metrics
-                .keepalive_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, client = %client_id, "MQTT keepalive expired");
-        }
-        other => {
-            tracing::debug!(%peer, client = %client_id, end = ?other, "MQTT connection ended");
-        }
-    }
-    // Tell the writer how to finish, then let it flush.
-    let expiry = reader.state.session_expiry();
-    let control = reader.control;
-    if let Some(code) = end.disconnect_code() {
-        let _ = control.try_send(Control::Disconnect(code));
-    }
-    drop(control);
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(WRITER_LINGER, writer).await.is_err() {
-        abort.abort();
-    }
-    if protocol == codec::Protocol::V5 && matches!(end, End::Protocol(..)) {
-        // Let the client read our DISCONNECT before the socket goes: its writes in the
-        // meantime would otherwise reset the connection under the reason code.
-        let mut scratch = [0u8; 4096];
-        let _ = tokio::time::timeout(WRITER_LINGER, async {
-            while let Ok(n) = rd.read(&mut scratch).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-
-    let will = will.filter(|_| end.publishes_will());
-    // MQTT 5 will delay: published after min(delay, session expiry) unless a new connection
-    // resumes the session first.
-    let delay = will.as_ref().map_or(0, |w| w.delay.min(expiry));
-    let mut delayed = None;
-    match will {
-        Some(w) if delay == 0 => publish_will(&core, &principal, &client_id, w).await,
-        other => delayed = other,
-    }
-    registry::detach(&core, &client_id, generation, expiry);
-    if let Some(w) = delayed {
-        let (core, principal, client_id) = (core.clone(), principal.clone(), client_id.clone());
-        tokio::spawn(async move {
-            let mut stop = core.shutdown.subscribe();
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
-                    if !registry::resumed_since(&core, &client_id, generation) {
-                        publish_will(&core, &principal, &client_id, w).await;
+    Box::pin(async move {
+            match &end {
+                End::Protocol(code, why) => {
+                    core.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    if *code == reason::PACKET_TOO_LARGE {
+                        core.metrics.oversized.fetch_add(1, Ordering::Relaxed);
                     }
+                    tracing::warn!(%peer, client = %client_id, error = %why, "closing MQTT connection");
                 }
-                _ = crate::stopped(&mut stop) => {}
+                End::Flood => {
+                    core.metrics
+                        .flood_disconnects
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, client = %client_id, "disconnecting a client that stays over its publish rate");
+                }
+                End::KeepAlive => {
+                    core.metrics
+                        .keepalive_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, client = %client_id, "MQTT keepalive expired");
+                }
+                other => {
+                    tracing::debug!(%peer, client = %client_id, end = ?other, "MQTT connection ended");
+                }
             }
-        });
-    }
-    core.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-    let disconnected = IngressEvent::Disconnected {
-        principal,
-        client_id,
-        graceful: matches!(end, End::Graceful),
-    };
-    let _ = tokio::time::timeout(EVENT_WAIT, core.events.send(disconnected)).await;
-    finished_tx.send_replace(true);
+            // Tell the writer how to finish, then let it flush.
+            let expiry = reader.state.session_expiry();
+            let control = reader.control;
+            if let Some(code) = end.disconnect_code() {
+                let _ = control.try_send(Control::Disconnect(code));
+            }
+            drop(control);
+            let abort = writer.abort_handle();
+            if tokio::time::timeout(WRITER_LINGER, writer).await.is_err() {
+                abort.abort();
+            }
+            if protocol == codec::Protocol::V5 && matches!(end, End::Protocol(..)) {
+                // Let the client read our DISCONNECT before the socket goes: its writes in the
+                // meantime would otherwise reset the connection under the reason code.
+                let mut scratch = vec![0u8; 4096];
+                let _ = tokio::time::timeout(WRITER_LINGER, async {
+                    while let Ok(n) = rd.read(&mut scratch).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+
+            let will = will.filter(|_| end.publishes_will());
+            // MQTT 5 will delay: published after min(delay, session expiry) unless a new connection
+            // resumes the session first.
+            let delay = will.as_ref().map_or(0, |w| w.delay.min(expiry));
+            let mut delayed = None;
+            match will {
+                Some(w) if delay == 0 => publish_will(&core, &principal, &client_id, w).await,
+                other => delayed = other,
+            }
+            registry::detach(&core, &client_id, generation, expiry);
+            if let Some(w) = delayed {
+                let (core, principal, client_id) = (core.clone(), principal.clone(), client_id.clone());
+                tokio::spawn(async move {
+                    let mut stop = core.shutdown.subscribe();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
+                            if !registry::resumed_since(&core, &client_id, generation) {
+                                publish_will(&core, &principal, &client_id, w).await;
+                            }
+                        }
+                        _ = crate::stopped(&mut stop) => {}
+                    }
+                });
+            }
+            core.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+            let disconnected = IngressEvent::Disconnected {
+                principal,
+                client_id,
+                graceful: matches!(end, End::Graceful),
+            };
+            let _ = tokio::time::timeout(EVENT_WAIT, core.events.send(disconnected)).await;
+            finished_tx.send_replace(true);
+    })
+    .await;
 }
 
 /// Routes a will and hands it to the pipeline like a QoS 0 publish of its client.

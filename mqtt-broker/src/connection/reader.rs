@@ -78,7 +78,9 @@ impl Reader {
             loop {
                 match codec::decode(&mut buf, Some(self.protocol), max) {
                     Ok(Some(p)) => {
-                        if let Err(end) = self.on_packet(p).await {
+                        // Boxed: handling a packet takes kilobytes of future state, which an
+                        // idle connection (most of them) should not hold between packets.
+                        if let Err(end) = Box::pin(self.on_packet(p)).await {
                             return end;
                         }
                     }
