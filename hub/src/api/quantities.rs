@@ -1,6 +1,6 @@
-//! `GET /api/v1/quantities`: the quantities table (canonical unit, kind, states, physical
-//! range, display decimals), so a client shows and converts values by the same table the hub
-//! normalizes with instead of a copy of its own.
+//! `GET /api/v1/quantities`: the quantities table (canonical unit and its UN/CEFACT code,
+//! kind, states, physical range, display decimals), so a client shows and converts values by
+//! the same table the hub normalizes with instead of a copy of its own.
 
 use std::sync::Arc;
 
@@ -28,6 +28,8 @@ pub struct QuantityInfo {
     pub range: Option<[f64; 2]>,
     /// How many decimals a value is shown with.
     pub decimals: u8,
+    /// The UN/CEFACT Recommendation 20 code of `unit` (`MTR`, `CEL`, `C62` for none).
+    pub unit_code: &'static str,
 }
 
 impl From<Quantity> for QuantityInfo {
@@ -44,6 +46,7 @@ impl From<Quantity> for QuantityInfo {
             states,
             range: q.physical_range().map(|(lo, hi)| [lo, hi]),
             decimals: q.decimals(),
+            unit_code: q.unit_code(),
         }
     }
 }
