@@ -454,7 +454,8 @@ mod tests {
             let c = q.unit_code();
             assert!(
                 (2..=3).contains(&c.len())
-                    && c.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+                    && c.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
                 "{}: unit code `{c}`",
                 q.name()
             );

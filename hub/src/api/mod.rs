@@ -12,6 +12,7 @@ mod alerts;
 mod cameras;
 mod dashboard;
 mod devices;
+mod ngsi_ld;
 mod quantities;
 mod series;
 mod stream;
@@ -84,6 +85,8 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/rules", get(alerts::rules::<S>))
         .route("/api/v1/rules/reload", post(alerts::reload::<S>))
         .merge(cameras::routes::<S>())
+        .route("/ngsi-ld/v1/entities", get(ngsi_ld::entities::<S>))
+        .route("/ngsi-ld/v1/entities/{id}", get(ngsi_ld::entity::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
