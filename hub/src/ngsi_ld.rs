@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use protocols::Quantity;
 use protocols::messages::{Scalar, Twin};
 use protocols::time::{Rfc3339, parse_rfc3339};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::registry::Device;
 
@@ -211,18 +212,48 @@ pub struct Attribute {
 }
 
 impl Attribute {
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("type".into(), Value::from(self.kind));
-        m.insert("value".into(), self.value.clone());
-        if let Some(t) = &self.observed_at {
-            m.insert("observedAt".into(), Value::from(t.as_str()));
+    fn to_doc(&self) -> AttributeDoc {
+        AttributeDoc {
+            kind: self.kind.to_string(),
+            value: self.value.clone(),
+            observed_at: self.observed_at.clone(),
+            unit_code: self.unit_code.map(str::to_string),
         }
-        if let Some(u) = self.unit_code {
-            m.insert("unitCode".into(), Value::from(u));
-        }
-        Value::Object(m)
     }
+}
+
+/// An attribute as served: an NGSI-LD Property or GeoProperty.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct AttributeDoc {
+    /// `Property` or `GeoProperty`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A number in the unit `unitCode` names, a string, a boolean, or a GeoJSON Point
+    /// (`{"type":"Point","coordinates":[lon,lat]}`).
+    pub value: Value,
+    /// When the value was observed, RFC 3339 UTC (`...Z`).
+    #[serde(rename = "observedAt", skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<String>,
+    /// UN/CEFACT Recommendation 20 code of a number's unit.
+    #[serde(rename = "unitCode", skip_serializing_if = "Option::is_none")]
+    pub unit_code: Option<String>,
+}
+
+/// An entity as served by `/ngsi-ld/v1/entities`.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct EntityDoc {
+    /// `urn:ngsi-ld:{Type}:{device id}`.
+    pub id: String,
+    /// `Streetlight`, `WaterQualityObserved`, `WeatherObserved` or `Device`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The attributes by name (`illuminanceLevel`, `temperature`, `location`, ...).
+    #[serde(flatten)]
+    pub attributes: BTreeMap<String, AttributeDoc>,
+    /// With `application/ld+json`: the Smart Data Models domain context, then the NGSI-LD
+    /// core context.
+    #[serde(rename = "@context", skip_serializing_if = "Option::is_none")]
+    pub context: Option<Vec<String>>,
 }
 
 /// A device as an NGSI-LD entity.
@@ -339,17 +370,18 @@ impl Entity {
 
     /// The document: `id`, `type`, the attributes, and `@context` when `with_context`
     /// (`application/ld+json`; with `application/json` the context travels in a Link header).
-    pub fn to_json(&self, with_context: bool) -> Value {
-        let mut m = Map::new();
-        m.insert("id".into(), Value::from(self.id.as_str()));
-        m.insert("type".into(), Value::from(self.ty.name()));
-        for (k, a) in &self.attrs {
-            m.insert(k.clone(), a.to_json());
+    pub fn to_doc(&self, with_context: bool) -> EntityDoc {
+        EntityDoc {
+            id: self.id.clone(),
+            kind: self.ty.name().to_string(),
+            attributes: self
+                .attrs
+                .iter()
+                .map(|(k, a)| (k.clone(), a.to_doc()))
+                .collect(),
+            context: with_context
+                .then(|| vec![self.ty.context().to_string(), CORE_CONTEXT.to_string()]),
         }
-        if with_context {
-            m.insert("@context".into(), json!([self.ty.context(), CORE_CONTEXT]));
-        }
-        Value::Object(m)
     }
 
     /// Whether the entity satisfies every term of a query.

@@ -21,7 +21,7 @@ use protocols::id::clip;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiState, Caller, Failure};
-use crate::ngsi_ld::{self as map, Entity, EntityType};
+use crate::ngsi_ld::{self as map, Entity, EntityDoc, EntityType};
 use crate::registry::Device;
 use series_store::SeriesStore;
 
@@ -35,7 +35,7 @@ pub const LD_JSON: &str = "application/ld+json";
 const CONTEXT_REL: &str = "http://www.w3.org/ns/json-ld#context";
 
 /// An NGSI-LD error (ProblemDetails, RFC 7807, as NGSI-LD uses it), with the hub's `error`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProblemDetails {
     /// The error type: an NGSI-LD error IRI, or `about:blank` where NGSI-LD defines none
     /// (401, 403, 406).
@@ -167,13 +167,11 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, Problem> {
 /// The answer in the chosen format: one entity or a list.
 fn answer(format: Format, entities: &[Entity], single: bool, count: Option<usize>) -> Response {
     let with_context = format == Format::LdJson;
-    let docs: Vec<serde_json::Value> = entities.iter().map(|e| e.to_json(with_context)).collect();
-    let body = if single {
-        docs.into_iter().next().unwrap_or(serde_json::Value::Null)
-    } else {
-        serde_json::Value::Array(docs)
+    let docs: Vec<EntityDoc> = entities.iter().map(|e| e.to_doc(with_context)).collect();
+    let mut resp = match (single, docs.first()) {
+        (true, Some(one)) => Json(one).into_response(),
+        _ => Json(&docs).into_response(),
     };
-    let mut resp = Json(body).into_response();
     let headers = resp.headers_mut();
     match format {
         Format::LdJson => {
@@ -240,6 +238,31 @@ fn entity_of<S>(state: &ApiState<S>, d: &Device) -> Entity {
 }
 
 /// `GET /ngsi-ld/v1/entities`: the caller's devices as entities, in catalog order.
+#[utoipa::path(
+    get,
+    path = "/ngsi-ld/v1/entities",
+    tag = "ngsi-ld",
+    operation_id = "ngsi_ld_entities",
+    params(
+        ("type" = Option<String>, Query, description = "Entity types, comma-separated: `Streetlight`, `WaterQualityObserved`, `WeatherObserved`, `Device` (or their IRIs)"),
+        ("id" = Option<String>, Query, description = "Entity ids, comma-separated (`urn:ngsi-ld:Streetlight:SL-0001`)"),
+        ("q" = Option<String>, Query, description = "Terms `attr==value`, `!=`, `>`, `>=`, `<`, `<=` joined with `;` (and); values are numbers, quoted strings or true/false"),
+        ("limit" = Option<usize>, Query, description = "At most this many, 0..=1000 (default 20)"),
+        ("offset" = Option<usize>, Query, description = "Skip this many matches first"),
+        ("count" = Option<bool>, Query, description = "`true`: the number of matches in `NGSI-LD-Results-Count`"),
+        ("Accept" = Option<String>, Header, description = "`application/ld+json` (default): `@context` in each entity; `application/json`: the context in a `Link` header"),
+    ),
+    responses(
+        (status = 200, description = "The matching entities the caller may see, in catalog order",
+            content((Vec<EntityDoc> = "application/ld+json"), (Vec<EntityDoc> = "application/json")),
+            headers(
+                ("Link" = String, description = "With application/json: the Smart Data Models context of each domain present"),
+                ("NGSI-LD-Results-Count" = usize, description = "With `count=true`: the number of matches"),
+            )),
+        (status = 400, description = "A malformed query", body = ProblemDetails),
+        (status = 406, description = "An Accept this API cannot answer", body = ProblemDetails),
+    )
+)]
 pub async fn entities<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Result<Caller, Failure>,
@@ -312,6 +335,24 @@ pub async fn entities<S: SeriesStore>(
 /// `GET /ngsi-ld/v1/entities/{id}`: 400 for an id that is no URI, 404 for one naming no
 /// device (or a device under another type), 403 outside the grants, like
 /// `GET /api/v1/devices/{id}`.
+#[utoipa::path(
+    get,
+    path = "/ngsi-ld/v1/entities/{id}",
+    tag = "ngsi-ld",
+    operation_id = "ngsi_ld_entity",
+    params(
+        ("id" = String, Path, description = "Entity id, `urn:ngsi-ld:{Type}:{device id}`"),
+        ("Accept" = Option<String>, Header, description = "`application/ld+json` (default) or `application/json`"),
+    ),
+    responses(
+        (status = 200, description = "The entity",
+            content((EntityDoc = "application/ld+json"), (EntityDoc = "application/json")),
+            headers(("Link" = String, description = "With application/json: the entity's Smart Data Models context"))),
+        (status = 400, description = "Not an entity id (a URI)", body = ProblemDetails),
+        (status = 404, description = "No such entity", body = ProblemDetails),
+        (status = 406, description = "An Accept this API cannot answer", body = ProblemDetails),
+    )
+)]
 pub async fn entity<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Result<Caller, Failure>,
