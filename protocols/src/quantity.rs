@@ -22,7 +22,7 @@ pub enum ValueKind {
 pub const LAMP_STATUS_STATES: &[&str] = &["ok", "lamp_failure", "driver_failure", "power_loss"];
 
 macro_rules! quantities {
-    ($( $variant:ident = $code:literal, $name:literal, $unit:literal, $kind:expr, $range:expr, $decimals:literal; )*) => {
+    ($( $variant:ident = $code:literal, $name:literal, $unit:literal, $kind:expr, $range:expr, $decimals:literal, $unit_code:literal; )*) => {
         /// A measured or controlled quantity. The numeric codes are stable: they are what the
         /// binary agent batch carries, so a code is never reused or renumbered.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,6 +89,17 @@ macro_rules! quantities {
                 }
             }
 
+            /// The UN/CEFACT Recommendation 20 common code of the canonical unit, as NGSI-LD's
+            /// `unitCode` and other exchange formats want it (`MTR` for m, `CEL` for Cel).
+            /// Dimensionless quantities, booleans and enums say `C62` ("one"). Turbidity says
+            /// `NTU`: Recommendation 20 has no nephelometric turbidity unit, and `NTU` is what
+            /// FIWARE deployments of `WaterQualityObserved` write for it.
+            pub const fn unit_code(self) -> &'static str {
+                match self {
+                    $(Quantity::$variant => $unit_code,)*
+                }
+            }
+
             /// The physically possible range in the canonical unit, if bounded. A value outside
             /// it is kept but marked `bad`: no sensor can have measured it.
             pub const fn physical_range(self) -> Option<(f64, f64)> {
@@ -103,42 +114,42 @@ macro_rules! quantities {
 use ValueKind::{Bool, Number};
 
 quantities! {
-    WaterLevel = 1, "water_level", "m", Number, Some((-100.0, 1000.0)), 3;
-    WaterFlow = 2, "water_flow", "m3/s", Number, Some((-1.0e5, 1.0e5)), 3;
-    Rainfall = 3, "rainfall", "mm", Number, Some((0.0, 2000.0)), 1;
-    Turbidity = 4, "turbidity", "NTU", Number, Some((0.0, 10000.0)), 1;
-    Ph = 5, "ph", "1", Number, Some((0.0, 14.0)), 2;
-    DissolvedOxygen = 6, "dissolved_oxygen", "mg/L", Number, Some((0.0, 50.0)), 2;
-    Conductivity = 7, "conductivity", "uS/cm", Number, Some((0.0, 200000.0)), 0;
-    WaterTemperature = 8, "water_temperature", "Cel", Number, Some((-5.0, 100.0)), 1;
-    AirTemperature = 9, "air_temperature", "Cel", Number, Some((-80.0, 70.0)), 1;
-    LampPower = 10, "lamp_power", "W", Number, Some((0.0, 100000.0)), 1;
-    LampVoltage = 11, "lamp_voltage", "V", Number, Some((0.0, 1000.0)), 1;
-    LampCurrent = 12, "lamp_current", "A", Number, Some((0.0, 1000.0)), 3;
-    LampEnergy = 13, "lamp_energy", "kWh", Number, Some((0.0, 1.0e9)), 2;
-    DimmingLevel = 14, "dimming_level", "%", Number, Some((0.0, 100.0)), 0;
-    LampStatus = 15, "lamp_status", "enum", ValueKind::Enum(LAMP_STATUS_STATES), None, 0;
-    TiltAngle = 16, "tilt_angle", "deg", Number, Some((-180.0, 180.0)), 1;
-    CoverOpen = 17, "cover_open", "bool", Bool, None, 0;
-    BatteryLevel = 18, "battery_level", "%", Number, Some((0.0, 100.0)), 0;
-    CameraFps = 19, "camera_fps", "Hz", Number, Some((0.0, 1000.0)), 1;
-    CameraBitrate = 20, "camera_bitrate", "kbit/s", Number, Some((0.0, 1.0e7)), 0;
-    Motion = 21, "motion", "bool", Bool, None, 0;
-    CameraFramesLost = 22, "camera_frames_lost", "1", Number, Some((0.0, 1.0e12)), 0;
-    RelativeHumidity = 23, "relative_humidity", "%", Number, Some((0.0, 100.0)), 0;
-    WindSpeed = 24, "wind_speed", "m/s", Number, Some((0.0, 150.0)), 1;
-    AirPressure = 25, "air_pressure", "hPa", Number, Some((300.0, 1100.0)), 1;
+    WaterLevel = 1, "water_level", "m", Number, Some((-100.0, 1000.0)), 3, "MTR";
+    WaterFlow = 2, "water_flow", "m3/s", Number, Some((-1.0e5, 1.0e5)), 3, "MQS";
+    Rainfall = 3, "rainfall", "mm", Number, Some((0.0, 2000.0)), 1, "MMT";
+    Turbidity = 4, "turbidity", "NTU", Number, Some((0.0, 10000.0)), 1, "NTU";
+    Ph = 5, "ph", "1", Number, Some((0.0, 14.0)), 2, "C62";
+    DissolvedOxygen = 6, "dissolved_oxygen", "mg/L", Number, Some((0.0, 50.0)), 2, "M1";
+    Conductivity = 7, "conductivity", "uS/cm", Number, Some((0.0, 200000.0)), 0, "G42";
+    WaterTemperature = 8, "water_temperature", "Cel", Number, Some((-5.0, 100.0)), 1, "CEL";
+    AirTemperature = 9, "air_temperature", "Cel", Number, Some((-80.0, 70.0)), 1, "CEL";
+    LampPower = 10, "lamp_power", "W", Number, Some((0.0, 100000.0)), 1, "WTT";
+    LampVoltage = 11, "lamp_voltage", "V", Number, Some((0.0, 1000.0)), 1, "VLT";
+    LampCurrent = 12, "lamp_current", "A", Number, Some((0.0, 1000.0)), 3, "AMP";
+    LampEnergy = 13, "lamp_energy", "kWh", Number, Some((0.0, 1.0e9)), 2, "KWH";
+    DimmingLevel = 14, "dimming_level", "%", Number, Some((0.0, 100.0)), 0, "P1";
+    LampStatus = 15, "lamp_status", "enum", ValueKind::Enum(LAMP_STATUS_STATES), None, 0, "C62";
+    TiltAngle = 16, "tilt_angle", "deg", Number, Some((-180.0, 180.0)), 1, "DD";
+    CoverOpen = 17, "cover_open", "bool", Bool, None, 0, "C62";
+    BatteryLevel = 18, "battery_level", "%", Number, Some((0.0, 100.0)), 0, "P1";
+    CameraFps = 19, "camera_fps", "Hz", Number, Some((0.0, 1000.0)), 1, "HTZ";
+    CameraBitrate = 20, "camera_bitrate", "kbit/s", Number, Some((0.0, 1.0e7)), 0, "C74";
+    Motion = 21, "motion", "bool", Bool, None, 0, "C62";
+    CameraFramesLost = 22, "camera_frames_lost", "1", Number, Some((0.0, 1.0e12)), 0, "C62";
+    RelativeHumidity = 23, "relative_humidity", "%", Number, Some((0.0, 100.0)), 0, "P1";
+    WindSpeed = 24, "wind_speed", "m/s", Number, Some((0.0, 150.0)), 1, "MTS";
+    AirPressure = 25, "air_pressure", "hPa", Number, Some((300.0, 1100.0)), 1, "A97";
     // Laboratory-style water quality parameters reported by monitoring stations (HJ 212). The
     // ranges are wide on purpose: raw sewage and landfill leachate reach thousands of mg/L.
-    AmmoniaNitrogen = 26, "ammonia_nitrogen", "mg/L", Number, Some((0.0, 10000.0)), 3;
-    Cod = 27, "cod", "mg/L", Number, Some((0.0, 100000.0)), 1;
-    PermanganateIndex = 28, "permanganate_index", "mg/L", Number, Some((0.0, 10000.0)), 1;
-    TotalPhosphorus = 29, "total_phosphorus", "mg/L", Number, Some((0.0, 10000.0)), 3;
-    TotalNitrogen = 30, "total_nitrogen", "mg/L", Number, Some((0.0, 10000.0)), 2;
+    AmmoniaNitrogen = 26, "ammonia_nitrogen", "mg/L", Number, Some((0.0, 10000.0)), 3, "M1";
+    Cod = 27, "cod", "mg/L", Number, Some((0.0, 100000.0)), 1, "M1";
+    PermanganateIndex = 28, "permanganate_index", "mg/L", Number, Some((0.0, 10000.0)), 1, "M1";
+    TotalPhosphorus = 29, "total_phosphorus", "mg/L", Number, Some((0.0, 10000.0)), 3, "M1";
+    TotalNitrogen = 30, "total_nitrogen", "mg/L", Number, Some((0.0, 10000.0)), 2, "M1";
     // Pumping stations (drainage and flood pumps, often behind Sparkplug B gateways).
-    PumpRunning = 31, "pump_running", "bool", Bool, None, 0;
-    PumpSpeed = 32, "pump_speed", "%", Number, Some((0.0, 100.0)), 0;
-    WaterPressure = 33, "water_pressure", "kPa", Number, Some((-101.325, 100000.0)), 1;
+    PumpRunning = 31, "pump_running", "bool", Bool, None, 0, "C62";
+    PumpSpeed = 32, "pump_speed", "%", Number, Some((0.0, 100.0)), 0, "P1";
+    WaterPressure = 33, "water_pressure", "kPa", Number, Some((-101.325, 100000.0)), 1, "KPA";
 }
 
 /// Why a unit or value could not be brought to the canonical form.
@@ -394,6 +405,7 @@ impl Value {
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Quality {
     /// Measured, in range, on time.
     #[default]
@@ -433,6 +445,43 @@ mod tests {
         }
         assert_eq!(Quantity::from_code(0), None);
         assert_eq!(Quantity::from_name("water-level"), None);
+    }
+
+    #[test]
+    fn unit_codes_are_recommendation_20_shaped() {
+        // Recommendation 20 common codes are two or three upper-case letters or digits
+        // (`M1`, `P1`, `DD`, `MTR`, `A97`); `NTU` is the one code outside the list, on purpose.
+        for q in Quantity::ALL {
+            let c = q.unit_code();
+            assert!(
+                (2..=3).contains(&c.len())
+                    && c.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+                "{}: unit code `{c}`",
+                q.name()
+            );
+        }
+        // Same unit, same code: the code follows the canonical unit, never the quantity.
+        for a in Quantity::ALL {
+            for b in Quantity::ALL {
+                if a.unit() == b.unit() && !matches!(a.unit(), "bool" | "enum") {
+                    assert_eq!(a.unit_code(), b.unit_code(), "{} vs {}", a.name(), b.name());
+                }
+            }
+        }
+        for (q, code) in [
+            (Quantity::WaterLevel, "MTR"),
+            (Quantity::Rainfall, "MMT"),
+            (Quantity::WaterFlow, "MQS"),
+            (Quantity::WaterTemperature, "CEL"),
+            (Quantity::DissolvedOxygen, "M1"),
+            (Quantity::Conductivity, "G42"),
+            (Quantity::DimmingLevel, "P1"),
+            (Quantity::AirPressure, "A97"),
+            (Quantity::Ph, "C62"),
+        ] {
+            assert_eq!(q.unit_code(), code, "{}", q.name());
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub const ROOT: &str = "v1";
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AlertLevel {
     /// Level IV, general.
     Blue,

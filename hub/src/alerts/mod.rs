@@ -58,7 +58,7 @@ const WRITE_ERRORS_EVERY: Duration = Duration::from_secs(10);
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// An alert as published and listed: the contract's [`Alert`] plus its history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertDoc {
     /// The contract's fields.
     #[serde(flatten)]

@@ -13,6 +13,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use protocols::messages::ApiError;
 use protocols::topic::{AlertLevel, Topic};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,22 @@ fn visible<S>(state: &ApiState<S>, caller: &Caller, id: &str) -> Result<AlertDoc
 }
 
 /// `GET /api/v1/alerts`: newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    operation_id = "list_alerts",
+    params(
+        ("state" = Option<String>, Query, description = "`active`, `acknowledged`, `cleared`, `open` or `all` (default)"),
+        ("device" = Option<String>, Query, description = "Only this device's alerts"),
+        ("level" = Option<String>, Query, description = "`blue`, `yellow`, `orange` or `red`"),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "Alerts the caller may see, newest first", body = Vec<AlertDoc>),
+        (status = 400, description = "A malformed filter", body = ApiError),
+    )
+)]
 pub async fn list<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -94,6 +111,17 @@ pub async fn list<S: SeriesStore>(
 }
 
 /// `GET /api/v1/alerts/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts/{id}",
+    tag = "alerts",
+    operation_id = "get_alert",
+    params(("id" = String, Path, description = "Alert id")),
+    responses(
+        (status = 200, description = "The alert", body = AlertDoc),
+        (status = 404, description = "No such alert, or one outside the grants", body = ApiError),
+    )
+)]
 pub async fn one<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -103,6 +131,18 @@ pub async fn one<S: SeriesStore>(
 }
 
 /// `POST /api/v1/alerts/{id}/ack`: answers the alert once the acknowledgement is durable.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{id}/ack",
+    tag = "alerts",
+    operation_id = "ack_alert",
+    params(("id" = String, Path, description = "Alert id")),
+    responses(
+        (status = 200, description = "The acknowledged alert, once durable", body = AlertDoc),
+        (status = 404, description = "No such alert, or one outside the grants", body = ApiError),
+        (status = 409, description = "The alert has cleared", body = ApiError),
+    )
+)]
 pub async fn ack<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -122,6 +162,17 @@ pub async fn ack<S: SeriesStore>(
 }
 
 /// `GET /api/v1/alerts/{id}/cap`: the CAP 1.2 message of the alert's current revision.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts/{id}/cap",
+    tag = "alerts",
+    operation_id = "alert_cap",
+    params(("id" = String, Path, description = "Alert id")),
+    responses(
+        (status = 200, description = "The CAP 1.2 message of the alert's current revision", body = String, content_type = "application/cap+xml"),
+        (status = 404, description = "No such alert, one outside the grants, or a hub-level alert", body = ApiError),
+    )
+)]
 pub async fn cap<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -156,12 +207,21 @@ fn admin(caller: &Caller) -> Result<(), Failure> {
 }
 
 /// The rules now loaded.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RulesView {
+    /// The `[[rules]]` entries as hub.toml has them.
+    #[schema(value_type = Vec<Object>)]
     rules: Vec<RuleConfig>,
 }
 
 /// `GET /api/v1/rules`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rules",
+    tag = "alerts",
+    operation_id = "list_rules",
+    responses((status = 200, description = "The rules now loaded", body = RulesView))
+)]
 pub async fn rules<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -174,6 +234,17 @@ pub async fn rules<S: SeriesStore>(
 
 /// `POST /api/v1/rules/reload`: re-reads `[[rules]]` from the hub's config file. A bad rule
 /// refuses the reload with 400 and one line naming it; the running rules stay.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/reload",
+    tag = "alerts",
+    operation_id = "reload_rules",
+    responses(
+        (status = 200, description = "What the reload changed", body = crate::rules::ReloadReport),
+        (status = 400, description = "A bad rule; the running rules stay", body = ApiError),
+        (status = 409, description = "The hub was started without a config file", body = ApiError),
+    )
+)]
 pub async fn reload<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,

@@ -21,7 +21,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use protocols::id::clip;
-use protocols::messages::CameraEntry;
+use protocols::messages::{ApiError, CameraEntry};
 use protocols::time::parse_rfc3339;
 use serde::Deserialize;
 
@@ -71,6 +71,13 @@ fn visible_camera<'a, S>(
 }
 
 /// `GET /api/v1/cameras`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras",
+    tag = "cameras",
+    operation_id = "list_cameras",
+    responses((status = 200, description = "The cameras the caller may see", body = Vec<CameraEntry>))
+)]
 pub async fn cameras<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -87,6 +94,17 @@ pub async fn cameras<S: SeriesStore>(
 }
 
 /// `GET /api/v1/cameras/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras/{id}",
+    tag = "cameras",
+    operation_id = "get_camera",
+    params(("id" = String, Path, description = "Camera device id")),
+    responses(
+        (status = 200, description = "The catalog entry", body = CameraEntry),
+        (status = 404, description = "No such camera", body = ApiError),
+    )
+)]
 pub async fn camera<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -128,6 +146,18 @@ async fn read_snapshot<S: SeriesStore>(
 }
 
 /// `GET /api/v1/cameras/{id}/snapshot`: the JPEG of the newest event that has one.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras/{id}/snapshot",
+    tag = "cameras",
+    operation_id = "latest_snapshot",
+    params(("id" = String, Path, description = "Camera device id")),
+    responses(
+        (status = 200, description = "The JPEG of the newest event that has one; `x-event-id` names the event", body = Vec<u8>, content_type = "image/jpeg",
+            headers(("x-event-id" = String, description = "The event the snapshot belongs to"))),
+        (status = 404, description = "No such camera, or no snapshot yet", body = ApiError),
+    )
+)]
 pub async fn latest_snapshot<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -143,6 +173,21 @@ pub async fn latest_snapshot<S: SeriesStore>(
 }
 
 /// `GET /api/v1/cameras/{id}/snapshots/{event}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras/{id}/snapshots/{event}",
+    tag = "cameras",
+    operation_id = "event_snapshot",
+    params(
+        ("id" = String, Path, description = "Camera device id"),
+        ("event" = String, Path, description = "Event id"),
+    ),
+    responses(
+        (status = 200, description = "The JPEG of the event", body = Vec<u8>, content_type = "image/jpeg",
+            headers(("x-event-id" = String, description = "The event the snapshot belongs to"))),
+        (status = 404, description = "No such camera, event or snapshot", body = ApiError),
+    )
+)]
 pub async fn event_snapshot<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -215,6 +260,23 @@ fn parse_time(name: &str, text: &str) -> Result<i64, Failure> {
 }
 
 /// `GET /api/v1/events?camera=&from=&to=&limit=`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "cameras",
+    operation_id = "list_events",
+    params(
+        ("camera" = Option<String>, Query, description = "Only this camera's events"),
+        ("from" = Option<String>, Query, description = "Events starting at or after, epoch ms or RFC 3339"),
+        ("to" = Option<String>, Query, description = "Events starting before, epoch ms or RFC 3339"),
+        ("limit" = Option<String>, Query, description = "At most this many, 1..=1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "Events of the cameras the caller may see, newest first", body = Vec<EventRecord>),
+        (status = 400, description = "A malformed parameter", body = ApiError),
+        (status = 404, description = "No such camera", body = ApiError),
+    )
+)]
 pub async fn events<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use protocols::messages::{DesiredUpdate, Twin};
+use protocols::messages::{ApiError, DesiredUpdate, Twin};
 use protocols::topic::Topic;
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ pub struct ListQuery {
 }
 
 /// A device as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
     id: String,
     kind: String,
@@ -80,6 +80,20 @@ pub(super) fn visible<'a, S>(
 }
 
 /// `GET /api/v1/devices[?kind=&dept=]`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    operation_id = "list_devices",
+    params(
+        ("kind" = Option<String>, Query, description = "Only devices of this kind (`streetlight`, `water_level`, ...)"),
+        ("dept" = Option<String>, Query, description = "Only devices of this department"),
+    ),
+    responses(
+        (status = 200, description = "The devices the caller may see, without twins", body = Vec<DeviceView>),
+        (status = 400, description = "An unknown query parameter", body = ApiError),
+    )
+)]
 pub async fn list<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -103,6 +117,17 @@ pub async fn list<S: SeriesStore>(
 }
 
 /// `GET /api/v1/devices/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    operation_id = "get_device",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device with its twin", body = DeviceView),
+        (status = 404, description = "No such device", body = ApiError),
+    )
+)]
 pub async fn one<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,
@@ -113,6 +138,20 @@ pub async fn one<S: SeriesStore>(
 }
 
 /// `PATCH /api/v1/devices/{id}/desired`: the same as a message on `v1/twin/{id}/desired`.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/devices/{id}/desired",
+    tag = "devices",
+    operation_id = "set_desired",
+    params(("id" = String, Path, description = "Device id")),
+    request_body(content = DesiredUpdate, description = "Quantity names to desired values, and optionally the twin `version` the writer saw"),
+    responses(
+        (status = 200, description = "The twin after the change", body = Twin),
+        (status = 400, description = "Not a desired-state object, or a value the device cannot take", body = ApiError),
+        (status = 404, description = "No such device", body = ApiError),
+        (status = 409, description = "The twin moved past `version`", body = ApiError),
+    )
+)]
 pub async fn desired<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,

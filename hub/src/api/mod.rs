@@ -12,6 +12,8 @@ mod alerts;
 mod cameras;
 mod dashboard;
 mod devices;
+mod ngsi_ld;
+mod openapi;
 mod quantities;
 mod series;
 mod stream;
@@ -74,6 +76,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/devices", get(devices::list::<S>))
         .route("/api/v1/devices/{id}", get(devices::one::<S>))
         .route("/api/v1/devices/{id}/desired", patch(devices::desired::<S>))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/quantities", get(quantities::list::<S>))
         .route("/api/v1/series", get(series::query::<S>))
         .route("/api/v1/stream", get(stream::handler::<S>))
@@ -84,6 +87,8 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/rules", get(alerts::rules::<S>))
         .route("/api/v1/rules/reload", post(alerts::reload::<S>))
         .merge(cameras::routes::<S>())
+        .route("/ngsi-ld/v1/entities", get(ngsi_ld::entities::<S>))
+        .route("/ngsi-ld/v1/entities/{id}", get(ngsi_ld::entity::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -194,10 +199,39 @@ impl<S: SeriesStore> FromRequestParts<Arc<ApiState<S>>> for Caller {
     }
 }
 
+/// The body of `GET /healthz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` or `failing`.
+    status: &'static str,
+    /// Every component with its state.
+    components: Vec<crate::health::Component>,
+}
+
+/// The body of `GET /readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// Whether the hub takes data.
+    ready: bool,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
+}
+
 /// 200 `{"status":"ok","components":[...]}` while every component works; 503 with
 /// `"status":"failing"` and the failing component's reason while one does not (the store
 /// cannot write, the disk is below `[hub] min_free_disk`). The process answering at all is
 /// the liveness signal; the status is the truth about what it can do.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "health",
+    responses(
+        (status = 200, description = "Every component works", body = Health),
+        (status = 503, description = "A component fails", body = Health),
+    )
+)]
 async fn healthz<S: SeriesStore>(
     axum::extract::State(state): axum::extract::State<Arc<ApiState<S>>>,
 ) -> Response {
@@ -208,15 +242,21 @@ async fn healthz<S: SeriesStore>(
         StatusCode::SERVICE_UNAVAILABLE
     };
     let status = if ok { "ok" } else { "failing" };
-    (
-        code,
-        Json(serde_json::json!({"status": status, "components": components})),
-    )
-        .into_response()
+    (code, Json(Health { status, components })).into_response()
 }
 
 /// For a load balancer: 200 `{"ready":true}` while the hub takes data, 503 with the reasons
 /// while it does not (a failing component, or the hub stopping).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readiness",
+    responses(
+        (status = 200, description = "The hub takes data", body = Readiness),
+        (status = 503, description = "The hub does not take data, and why", body = Readiness),
+    )
+)]
 async fn readyz<S: SeriesStore>(
     axum::extract::State(state): axum::extract::State<Arc<ApiState<S>>>,
 ) -> Response {
@@ -229,17 +269,23 @@ async fn readyz<S: SeriesStore>(
     if state.shutdown.is_set() {
         reasons.push("the hub is stopping".into());
     }
-    if ok && reasons.is_empty() {
-        (StatusCode::OK, Json(serde_json::json!({"ready": true}))).into_response()
+    let ready = ok && reasons.is_empty();
+    let code = if ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "reasons": reasons})),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(Readiness { ready, reasons })).into_response()
 }
 
+/// The hub's metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"))
+)]
 async fn metrics<S: SeriesStore>(
     axum::extract::State(state): axum::extract::State<Arc<ApiState<S>>>,
 ) -> Response {

@@ -7,6 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use protocols::Quantity;
 use protocols::config::parse_duration;
+use protocols::messages::ApiError;
 use protocols::time::parse_rfc3339;
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +33,7 @@ pub struct SeriesQuery {
 }
 
 /// The answer.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SeriesAnswer {
     /// The device.
     pub device: String,
@@ -41,6 +42,7 @@ pub struct SeriesAnswer {
     /// Canonical unit of the values.
     pub unit: String,
     /// `[ts_ms, value]`, oldest first.
+    #[schema(value_type = Vec<Vec<f64>>)]
     pub points: Vec<(i64, f64)>,
 }
 
@@ -74,6 +76,25 @@ fn parse_agg(text: &str) -> Result<Agg, Failure> {
 }
 
 /// The handler.
+#[utoipa::path(
+    get,
+    path = "/api/v1/series",
+    tag = "series",
+    operation_id = "series",
+    params(
+        ("device" = String, Query, description = "Device id"),
+        ("quantity" = String, Query, description = "Quantity name (`water_level`, ...)"),
+        ("from" = Option<String>, Query, description = "Start, epoch ms or RFC 3339 (default: 24 h before `to`)"),
+        ("to" = Option<String>, Query, description = "End (exclusive), epoch ms or RFC 3339 (default: now)"),
+        ("step" = Option<String>, Query, description = "Bucket width (`5m`, `1h`); without it, the raw points"),
+        ("agg" = Option<String>, Query, description = "`avg` (default), `min`, `max`, `last` or `count`"),
+    ),
+    responses(
+        (status = 200, description = "The points, oldest first", body = SeriesAnswer),
+        (status = 400, description = "A missing or malformed parameter", body = ApiError),
+        (status = 404, description = "No such device", body = ApiError),
+    )
+)]
 pub async fn query<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,

@@ -18,12 +18,24 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use futures_util::{Stream, StreamExt};
 use protocols::access::Principal;
+use protocols::messages::ApiError;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiState, Caller, Failure};
 use series_store::SeriesStore;
 
 /// The handler: a WebSocket if asked for, server-sent events otherwise.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stream",
+    tag = "stream",
+    operation_id = "stream",
+    responses(
+        (status = 200, description = "Server-sent events `feed`, `twin`, `alert`, `event` and `lagged`, each `data:` a JSON document", body = String, content_type = "text/event-stream"),
+        (status = 101, description = "With `Upgrade: websocket`: a WebSocket of text frames `{\"event\":...,\"data\":{...}}`"),
+        (status = 400, description = "A failed WebSocket upgrade", body = ApiError),
+    )
+)]
 pub async fn handler<S: SeriesStore>(
     State(state): State<Arc<ApiState<S>>>,
     caller: Caller,

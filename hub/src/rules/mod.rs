@@ -392,7 +392,7 @@ impl RuleSet {
 }
 
 /// What a reload changed.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct ReloadReport {
     /// Rules now loaded.
     pub rules: usize,

@@ -17,7 +17,7 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_BOXES: usize = 64;
 
 /// The stored snapshot of an event, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotInfo {
     /// Where to fetch the JPEG.
     pub url: String,
@@ -31,7 +31,7 @@ pub struct SnapshotInfo {
 
 /// One camera event (all its phases merged), as stored and served by `GET /api/v1/events`
 /// and sent on the live stream as `event`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRecord {
     /// The event id (`{camera}.{start ms}.{n}` from our agents).
     pub id: String,
