@@ -10,7 +10,7 @@
 
 mod alerts;
 mod cameras;
-mod dashboard;
+pub mod dashboard;
 mod devices;
 mod quantities;
 mod series;
@@ -62,12 +62,13 @@ pub struct ApiState<S> {
     pub video: Arc<crate::video::Video>,
     /// Free disk space against `[hub] min_free_disk`.
     pub disk: Arc<crate::health::DiskWatch>,
+    /// The dashboard's settings and base map.
+    pub dashboard: Arc<dashboard::Site>,
 }
 
 /// The router with every route of the HTTP contract.
 pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
     Router::new()
-        .route("/", get(dashboard::page))
         .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
@@ -84,6 +85,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/api/v1/rules", get(alerts::rules::<S>))
         .route("/api/v1/rules/reload", post(alerts::reload::<S>))
         .merge(cameras::routes::<S>())
+        .merge(dashboard::routes::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
