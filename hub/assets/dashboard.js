@@ -154,7 +154,11 @@ async function fetchSeries(device, quantity, rangeMs) {
   return { url, points: ans.points, unit: ans.unit };
 }
 
-function axisTimes(u, splits) { return splits.map((s) => fmtTime(s * 1000).slice(0, 5)); }
+/** Axis labels in district time: seconds when the ticks are closer than a minute apart. */
+function axisTimes(u, splits) {
+  const close = splits.length > 1 && splits[1] - splits[0] < 60;
+  return splits.map((s) => (close ? fmtTime(s * 1000) : fmtTime(s * 1000).slice(0, 5)));
+}
 
 /** Draws rule thresholds as dashed lines and alert episodes as shaded bands. */
 function overlay(spec) {
@@ -177,7 +181,8 @@ function overlay(spec) {
       ctx.strokeStyle = LEVEL_COLOURS[t.level] || "#94a3b8";
       ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
       ctx.fillStyle = ctx.strokeStyle;
-      ctx.fillText(`${t.rule} ${t.value}`, left + 4 * devicePixelRatio, y - 3 * devicePixelRatio);
+      ctx.textAlign = "right";
+      ctx.fillText(`${t.rule} ${t.value}`, left + width - 4 * devicePixelRatio, y - 3 * devicePixelRatio);
     }
     ctx.restore();
   };
@@ -205,6 +210,12 @@ async function makeChart(key, el, { devices, quantity, rangeMs, height, width, t
     thresholds: () => devices.length ? thresholds(devices[0], quantity) : [],
     episodes: () => devices.flatMap((d) => episodes(d.id, quantity)),
   };
+  // Readings that arrive while the series is fetched are kept and merged after: the query may
+  // have run just before they were stored.
+  spec.early = [];
+  const old = dash.charts.get(key);
+  if (old && old.plot) old.plot.destroy();
+  dash.charts.set(key, spec);
   const answers = await Promise.all(devices.map((d) => fetchSeries(d.id, quantity, rangeMs).catch(() => ({ url: null, points: [] }))));
   spec.queries = answers.map((a) => a.url);
   spec.fetched = answers.map((a) => a.points.length);
@@ -227,7 +238,7 @@ async function makeChart(key, el, { devices, quantity, rangeMs, height, width, t
     scales: { x: { time: true }, y: { range: yRange(spec) } },
     axes: [
       { stroke: "#8aa0b3", grid: { stroke: "#263442" }, ticks: { stroke: "#263442" }, values: axisTimes },
-      { stroke: "#8aa0b3", grid: { stroke: "#263442" }, ticks: { stroke: "#263442" }, size: 56,
+      { stroke: "#8aa0b3", grid: { stroke: "#263442" }, ticks: { stroke: "#263442" }, size: 78,
         values: (u, s) => s.map((v) => fmtNum(quantity, v) + (unit ? ` ${unit}` : "")) },
     ],
     series: [
@@ -240,10 +251,21 @@ async function makeChart(key, el, { devices, quantity, rangeMs, height, width, t
     hooks: { draw: [overlay(spec)] },
   };
   el.innerHTML = "";
-  spec.plot = new uPlot(opts, data, el);
   spec.data = data;
-  dash.charts.set(key, spec);
+  for (const [col, x, v] of spec.early) insertPoint(spec, col, x, v);
+  spec.early = null;
+  spec.plot = new uPlot(opts, data, el);
+  if (dash.charts.get(key) !== spec) { spec.plot.destroy(); return spec; }
   return spec;
+}
+
+/** Puts a reading into a chart's arrays in time order (series of several devices interleave). */
+function insertPoint(c, col, x, value) {
+  const xs = c.data[0];
+  let lo = 0, hi = xs.length;
+  while (lo < hi) { const mid = (lo + hi) >> 1; if (xs[mid] < x) lo = mid + 1; else hi = mid; }
+  if (lo < xs.length && xs[lo] === x) { c.data[col + 1][lo] = value; return; }
+  c.data.forEach((s, i) => s.splice(lo, 0, i === 0 ? x : i === col + 1 ? value : null));
 }
 
 /** A live reading for every chart showing that device and quantity. */
@@ -252,21 +274,16 @@ function extendCharts(deviceId, quantity, tsMs, value) {
     if (c.quantity !== quantity || typeof value !== "number") continue;
     const col = c.devices.findIndex((d) => d.id === deviceId);
     if (col < 0) continue;
-    const xs = c.data[0], x = tsMs / 1000;
-    if (xs.length && x <= xs[xs.length - 1]) {
-      if (x === xs[xs.length - 1]) c.data[col + 1][xs.length - 1] = value;
-      else continue;
-    } else {
-      xs.push(x);
-      c.data.forEach((s, i) => { if (i > 0) s.push(i === col + 1 ? value : null); });
-    }
+    if (c.early) { c.early.push([col, tsMs / 1000, value]); continue; }
+    if (!c.data) continue;
+    insertPoint(c, col, tsMs / 1000, value);
     c.dirty = true;
   }
 }
 function redrawCharts() {
   const cutoff = (c) => (Date.now() - c.rangeMs) / 1000;
   for (const c of dash.charts.values()) {
-    if (!c.dirty && !c.overlayDirty) continue;
+    if (!c.plot || (!c.dirty && !c.overlayDirty)) continue;
     // Drop what slid out of the range, keeping the points fetched countable for checks.
     while (c.data[0].length && c.data[0][0] < cutoff(c) && c.data[0].length > 2) {
       c.data.forEach((s) => s.shift());
@@ -282,7 +299,7 @@ async function renderRiver() {
   const gauges = [...dash.devices.values()].filter((d) => d.kind === "water_level").sort((a, b) => a.id.localeCompare(b.id));
   if (!gauges.length) { $("river-panel").hidden = true; return; }
   const el = $("river");
-  const h = $("river-panel").clientHeight - 80;
+  const h = $("river-panel").clientHeight - 90;
   $("river-range").textContent = `last ${RIVER_RANGE_MS / 3600e3} h, ${tzLabel()}`;
   await makeChart("river", el, { devices: gauges, quantity: "water_level", rangeMs: RIVER_RANGE_MS, height: Math.max(160, h), width: el.clientWidth });
 }
@@ -397,9 +414,9 @@ function renderDevices() {
 function renderAlerts() {
   const rows = openAlerts().sort((a, b) => LEVELS[a.level] - LEVELS[b.level] || toMs(b.raised_at || b.ts) - toMs(a.raised_at || a.ts));
   $("alerts").innerHTML = rows.map((a) => `<tr data-device="${esc(a.device)}" data-alert="${esc(a.id)}"><td><span class="lvl ${esc(a.level)}">${esc(a.level)}</span></td>
-    <td>${esc(a.rule)}</td><td>${esc(a.device)}</td><td class="num">${a.value == null ? "" : esc(fmtNum(a.quantity, a.value))}</td><td>${esc(a.state)}</td>
+    <td>${esc(a.rule)}</td><td>${esc(a.device)}</td><td class="num">${a.value == null ? "" : esc(fmtNum(a.quantity, a.value))}</td>
     <td>${esc(fmtTime(toMs(a.raised_at || a.ts)))}</td>
-    <td>${a.state === "active" ? `<button data-ack="${esc(a.id)}">ack</button>` : ""}</td></tr>`).join("");
+    <td class="state">${a.state === "active" ? `<button data-ack="${esc(a.id)}">ack</button>` : esc(a.state)}</td></tr>`).join("");
   $("n-alerts").textContent = rows.length;
   for (const c of dash.charts.values()) c.overlayDirty = true;
   renderMarkers();
@@ -465,7 +482,7 @@ async function openDrawer(id) {
 
 function closeDrawer() {
   $("drawer").hidden = true;
-  for (const k of [...dash.charts.keys()]) if (k.startsWith("drawer:")) { dash.charts.get(k).plot.destroy(); dash.charts.delete(k); }
+  for (const k of [...dash.charts.keys()]) if (k.startsWith("drawer:")) { const c = dash.charts.get(k); if (c.plot) c.plot.destroy(); dash.charts.delete(k); }
   dash.drawer = null;
 }
 
@@ -556,7 +573,7 @@ async function setDesired(q, value) {
 async function renderDrawerCharts() {
   const d = dash.drawer && dash.devices.get(dash.drawer.id);
   if (!d) return;
-  for (const k of [...dash.charts.keys()]) if (k.startsWith("drawer:")) { dash.charts.get(k).plot.destroy(); dash.charts.delete(k); }
+  for (const k of [...dash.charts.keys()]) if (k.startsWith("drawer:")) { const c = dash.charts.get(k); if (c.plot) c.plot.destroy(); dash.charts.delete(k); }
   const box = $("d-charts");
   const rep = (d.twin && d.twin.reported) || {};
   const qs = Object.keys(rep).filter((q) => (dash.quantities.get(q) || {}).kind === "number").sort();

@@ -503,7 +503,7 @@ async fn the_drawer_dims_a_lamp_through_modbus_and_acks_an_alert() {
         .wait_for(
             "the page shows the alert acknowledged",
             &format!(
-                "document.querySelector('#alerts tr[data-alert=\"{id}\"] td:nth-child(5)').textContent"
+                "document.querySelector('#alerts tr[data-alert=\"{id}\"] td.state').textContent"
             ),
             deadline,
             |v| v == "acknowledged",
@@ -528,14 +528,14 @@ async fn screenshots() {
         ..o
     })
     .await;
-    // The storm raises the river over its warning line within a few demo hours.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    // The storm makes the river rise fast within a few demo hours (real minutes).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     s.ready(deadline).await;
     let gauge = s
         .page
         .wait_for(
-            "a river gauge above its warning line",
-            "(() => { const a = [...dash.alerts.values()].find(a => a.rule === 'water-level-high' && a.state !== 'cleared'); return a ? a.device : null; })()",
+            "a river gauge alerting",
+            "(() => { const a = [...dash.alerts.values()].find(a => a.kind === 'water_level' && a.state !== 'cleared'); return a ? a.device : null; })()",
             deadline,
             |v| v.is_string(),
         )
@@ -548,8 +548,8 @@ async fn screenshots() {
     s.ready(deadline).await;
     s.page
         .wait_for(
-            "the river panel and camera snapshots",
-            "(() => { const c = dash.charts.get('river'); return !!c && c.plot.data[0].length > 10 && [...document.querySelectorAll('#cams img')].every(i => i.naturalWidth > 0); })()",
+            "the river panel, camera snapshots and the live rate",
+            "(() => { const c = dash.charts.get('river'); if (document.getElementById('live').className !== 'on') return false; return !!c && c.plot.data[0].length > 10 && [...document.querySelectorAll('#cams img')].filter(i => i.naturalWidth > 0).length >= 3; })()",
             deadline,
             |v| v == true,
         )
