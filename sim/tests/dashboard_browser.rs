@@ -392,17 +392,24 @@ async fn holding_register(transport: &str, address: u16) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drawer_dims_a_lamp_through_modbus_and_acks_an_alert() {
-    let mut s = setup(1600, 1000, |o| o).await;
+    // 01:00: the lighting schedule's next step (05:00) is four real minutes away at speed 60.
+    let mut s = setup(1600, 1000, |o| DemoOptions {
+        start: Some("01:00".parse().unwrap()),
+        ..o
+    })
+    .await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     s.ready(deadline).await;
     let street = &s.demo.layout().streets[0];
     let (lamp, agent) = (street.lamps[0].clone(), street.agent.clone());
 
-    // Let the lighting control's own level settle first, so the test's value is the last word.
+    // Let the lighting control set its level and the lamp follow first: from then on, another
+    // desired level is an operator's override it leaves alone.
     let before = loop {
         let d = s.get(&format!("/api/v1/devices/{lamp}")).await;
         let t = &d["twin"];
         if let Some(v) = t["reported"]["dimming_level"]["value"].as_f64()
+            && t["desired"]["dimming_level"].as_f64() == Some(v)
             && t["delta"].as_object().is_none_or(|o| o.is_empty())
         {
             break v;
