@@ -188,6 +188,11 @@ function overlay(spec) {
   };
 }
 
+function xRange(u, min, max) {
+  if (min == null || max == null) { const now = Date.now() / 1000; return [now - 60, now]; }
+  return max - min < 60 ? [max - 60, max + 1] : [min, max];
+}
+
 /** Keeps the thresholds in view: a level 0.6 m under its warning line must look like that. */
 function yRange(spec) {
   return (u, min, max) => {
@@ -235,9 +240,10 @@ async function makeChart(key, el, { devices, quantity, rangeMs, height, width, t
     title,
     cursor: { drag: { x: true, y: false } },
     legend: { show: devices.length > 1 },
-    scales: { x: { time: true }, y: { range: yRange(spec) } },
+    // At least a minute across, so one reading or a few seconds of them still read as times.
+    scales: { x: { time: true, range: xRange }, y: { range: yRange(spec) } },
     axes: [
-      { stroke: "#8aa0b3", grid: { stroke: "#263442" }, ticks: { stroke: "#263442" }, values: axisTimes },
+      { stroke: "#8aa0b3", grid: { stroke: "#263442" }, ticks: { stroke: "#263442" }, values: axisTimes, space: 80 },
       { stroke: "#8aa0b3", grid: { stroke: "#263442" }, ticks: { stroke: "#263442" }, size: 78,
         values: (u, s) => s.map((v) => fmtNum(quantity, v) + (unit ? ` ${unit}` : "")) },
     ],
@@ -256,7 +262,14 @@ async function makeChart(key, el, { devices, quantity, rangeMs, height, width, t
   spec.early = null;
   spec.plot = new uPlot(opts, data, el);
   if (dash.charts.get(key) !== spec) { spec.plot.destroy(); return spec; }
+  minuteWide(spec);
   return spec;
+}
+
+/** A single reading gets no span from uPlot's own ranging: show the minute up to it. */
+function minuteWide(c) {
+  const xs = c.data[0];
+  if (xs.length && xs[xs.length - 1] - xs[0] < 60) c.plot.setScale("x", { min: xs[xs.length - 1] - 60, max: xs[xs.length - 1] + 1 });
 }
 
 /** Puts a reading into a chart's arrays in time order (series of several devices interleave). */
@@ -291,6 +304,7 @@ function redrawCharts() {
       c.trimmed = (c.trimmed || 0) + 1;
     }
     c.plot.setData(c.data);
+    minuteWide(c);
     c.dirty = c.overlayDirty = false;
   }
 }
