@@ -245,6 +245,27 @@ mod tests {
     }
 
     #[test]
+    fn the_page_settings_carry_the_offset_and_the_tile_server_into_the_csp() {
+        let mut cfg = HubConfig::default();
+        cfg.hub.utc_offset = crate::config::UtcOffset::parse("+05:30").unwrap();
+        cfg.dashboard.tile_url = Some("https://tiles.example/{z}/{x}/{y}.png".into());
+        let site = Site::load(&cfg).unwrap();
+        let v: Value = serde_json::from_str(&site.config_json).unwrap();
+        assert_eq!(v["utc_offset"], "+05:30");
+        assert_eq!(v["utc_offset_minutes"], 330);
+        assert_eq!(v["tile_url"], "https://tiles.example/{z}/{x}/{y}.png");
+        let csp = site.csp.to_str().unwrap();
+        assert!(
+            csp.contains("img-src 'self' blob: data: https://tiles.example")
+                && csp.contains("script-src 'self';"),
+            "{csp}"
+        );
+        // Without a tile server, no other origin at all.
+        let csp = Site::load(&HubConfig::default()).unwrap().csp;
+        assert!(!csp.to_str().unwrap().contains("http"), "{csp:?}");
+    }
+
+    #[test]
     fn a_geojson_file_must_be_a_feature_collection() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("map.geojson");
