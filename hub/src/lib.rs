@@ -119,6 +119,7 @@ pub struct Hub<S> {
     events_rx: mpsc::Receiver<IngressEvent>,
     options: PipelineOptions,
     controls: Controls,
+    dashboard: Arc<api::dashboard::Site>,
 }
 
 impl<S: SeriesStore> Hub<S> {
@@ -126,6 +127,7 @@ impl<S: SeriesStore> Hub<S> {
     pub fn new(config: HubConfig, store: Arc<S>) -> Result<Hub<S>, StartError> {
         config.validate()?;
         let controls = Controls::load(&config)?;
+        let dashboard = Arc::new(api::dashboard::Site::load(&config)?);
         let registry = Arc::new(Registry::from_config(&config));
         let (events_tx, events_rx) = mpsc::channel(INGRESS_QUEUE);
         let metrics = Arc::new(Metrics::default());
@@ -140,6 +142,7 @@ impl<S: SeriesStore> Hub<S> {
             events_rx,
             options: PipelineOptions::default(),
             controls,
+            dashboard,
         })
     }
 
@@ -194,6 +197,7 @@ impl<S: SeriesStore> Hub<S> {
             events_rx,
             options,
             controls,
+            dashboard,
         } = self;
         // Bind first: a taken port must fail the start before anything runs.
         let listener = tokio::net::TcpListener::bind(&config.hub.http_listen)
@@ -372,6 +376,7 @@ impl<S: SeriesStore> Hub<S> {
             rules: rules.clone(),
             config_source: config.source.clone(),
             disk,
+            dashboard,
         }));
         if let Some(https) = https {
             let router = router.clone();

@@ -66,6 +66,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let cfg = HubConfig::load(file)?;
         hub::twin::controls::Controls::load(&cfg)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        hub::api::dashboard::Site::load(&cfg)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         println!(
             "{}: ok ({} devices, {} agents, {} apps, {} rules)",
             file.display(),

@@ -27,6 +27,7 @@ pub mod clock;
 pub mod demo;
 pub mod direct;
 pub mod field;
+pub mod geojson;
 pub mod layout;
 pub mod lighting;
 pub mod physics;

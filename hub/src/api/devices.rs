@@ -43,6 +43,44 @@ pub struct DeviceView {
     online: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     twin: Option<Twin>,
+    /// What desired state may set (with the twin only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    controls: Vec<ControlView>,
+}
+
+/// A writable point of the device's profile: what a control (the dimming slider) may set.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ControlView {
+    /// The quantity.
+    quantity: &'static str,
+    /// Its canonical unit, the unit desired state is written in.
+    unit: &'static str,
+    /// The lowest value a write may set (canonical), if bounded.
+    min: Option<f64>,
+    /// The highest.
+    max: Option<f64>,
+}
+
+/// The writable points of the device's profile, bounds converted to the canonical unit.
+fn controls<S>(state: &ApiState<S>, d: &Device) -> Vec<ControlView> {
+    let Some(profile) = state.twins.controls().profile(d.idx) else {
+        return Vec::new();
+    };
+    profile
+        .points
+        .iter()
+        .filter(|p| p.writable)
+        .map(|p| {
+            let q = p.quantity;
+            let canonical = |b: Option<f64>| b.and_then(|v| q.to_canonical(v, &p.unit).ok());
+            ControlView {
+                quantity: q.name(),
+                unit: q.unit(),
+                min: canonical(p.range.0),
+                max: canonical(p.range.1),
+            }
+        })
+        .collect()
 }
 
 fn view<S>(state: &ApiState<S>, d: &Device, with_twin: bool) -> DeviceView {
@@ -57,6 +95,11 @@ fn view<S>(state: &ApiState<S>, d: &Device, with_twin: bool) -> DeviceView {
         gb_id: d.config.gb_id.clone(),
         online: state.twins.online(d.idx),
         twin: with_twin.then(|| state.twins.document(d.idx)),
+        controls: if with_twin {
+            controls(state, d)
+        } else {
+            Vec::new()
+        },
     }
 }
 

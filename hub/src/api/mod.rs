@@ -10,7 +10,7 @@
 
 mod alerts;
 mod cameras;
-mod dashboard;
+pub mod dashboard;
 mod devices;
 mod ngsi_ld;
 mod openapi;
@@ -64,12 +64,13 @@ pub struct ApiState<S> {
     pub video: Arc<crate::video::Video>,
     /// Free disk space against `[hub] min_free_disk`.
     pub disk: Arc<crate::health::DiskWatch>,
+    /// The dashboard's settings and base map.
+    pub dashboard: Arc<dashboard::Site>,
 }
 
 /// The router with every route of the HTTP contract.
 pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
     Router::new()
-        .route("/", get(dashboard::page))
         .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
@@ -89,6 +90,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .merge(cameras::routes::<S>())
         .route("/ngsi-ld/v1/entities", get(ngsi_ld::entities::<S>))
         .route("/ngsi-ld/v1/entities/{id}", get(ngsi_ld::entity::<S>))
+        .merge(dashboard::routes::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -47,6 +47,9 @@ pub struct HubConfig {
     /// Sparkplug B metric names and the quantities they measure.
     #[serde(default)]
     pub sparkplug_metrics: Vec<SparkplugMetricConfig>,
+    /// The dashboard's base map.
+    #[serde(default)]
+    pub dashboard: DashboardSettings,
     /// The file this configuration was loaded from (rules are reloaded from it).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -185,6 +188,40 @@ pub struct HubSettings {
     /// listeners, without a password. Without it, TLS clients log in by password only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+}
+
+/// The `[dashboard]` table: the base map the command-center page draws under the devices.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// A GeoJSON FeatureCollection (streets, river, areas) served at
+    /// `/dashboard/district.geojson`; without it the map shows the devices alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geojson: Option<PathBuf>,
+    /// A raster tile server URL template (`https://tiles.example/{z}/{x}/{y}.png`) the page
+    /// draws under the GeoJSON; none by default, since command centers often run offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_url: Option<String>,
+}
+
+impl DashboardSettings {
+    /// Checks the tile URL's form (the GeoJSON file is read and checked when the hub starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.tile_url {
+            let scheme = url.starts_with("https://") || url.starts_with("http://");
+            let placeholders = ["{z}", "{x}", "{y}"].iter().all(|p| url.contains(p));
+            if !scheme || !placeholders {
+                return Err(ConfigError::new(
+                    "dashboard.tile_url",
+                    format!(
+                        "`{}` is not a tile URL template like https://tiles.example/{{z}}/{{x}}/{{y}}.png",
+                        protocols::id::clip(url)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[hj212]` table: where stations that speak HJ 212-2017 connect.
@@ -602,6 +639,11 @@ impl HubConfig {
 
     /// Makes relative paths relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(p) = &mut self.dashboard.geojson
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
         if self.hub.data_dir.is_relative() {
             self.hub.data_dir = base.join(&self.hub.data_dir);
         }
@@ -628,6 +670,7 @@ impl HubConfig {
 
     /// Checks everything that can be checked without running.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.dashboard.validate()?;
         let s = &self.hub;
         if s.mqtt_listen.is_empty() {
             return Err(ConfigError::new(

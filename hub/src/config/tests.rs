@@ -257,3 +257,32 @@ fn client_quotas_have_defaults_and_map_onto_the_broker() {
         5
     );
 }
+
+#[test]
+fn the_dashboard_table_takes_a_geojson_file_and_a_tile_url_template() {
+    let cfg = HubConfig::from_toml(&format!(
+        "{GOOD}\n[dashboard]\ngeojson = \"map/district.geojson\"\ntile_url = \"https://tiles.example/{{z}}/{{x}}/{{y}}.png\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.dashboard.geojson.as_deref(),
+        Some(Path::new("map/district.geojson"))
+    );
+    let mut resolved = cfg.clone();
+    resolved.resolve_paths(Path::new("/etc/hub"));
+    assert_eq!(
+        resolved.dashboard.geojson.as_deref(),
+        Some(Path::new("/etc/hub/map/district.geojson"))
+    );
+
+    let e = HubConfig::from_toml(&format!(
+        "{GOOD}\n[dashboard]\ntile_url = \"tiles.example/z/x/y.png\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("dashboard.tile_url"), "{e}");
+    let e = HubConfig::from_toml(&format!("{GOOD}\n[dashboard]\ngeojsn = \"x\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("geojsn"), "{e}");
+}

@@ -384,6 +384,11 @@ impl Twins {
         self
     }
 
+    /// What may be written to each device.
+    pub fn controls(&self) -> &Controls {
+        &self.controls
+    }
+
     /// Uses the devices' profiles for range checks and these retry and timeout settings.
     pub fn with_commands(mut self, controls: Controls, settings: CommandSettings) -> Twins {
         self.controls = controls;

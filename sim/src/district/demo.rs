@@ -275,6 +275,7 @@ impl Demo {
         let layout = Layout::district();
         let secrets = Secrets::load_or_create(&dir, provision::client_ids(&layout))?;
         provision::write_profiles(&dir)?;
+        provision::write_geojson(&dir, &layout)?;
         let listen = Listen {
             mqtt: opts.mqtt_listen.clone(),
             mqtt_tls: opts.mqtt_tls_listen.clone(),

@@ -296,10 +296,10 @@ pub struct Layout {
 }
 
 /// A point (lat, lon).
-type LatLon = (f64, f64);
+pub(crate) type LatLon = (f64, f64);
 
 /// Streets: name, start, end, rated lamp power (W).
-const STREETS: [(&str, LatLon, LatLon, f64); 5] = [
+pub(crate) const STREETS: [(&str, LatLon, LatLon, f64); 5] = [
     (
         "Wenhua Road",
         (30.4222, 120.2905),
@@ -338,7 +338,7 @@ pub const LAMPS_PER_STREET: usize = 8;
 pub const MANHOLES_PER_STREET: usize = 2;
 
 /// The river's course, west (upstream) to east: station positions.
-const STATIONS: [(&str, (f64, f64)); 5] = [
+pub(crate) const STATIONS: [(&str, (f64, f64)); 5] = [
     ("Xishan sluice", (30.4128, 120.2860)),
     ("Wenhua bridge", (30.4140, 120.2930)),
     ("Central park weir", (30.4152, 120.3000)),

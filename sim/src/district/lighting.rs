@@ -7,6 +7,9 @@
 //! It reconciles rather than fires and forgets: it watches the lamps' twins and asserts the
 //! desired level again for a lamp whose reported level does not follow (a controller that
 //! rebooted at its power-up level, a command lost while a cabinet's link was down).
+//!
+//! An operator's own desired level (from the dashboard or the API) is a manual override: the
+//! app leaves that lamp alone until its schedule's next step, as central lighting systems do.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,6 +72,10 @@ struct LampView {
     desired: Option<f64>,
     online: bool,
     asserted: Option<Instant>,
+    /// The last two levels this app asked for (a twin in flight may still carry the older).
+    sent: [Option<f64>; 2],
+    /// Someone else set the lamp's desired level: left alone until the schedule's next step.
+    manual: bool,
 }
 
 /// The app's connection settings.
@@ -117,7 +124,18 @@ pub async fn run(
                         && let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&p.payload)
                     {
                         v.reported = doc["reported"]["dimming_level"]["value"].as_f64();
-                        v.desired = doc["desired"]["dimming_level"].as_f64();
+                        let desired = doc["desired"]["dimming_level"].as_f64();
+                        // Only once this app has asked for something: a retained twin from
+                        // before its start is not an operator's doing.
+                        if v.sent[0].is_some()
+                            && desired.is_some()
+                            && !v.sent.contains(&desired)
+                            && !v.manual
+                        {
+                            info!(lamp = %id, level = ?desired, "manual override until the next schedule step");
+                            v.manual = true;
+                        }
+                        v.desired = desired;
                         v.online = doc["online"].as_bool().unwrap_or(false);
                     }
                 }
@@ -139,12 +157,18 @@ pub async fn run(
                     narrator.say(&format!("lighting-control: {what} ({} lamps)", lamps.len()));
                     info!(level = target, "lighting schedule");
                     announced = Some(target);
+                    for v in views.values_mut() {
+                        v.manual = false;
+                    }
                 }
                 // Give the retained twins a moment to arrive before judging what to send.
                 if started.elapsed() < Duration::from_secs(2) {
                     continue;
                 }
                 for (id, v) in views.iter_mut() {
+                    if v.manual {
+                        continue;
+                    }
                     let want = target as f64;
                     let stale = v.asserted.is_none_or(|t| t.elapsed() > REASSERT_AFTER);
                     let send = (v.desired != Some(want)
@@ -157,6 +181,9 @@ pub async fn run(
                             .is_ok()
                         {
                             v.asserted = Some(Instant::now());
+                            if v.sent[0] != Some(want) {
+                                v.sent = [Some(want), v.sent[0]];
+                            }
                         }
                     }
                 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use edge_agent::config::CameraSource;
 use hub::config::{
-    AgentConfig, AgentProtocol, AppConfig, DailyWindow, DeviceConfig, Hj212Settings, HubConfig,
-    HubSettings, RuleConfig, SparkplugMetricConfig, SparkplugSettings,
+    AgentConfig, AgentProtocol, AppConfig, DailyWindow, DashboardSettings, DeviceConfig,
+    Hj212Settings, HubConfig, HubSettings, RuleConfig, SparkplugMetricConfig, SparkplugSettings,
 };
 use hub::tls::dev::{ClientName, DevCa};
 use protocols::config::HumanDuration;
@@ -130,6 +130,17 @@ fn write(path: &Path, text: &str) -> Result<(), ProvisionError> {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
     std::fs::write(path, text).map_err(err)
+}
+
+/// Writes the district's base map, `DIR/district.geojson`, for the dashboard.
+pub fn write_geojson(dir: &Path, layout: &Layout) -> Result<(), ProvisionError> {
+    let text = serde_json::to_string_pretty(&super::geojson::district(layout)).map_err(|e| {
+        ProvisionError::Serialize {
+            what: super::geojson::FILE.into(),
+            detail: e.to_string(),
+        }
+    })?;
+    write(&dir.join(super::geojson::FILE), &text)
 }
 
 /// Writes `DIR/profiles/*.toml`.
@@ -529,9 +540,17 @@ pub fn hub_config(
             id: COMMAND_CENTER.to_string(),
             secret: Some(secrets.get(COMMAND_CENTER).to_string()),
             secret_hash: None,
-            grants: ["feeds/#", "twin/#", "alerts/#", "status/#", "deadletter/#"]
-                .map(String::from)
-                .to_vec(),
+            // `admin/rules`: the duty officer's page draws the rules' thresholds on charts.
+            grants: [
+                "feeds/#",
+                "twin/#",
+                "alerts/#",
+                "status/#",
+                "deadletter/#",
+                "admin/rules",
+            ]
+            .map(String::from)
+            .to_vec(),
         },
         AppConfig {
             id: LIGHTING_CONTROL.to_string(),
@@ -584,6 +603,11 @@ pub fn hub_config(
             host_id: Some("district-hub".to_string()),
         },
         sparkplug_metrics: sparkplug_metrics(),
+        // Written by `write_geojson`; relative to hub.toml like the other paths.
+        dashboard: DashboardSettings {
+            geojson: Some(PathBuf::from(super::geojson::FILE)),
+            tile_url: None,
+        },
         source: None,
     }
 }
