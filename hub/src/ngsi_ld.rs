@@ -412,35 +412,29 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether `have OP want` holds: numbers and strings are ordered, booleans only compare
+    /// for (in)equality, values of different types never match.
     fn holds(self, have: &Value, want: &Value) -> bool {
-        match (have, want) {
-            (Value::Number(a), Value::Number(b)) => {
-                let (Some(a), Some(b)) = (a.as_f64(), b.as_f64()) else {
-                    return false;
-                };
-                match self {
-                    Op::Eq => a == b,
-                    Op::Ne => a != b,
-                    Op::Gt => a > b,
-                    Op::Ge => a >= b,
-                    Op::Lt => a < b,
-                    Op::Le => a <= b,
-                }
-            }
-            (Value::String(a), Value::String(b)) => match self {
-                Op::Eq => a == b,
-                Op::Ne => a != b,
-                Op::Gt => a > b,
-                Op::Ge => a >= b,
-                Op::Lt => a < b,
-                Op::Le => a <= b,
+        use std::cmp::Ordering;
+        let order = match (have, want) {
+            (Value::Number(a), Value::Number(b)) => match (a.as_f64(), b.as_f64()) {
+                (Some(a), Some(b)) => a.partial_cmp(&b),
+                _ => None,
             },
-            (Value::Bool(a), Value::Bool(b)) => match self {
-                Op::Eq => a == b,
-                Op::Ne => a != b,
-                _ => false,
-            },
-            _ => false,
+            (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+            (Value::Bool(a), Value::Bool(b)) if matches!(self, Op::Eq | Op::Ne) => Some(a.cmp(b)),
+            _ => None,
+        };
+        let Some(order) = order else {
+            return false;
+        };
+        match self {
+            Op::Eq => order == Ordering::Equal,
+            Op::Ne => order != Ordering::Equal,
+            Op::Gt => order == Ordering::Greater,
+            Op::Ge => order != Ordering::Less,
+            Op::Lt => order == Ordering::Less,
+            Op::Le => order != Ordering::Greater,
         }
     }
 }
