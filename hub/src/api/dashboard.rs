@@ -164,7 +164,15 @@ pub fn routes<S: SeriesStore>() -> Router<Arc<ApiState<S>>> {
         .route("/dashboard/config.json", get(config_json::<S>))
         .route("/dashboard/district.geojson", get(geojson::<S>));
     for a in &ASSETS {
-        r = r.route(a.path, get(move |h: HeaderMap| async move { asset(a, &h) }));
+        // The validator of a file fixed at build time, hashed once here rather than per request.
+        let etag: Arc<str> = format!("\"{:016x}\"", fnv1a(a.body)).into();
+        r = r.route(
+            a.path,
+            get(move |h: HeaderMap| {
+                let etag = etag.clone();
+                async move { asset(a, &etag, &h) }
+            }),
+        );
     }
     r
 }
@@ -186,15 +194,14 @@ async fn page<S: SeriesStore>(State(state): State<Arc<ApiState<S>>>) -> Response
 }
 
 /// A built-in file: revalidated by ETag, so a new hub binary's files are seen at once.
-fn asset(a: &Asset, headers: &HeaderMap) -> Response {
-    let etag = format!("\"{:016x}\"", fnv1a(a.body));
+fn asset(a: &Asset, etag: &str, headers: &HeaderMap) -> Response {
     let hit = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
     let common = [
         (header::CACHE_CONTROL, "no-cache".to_string()),
-        (header::ETAG, etag),
+        (header::ETAG, etag.to_string()),
     ];
     if hit {
         return (StatusCode::NOT_MODIFIED, common).into_response();
