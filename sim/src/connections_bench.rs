@@ -203,11 +203,18 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let tls = match &ca {
-        Some(ca) => Some(TlsClient {
-            configs: (0..n)
-                .map(|_| client_config(ca, None, 2))
-                .collect::<anyhow::Result<_>>()?,
-        }),
+        Some(ca) => {
+            // The CA is read once; each device gets a copy with a session cache of its own.
+            let base = client_config(ca, None, 2)?;
+            let configs = (0..n)
+                .map(|_| {
+                    let mut c = rustls::ClientConfig::clone(&base);
+                    c.resumption = rustls::client::Resumption::in_memory_sessions(2);
+                    Arc::new(c)
+                })
+                .collect();
+            Some(TlsClient { configs })
+        }
         None => None,
     };
     let result = run(&a, target, pid, tls).await;
