@@ -3,7 +3,9 @@
 # Modbus servers and tools (pymodbus, mbpoll), a Sparkplug B implementation (pysparkplug), video
 # tools (ffmpeg, GStreamer RTSP server), a CAP schema validator (xmllint) with the OASIS CAP 1.2
 # schema, a JSON-LD processor (pyld) and an OpenAPI validator (openapi-spec-validator), and a
-# headless browser for the dashboard test (chromium). Also nasm, so OpenH264's
+# headless browser for the dashboard test (chromium), and the engines of cluster mode: nats-server
+# (JetStream) and PostgreSQL 15 with pg_partman (the `engines` crate starts private instances on
+# free ports; the Debian services are never started, stopped or configured here). Also nasm, so OpenH264's
 # bundled build (edge-agent cameras) gets its SIMD code. Idempotent: skips what is already there.
 set -euo pipefail
 
@@ -14,7 +16,8 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 for p in mosquitto mosquitto-clients mbpoll libmodbus-dev ffmpeg libxml2-utils \
          gstreamer1.0-tools gstreamer1.0-rtsp gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
          gstreamer1.0-plugins-ugly gstreamer1.0-libav gir1.2-gst-rtsp-server-1.0 python3-gi \
-         socat iproute2 openssl nasm chromium; do
+         socat iproute2 openssl nasm chromium \
+         nats-server postgresql postgresql-client postgresql-15-partman; do
   pkg_installed "$p" || need_apt+=("$p")
 done
 
