@@ -308,8 +308,20 @@ mod tests {
             json["buffer"],
             serde_json::json!({"readings": 500, "max_readings": 1000, "dropped_readings": 7})
         );
+        assert!(json.get("hub").is_none(), "no hub before the uplink runs");
         // The hub's type still reads it.
         let back: Health = serde_json::from_value(json).unwrap();
         assert_eq!(back, base);
+
+        // The hub in use, one of `[agent] hub`'s list.
+        let m = crate::metrics::Metrics::new();
+        assert_eq!(m.hub(), None);
+        m.set_hub("mqtt://10.0.0.2:1883");
+        let mut h = with_disk(base.clone(), &d);
+        h.hub = m.hub();
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["hub"], "mqtt://10.0.0.2:1883");
+        let back: AgentHealth = serde_json::from_value(json).unwrap();
+        assert_eq!(back, h);
     }
 }
