@@ -1,7 +1,8 @@
 //! The MQTT uplink: one session to the hub, the durable queue forwarded through it.
 //!
 //! Two tasks. The *connection* task polls rumqttc's event loop without pause (rumqttc makes
-//! progress only while polled), reconnects with backoff and jitter, and after every ConnAck
+//! progress only while polled), reconnects with backoff and jitter (to the next hub of the list
+//! when `[agent] hub` names several: `HubRotation`), and after every ConnAck
 //! subscribes to `ack` and `cmd` again and publishes `online` (retained; the will says
 //! `offline`). The *forwarder* task sends queue entries with a window of `max_inflight`
 //! unacknowledged entries (pipelined, not stop-and-wait), deletes them when the hub's ack
@@ -54,7 +55,7 @@ pub struct UplinkSettings {
     /// Password; none when `client_cert` identifies the agent.
     pub secret: Option<String>,
     /// The hubs, `mqtt://host:port` or `mqtts://host:port`, in the order the uplink tries them
-    /// (at least one; see [`run_connection`] for the failover).
+    /// (at least one; see `HubRotation` for the failover).
     pub hubs: Vec<String>,
     /// MQTT keepalive.
     pub keepalive: Duration,
@@ -83,6 +84,9 @@ pub enum UplinkError {
     /// The hub URL is not `mqtt://host:port` / `mqtts://host:port`.
     #[error("hub `{0}`: expected mqtt://host:port or mqtts://host:port")]
     BadUrl(String),
+    /// No hub at all (`[agent] hub = []`, which config validation refuses).
+    #[error("no hub: agent.hub needs at least one mqtt:// or mqtts:// URL")]
+    NoHub,
     /// TLS could not be configured.
     #[error("TLS: {0}")]
     Tls(String),
@@ -316,7 +320,7 @@ pub fn mqtt_options(s: &UplinkSettings, hub: &str) -> Result<MqttOptions, Uplink
 /// The options of every hub of `s.hubs`, same order; the TLS files are read once.
 pub fn hub_options(s: &UplinkSettings) -> Result<Vec<MqttOptions>, UplinkError> {
     if s.hubs.is_empty() {
-        return Err(UplinkError::BadUrl(String::new()));
+        return Err(UplinkError::NoHub);
     }
     let mut tls = None;
     s.hubs
@@ -602,7 +606,7 @@ impl HubRotation {
 }
 
 /// The connection task: polls the event loop, turns to the next hub of `hubs` (URL and its
-/// options) after each failure ([`HubRotation`]). `credentials` names the config keys to check
+/// options) after each failure (`HubRotation`). `credentials` names the config keys to check
 /// when a hub refuses the login.
 #[allow(clippy::too_many_arguments)]
 async fn run_connection(
@@ -1174,7 +1178,7 @@ mod tests {
         };
         assert!(matches!(hub_options(&bad), Err(UplinkError::BadUrl(u)) if u == "mqtt://nohost"));
         let none = UplinkSettings { hubs: vec![], ..s };
-        assert!(hub_options(&none).is_err());
+        assert!(matches!(hub_options(&none), Err(UplinkError::NoHub)));
     }
 
     #[test]
