@@ -462,7 +462,8 @@ async fn when_a_hub_dies_before_its_ack_the_next_hub_gets_what_it_did_not_acknow
 
     let on_a = stored_seqs(&reopen_store(&a_cfg).await, end.stream, end.next).await;
     let on_b = stored_seqs(&reopen_store(&b_cfg).await, end.stream, end.next).await;
-    assert_eq!(on_a.len(), 20, "A stored 20 batches: {on_a:?}");
+    // At least the 20 of the failpoint (more if a group commit made later ones durable with it).
+    assert!(on_a.len() >= 20, "A stored 20 batches: {on_a:?}");
     assert_failed_over(&on_a, &on_b, &end);
     // A's last batch was durable there but never acknowledged: the agent sent it to B.
     let last_on_a = *on_a.last().unwrap();
