@@ -61,7 +61,7 @@ pub fn uplink_settings(a: &AgentSection) -> UplinkSettings {
     UplinkSettings {
         agent: a.id.clone(),
         secret: a.secret.clone(),
-        hub: a.hub.clone(),
+        hubs: a.hub.as_slice().to_vec(),
         keepalive: a.keepalive.0,
         ca: a.ca.clone(),
         // Config validation makes sure both or neither are set.
@@ -357,7 +357,7 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
         let agent = shared.config.read().await.file.agent.id.clone();
         let mut devices = shared.metrics.devices();
         devices.extend(shared.camera_health.list());
-        let h = crate::health::with_disk(
+        let mut h = crate::health::with_disk(
             crate::health::build(
                 &agent,
                 shared.metrics.uptime(),
@@ -368,6 +368,7 @@ async fn health_loop(shared: Arc<Shared>, mut interval: watch::Receiver<Duration
             ),
             &shared.metrics.disk,
         );
+        h.hub = shared.metrics.hub();
         if shared.uplink.is_connected() && shared.uplink.publish_health(&h) {
             shared.metrics.health_published.fetch_add(1, Relaxed);
         }

@@ -34,9 +34,15 @@ impl Backoff {
 
     /// The delay to wait after one more failure; advances the state.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.step();
+        let delay = self.delay();
         self.attempt = self.attempt.saturating_add(1);
-        let half = step / 2;
+        delay
+    }
+
+    /// A delay drawn from the current step without advancing it (the uplink's hub list
+    /// advances once per pass over its hubs).
+    pub fn delay(&self) -> Duration {
+        let half = self.step() / 2;
         let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
         half + Duration::from_millis(jitter)
     }

@@ -87,8 +87,9 @@ pub struct AgentSection {
     /// to the hub instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// `mqtt://host:port` or `mqtts://host:port`.
-    pub hub: String,
+    /// `mqtt://host:port` or `mqtts://host:port`, or a list of them: the hubs the uplink fails
+    /// over between, first to last and round again (see [`HubList`]).
+    pub hub: HubList,
     /// Where the durable queue lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -150,6 +151,108 @@ pub struct AgentSection {
     /// the directory above the running binary's version directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_dir: Option<PathBuf>,
+}
+
+/// `[agent] hub`: one hub URL (`hub = "mqtt://10.0.0.1:1883"`) or a list of them
+/// (`hub = ["mqtt://10.0.0.1:1883", "mqtt://10.0.0.2:1883"]`), the hubs of a cluster the
+/// uplink fails over between in this order. Written back as a plain string when it holds one
+/// URL, so a single-hub agent.toml reads as it always did. Validation refuses an empty list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubList(Vec<String>);
+
+impl HubList {
+    /// The hubs in order (no validation; [`AgentConfig::from_toml`] validates).
+    pub fn new(urls: Vec<String>) -> HubList {
+        HubList(urls)
+    }
+
+    /// The first hub: the one the uplink tries first (`""` for an empty list, which a
+    /// validated config never has).
+    pub fn first(&self) -> &str {
+        self.0.first().map(String::as_str).unwrap_or_default()
+    }
+
+    /// The hubs in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    /// The hubs as a slice.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// How many hubs.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No hub at all (refused by validation).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for HubList {
+    fn from(url: String) -> HubList {
+        HubList(vec![url])
+    }
+}
+
+impl From<&str> for HubList {
+    fn from(url: &str) -> HubList {
+        HubList(vec![url.to_string()])
+    }
+}
+
+impl From<Vec<String>> for HubList {
+    fn from(urls: Vec<String>) -> HubList {
+        HubList(urls)
+    }
+}
+
+impl std::fmt::Display for HubList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl Serialize for HubList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HubList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HubList, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = HubList;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a hub URL (mqtt://host:port) or a list of them")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HubList, E> {
+                Ok(HubList::from(v))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<HubList, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element::<String>()? {
+                    urls.push(url);
+                }
+                Ok(HubList(urls))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 fn default_unit() -> u8 {
@@ -322,7 +425,7 @@ impl AgentConfig {
         let mut file: AgentFile = parse_toml(text)?;
         let a = &mut file.agent;
         validate_id(&a.id).map_err(|e| ConfigError::new("agent.id", format!("`{}` {e}", a.id)))?;
-        check_hub_url(&a.hub)?;
+        check_hubs(&a.hub)?;
         match (&a.cert, &a.key) {
             (Some(_), None) => {
                 return Err(ConfigError::new(
@@ -336,14 +439,24 @@ impl AgentConfig {
                     "is needed with agent.key (the client certificate chain, PEM)",
                 ));
             }
-            (Some(_), Some(_)) if !a.hub.starts_with("mqtts://") => {
-                return Err(ConfigError::new(
-                    "agent.cert",
-                    format!(
-                        "needs an mqtts:// hub (a client certificate is presented in the TLS handshake; hub is `{}`)",
-                        a.hub
-                    ),
-                ));
+            (Some(_), Some(_)) => {
+                // The certificate is presented in the TLS handshake: every hub the agent may
+                // fail over to must be mqtts://, or the agent could not log in there.
+                for (i, url) in a.hub.iter().enumerate() {
+                    if !url.starts_with("mqtts://") {
+                        let which = if a.hub.len() == 1 {
+                            "hub".to_string()
+                        } else {
+                            format!("agent.hub[{i}]")
+                        };
+                        return Err(ConfigError::new(
+                            "agent.cert",
+                            format!(
+                                "needs an mqtts:// hub (a client certificate is presented in the TLS handshake; {which} is `{url}`)"
+                            ),
+                        ));
+                    }
+                }
             }
             _ => {}
         }
@@ -546,21 +659,35 @@ impl AgentConfig {
 
 /// Checks `mqtt://host:port` / `mqtts://host:port`.
 pub fn check_hub_url(url: &str) -> Result<(), ConfigError> {
+    check_hub_url_at("agent.hub", url)
+}
+
+/// Checks `[agent] hub`: one URL, or a non-empty list whose entries are named by their index
+/// (`agent.hub[1]`) when one is bad.
+pub fn check_hubs(hubs: &HubList) -> Result<(), ConfigError> {
+    match hubs.as_slice() {
+        [] => Err(ConfigError::new(
+            "agent.hub",
+            "must name at least one hub (an mqtt:// or mqtts:// URL)",
+        )),
+        [one] => check_hub_url(one),
+        many => many
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, url)| check_hub_url_at(&format!("agent.hub[{i}]"), url)),
+    }
+}
+
+fn check_hub_url_at(key: &str, url: &str) -> Result<(), ConfigError> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("mqtts://"))
         .ok_or_else(|| {
-            ConfigError::new(
-                "agent.hub",
-                format!("`{url}` must start with mqtt:// or mqtts://"),
-            )
+            ConfigError::new(key, format!("`{url}` must start with mqtt:// or mqtts://"))
         })?;
     match rest.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(ConfigError::new(
-            "agent.hub",
-            format!("`{url}` needs host:port"),
-        )),
+        _ => Err(ConfigError::new(key, format!("`{url}` needs host:port"))),
     }
 }
 
@@ -728,13 +855,18 @@ source = "rtsp://127.0.0.1:8554/cam1"
         );
     }
 
-    /// GOOD with `[agent]` lines replaced: `secret`, `hub` and the lines in `tls`.
+    /// GOOD with `[agent]` lines replaced: `secret`, `hub` (a URL, or a TOML list when it
+    /// starts with `[`) and the lines in `tls`.
     fn with_agent(secret: Option<&str>, hub: &str, tls: &str) -> String {
         let secret = secret
             .map(|s| format!("secret = \"{s}\"\n"))
             .unwrap_or_default();
+        let hub = match hub.starts_with('[') {
+            true => hub.to_string(),
+            false => format!("\"{hub}\""),
+        };
         GOOD.replace("secret = \"agent-secret-1\"\n", &format!("{secret}{tls}"))
-            .replace("mqtt://127.0.0.1:1883", hub)
+            .replace("\"mqtt://127.0.0.1:1883\"", &hub)
     }
 
     #[test]
@@ -822,5 +954,105 @@ source = "rtsp://127.0.0.1:8554/cam1"
                 .to_string();
             assert!(got.starts_with(want), "got: {got}\nwant: {want}");
         }
+    }
+
+    #[test]
+    fn hub_is_a_url_or_a_list_of_them() {
+        let d = dir();
+        let c = AgentConfig::from_toml(GOOD, d.path()).unwrap();
+        assert_eq!(c.file.agent.hub.as_slice(), ["mqtt://127.0.0.1:1883"]);
+        assert_eq!(c.file.agent.hub.first(), "mqtt://127.0.0.1:1883");
+
+        let list = r#"["mqtt://10.0.0.1:1883", "mqtts://10.0.0.2:8883", "mqtt://[::1]:1883"]"#;
+        let text = GOOD.replace("\"mqtt://127.0.0.1:1883\"", list);
+        let c = AgentConfig::from_toml(&text, d.path()).unwrap();
+        let hub = &c.file.agent.hub;
+        assert_eq!(hub.len(), 3);
+        assert_eq!(hub.first(), "mqtt://10.0.0.1:1883");
+        assert_eq!(
+            hub.iter().collect::<Vec<_>>(),
+            [
+                "mqtt://10.0.0.1:1883",
+                "mqtts://10.0.0.2:8883",
+                "mqtt://[::1]:1883"
+            ]
+        );
+        // Mixed schemes without a client certificate: mqtts:// uses `ca` or the system roots.
+        assert_eq!(
+            crate::agent::uplink_settings(&c.file.agent).hubs,
+            hub.as_slice()
+        );
+
+        // A one-element list is the same as the string.
+        let text = GOOD.replace("\"mqtt://127.0.0.1:1883\"", r#"["mqtt://127.0.0.1:1883"]"#);
+        let one = AgentConfig::from_toml(&text, d.path()).unwrap();
+        assert_eq!(one.file.agent.hub, HubList::from("mqtt://127.0.0.1:1883"));
+    }
+
+    #[test]
+    fn hub_is_written_back_as_a_string_when_there_is_one() {
+        let d = dir();
+        let mut c = AgentConfig::from_toml(GOOD, d.path()).unwrap();
+        let text = toml::to_string(&c.file).unwrap();
+        assert!(text.contains("hub = \"mqtt://127.0.0.1:1883\"\n"), "{text}");
+        c.file.agent.hub = HubList::new(vec!["mqtt://a:1883".into(), "mqtt://b:1883".into()]);
+        let text = toml::to_string(&c.file).unwrap();
+        assert!(
+            text.contains("hub = [\"mqtt://a:1883\", \"mqtt://b:1883\"]"),
+            "{text}"
+        );
+        let back: AgentFile = parse_toml(&text).unwrap();
+        assert_eq!(back.agent.hub, c.file.agent.hub);
+    }
+
+    #[test]
+    fn hub_list_problems_name_the_entry() {
+        let d = dir();
+        let hub = |v: &str| GOOD.replace("\"mqtt://127.0.0.1:1883\"", v);
+        let cases = [
+            (hub("[]"), "agent.hub: must name at least one hub"),
+            (
+                hub(r#"["mqtt://a:1883", "http://b:1"]"#),
+                "agent.hub[1]: `http://b:1` must start with mqtt:// or mqtts://",
+            ),
+            (
+                hub(r#"["mqtt://a", "mqtt://b:1883"]"#),
+                "agent.hub[0]: `mqtt://a` needs host:port",
+            ),
+            (hub("1883"), "agent.hub (line"),
+            (
+                hub(r#"["mqtt://a:1883", 2]"#),
+                "agent.hub[1] (line 5): invalid type: integer `2`, expected a string",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = AgentConfig::from_toml(&text, d.path())
+                .unwrap_err()
+                .to_string();
+            assert!(got.starts_with(want), "got: {got}\nwant: {want}");
+            assert!(!got.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_needs_every_hub_of_the_list_to_be_mqtts() {
+        let d = dir();
+        let tls = "cert = \"a.crt\"\nkey = \"a.key\"\n";
+        let all = r#"["mqtts://a:8883", "mqtts://b:8883"]"#;
+        let c = AgentConfig::from_toml(&with_agent(None, all, tls), d.path()).unwrap();
+        assert_eq!(c.file.agent.hub.len(), 2);
+
+        let mixed = r#"["mqtts://a:8883", "mqtt://b:1883"]"#;
+        let got = AgentConfig::from_toml(&with_agent(None, mixed, tls), d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            got.starts_with("agent.cert: needs an mqtts:// hub")
+                && got.contains("agent.hub[1] is `mqtt://b:1883`"),
+            "{got}"
+        );
+        // The same mix without a client certificate is fine.
+        let c = AgentConfig::from_toml(&with_agent(Some("s"), mixed, ""), d.path()).unwrap();
+        assert_eq!(c.file.agent.hub.len(), 2);
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! On top of the protocol's [`Health`] the agent adds (additive JSON fields, which the hub
 //! ignores until it reads them) `disk`: free space against `min_free_disk` and whether the
-//! queue can be written, and `buffer`: readings held in memory and dropped from it.
+//! queue can be written, `buffer`: readings held in memory and dropped from it, and `hub`: the
+//! hub of `[agent] hub`'s list the uplink is connected to.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -97,6 +98,9 @@ pub struct AgentHealth {
     pub disk: DiskHealth,
     /// Readings waiting in memory.
     pub buffer: BufferHealth,
+    /// The hub the uplink is connected to (one of `[agent] hub`'s list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
 }
 
 /// `disk` in the health document.
@@ -146,6 +150,7 @@ pub fn with_disk(health: Health, d: &DiskStatus) -> AgentHealth {
             max_readings: d.buffer_max_readings.load(Relaxed),
             dropped_readings: d.buffer_dropped_readings.load(Relaxed),
         },
+        hub: None,
     }
 }
 
@@ -303,8 +308,20 @@ mod tests {
             json["buffer"],
             serde_json::json!({"readings": 500, "max_readings": 1000, "dropped_readings": 7})
         );
+        assert!(json.get("hub").is_none(), "no hub before the uplink runs");
         // The hub's type still reads it.
         let back: Health = serde_json::from_value(json).unwrap();
         assert_eq!(back, base);
+
+        // The hub in use, one of `[agent] hub`'s list.
+        let m = crate::metrics::Metrics::new();
+        assert_eq!(m.hub(), None);
+        m.set_hub("mqtt://10.0.0.2:1883");
+        let mut h = with_disk(base.clone(), &d);
+        h.hub = m.hub();
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["hub"], "mqtt://10.0.0.2:1883");
+        let back: AgentHealth = serde_json::from_value(json).unwrap();
+        assert_eq!(back, h);
     }
 }

@@ -165,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The uplink reads the TLS files only when it starts (and only for mqtts://); check
             // them now too.
             let s = edge_agent::agent::uplink_settings(&cfg.file.agent);
-            if s.hub.starts_with("mqtts://") {
+            if s.hubs.iter().any(|h| h.starts_with("mqtts://")) {
                 edge_agent::uplink::check_tls_files(s.ca.as_deref(), s.client_cert.as_ref())?;
             }
             println!(
@@ -196,7 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(k) = &cfg.file.agent.update_key {
                     bundle::parse_public_key(k)?;
                 }
-                edge_agent::uplink::mqtt_options(&edge_agent::agent::uplink_settings(
+                edge_agent::uplink::hub_options(&edge_agent::agent::uplink_settings(
                     &cfg.file.agent,
                 ))?;
             }

@@ -97,6 +97,11 @@ pub struct Metrics {
     pub mqtt_connects: AtomicU64,
     /// MQTT connection errors.
     pub mqtt_errors: AtomicU64,
+    /// Times the uplink turned to the next hub of its list (`[agent] hub` with several URLs)
+    /// after a failed attempt or a lost connection.
+    pub hub_switches: AtomicU64,
+    /// The hub the uplink is connected to or trying (set through [`Metrics::set_hub`]).
+    hub: std::sync::Mutex<String>,
     /// Commands carried out.
     pub commands_ok: AtomicU64,
     /// Commands refused or failed.
@@ -139,6 +144,19 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Records the hub the uplink is connected to or trying now.
+    pub fn set_hub(&self, url: &str) {
+        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        hub.clear();
+        hub.push_str(url);
+    }
+
+    /// The hub the uplink is connected to or trying now; `None` before the uplink started.
+    pub fn hub(&self) -> Option<String> {
+        let hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        (!hub.is_empty()).then(|| hub.clone())
     }
 
     /// Replaces the device counters (start, reload).
@@ -288,13 +306,18 @@ impl Collector for MetricsCollector {
             "1 while the MQTT session to the hub is up.",
             u64::from(m.mqtt_connected.load(Relaxed)),
         )?;
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "mqtt_connects",
                 "Successful MQTT connects.",
                 &m.mqtt_connects,
             ),
             ("mqtt_errors", "MQTT connection errors.", &m.mqtt_errors),
+            (
+                "hub_switches",
+                "Times the uplink turned to the next hub of agent.hub after a failure.",
+                &m.hub_switches,
+            ),
             ("commands_ok", "Commands carried out.", &m.commands_ok),
             (
                 "commands_failed",
@@ -612,9 +635,12 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("edge_agent_"), "{line}");
         }
-        // 1 + 10 + 2 + 10 metrics, 7 of the queue, 7 of the disk (free bytes unknown yet),
+        // 1 + 10 + 2 + 11 metrics, 7 of the queue, 7 of the disk (free bytes unknown yet),
         // 7 per device.
-        assert_eq!(text.matches("# TYPE ").count(), 44, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 45, "{text}");
+        assert!(text.contains(
+            "# TYPE edge_agent_hub_switches_total counter\nedge_agent_hub_switches_total 0\n"
+        ));
         assert!(text.contains("edge_agent_queue_writable 1\n"));
         m.disk.free_bytes.store(123, Relaxed);
         m.disk.buffer_dropped_readings.store(5, Relaxed);
@@ -627,6 +653,6 @@ mod tests {
         // Without the queue's figures its families are left out.
         let text = render(&m, None, || 3_500);
         assert!(!text.contains("edge_agent_queue_depth"));
-        assert_eq!(text.matches("# TYPE ").count(), 38);
+        assert_eq!(text.matches("# TYPE ").count(), 39);
     }
 }

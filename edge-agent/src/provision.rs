@@ -121,14 +121,14 @@ impl Provision {
         let settings = UplinkSettings {
             agent: self.id.clone(),
             secret: Some(self.secret.clone()),
-            hub: url.clone(),
+            hubs: vec![url.clone()],
             keepalive: Duration::from_secs(30),
             ca: self.ca_file.clone(),
             client_cert: None,
             max_inflight: 1,
             ack_timeout: Duration::from_secs(30),
         };
-        let full = crate::uplink::mqtt_options(&settings)
+        let full = crate::uplink::mqtt_options(&settings, &url)
             .map_err(|e| ProvisionError::Invalid(e.to_string()))?;
         // Same identity and transport, but no will: a check must not mark the agent offline.
         let (_, host, port) =
@@ -249,7 +249,7 @@ mod tests {
             crate::config::AgentConfig::from_toml(&text, Path::new("/etc/edge-agent")).unwrap();
         assert_eq!(cfg.file.agent.id, "AG-0042");
         assert_eq!(cfg.file.agent.secret.as_deref(), Some("s\"ec\\ret"));
-        assert_eq!(cfg.file.agent.hub, "mqtt://10.0.0.5:1883");
+        assert_eq!(cfg.file.agent.hub.as_slice(), ["mqtt://10.0.0.5:1883"]);
         assert_eq!(
             cfg.file.agent.data_dir,
             Path::new("/etc/edge-agent/data/agent")

@@ -1,7 +1,8 @@
 //! The MQTT uplink: one session to the hub, the durable queue forwarded through it.
 //!
 //! Two tasks. The *connection* task polls rumqttc's event loop without pause (rumqttc makes
-//! progress only while polled), reconnects with backoff and jitter, and after every ConnAck
+//! progress only while polled), reconnects with backoff and jitter (to the next hub of the list
+//! when `[agent] hub` names several: `HubRotation`), and after every ConnAck
 //! subscribes to `ack` and `cmd` again and publishes `online` (retained; the will says
 //! `offline`). The *forwarder* task sends queue entries with a window of `max_inflight`
 //! unacknowledged entries (pipelined, not stop-and-wait), deletes them when the hub's ack
@@ -53,8 +54,9 @@ pub struct UplinkSettings {
     pub agent: String,
     /// Password; none when `client_cert` identifies the agent.
     pub secret: Option<String>,
-    /// `mqtt://host:port` or `mqtts://host:port`.
-    pub hub: String,
+    /// The hubs, `mqtt://host:port` or `mqtts://host:port`, in the order the uplink tries them
+    /// (at least one; see `HubRotation` for the failover).
+    pub hubs: Vec<String>,
     /// MQTT keepalive.
     pub keepalive: Duration,
     /// CA certificates (PEM) for `mqtts://`; system roots when absent.
@@ -82,6 +84,9 @@ pub enum UplinkError {
     /// The hub URL is not `mqtt://host:port` / `mqtts://host:port`.
     #[error("hub `{0}`: expected mqtt://host:port or mqtts://host:port")]
     BadUrl(String),
+    /// No hub at all (`[agent] hub = []`, which config validation refuses).
+    #[error("no hub: agent.hub needs at least one mqtt:// or mqtts:// URL")]
+    NoHub,
     /// TLS could not be configured.
     #[error("TLS: {0}")]
     Tls(String),
@@ -305,11 +310,44 @@ fn client_config(
         })
 }
 
-/// MQTT options for the agent: client id = user = agent id, password = secret (none with a
-/// client certificate and no secret), the `offline` will, a clean session, large packets, TLS
-/// for `mqtts://`.
-pub fn mqtt_options(s: &UplinkSettings) -> Result<MqttOptions, UplinkError> {
-    let (tls, host, port) = parse_hub_url(&s.hub)?;
+/// MQTT options for the agent to reach `hub`: client id = user = agent id, password = secret
+/// (none with a client certificate and no secret), the `offline` will, a clean session, large
+/// packets, TLS for `mqtts://`.
+pub fn mqtt_options(s: &UplinkSettings, hub: &str) -> Result<MqttOptions, UplinkError> {
+    options_with(s, hub, None)
+}
+
+/// The options of every hub of `s.hubs`, same order; the TLS files are read once.
+pub fn hub_options(s: &UplinkSettings) -> Result<Vec<MqttOptions>, UplinkError> {
+    if s.hubs.is_empty() {
+        return Err(UplinkError::NoHub);
+    }
+    let mut tls = None;
+    s.hubs
+        .iter()
+        .map(|hub| {
+            let config = match hub.starts_with("mqtts://") {
+                true => match &tls {
+                    Some(c) => Some(Arc::clone(c)),
+                    None => {
+                        let c = Arc::new(tls_config(s.ca.as_deref(), s.client_cert.as_ref())?);
+                        tls = Some(c.clone());
+                        Some(c)
+                    }
+                },
+                false => None,
+            };
+            options_with(s, hub, config)
+        })
+        .collect()
+}
+
+fn options_with(
+    s: &UplinkSettings,
+    hub: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<MqttOptions, UplinkError> {
+    let (is_tls, host, port) = parse_hub_url(hub)?;
     let mut o = MqttOptions::new(s.agent.clone(), host, port);
     // rumqttc leaves the password flag off for an empty password, so a certificate-only agent
     // sends its id as user name and no password at all.
@@ -324,11 +362,12 @@ pub fn mqtt_options(s: &UplinkSettings) -> Result<MqttOptions, UplinkError> {
         QoS::AtLeastOnce,
         true,
     ));
-    if tls {
-        let config = tls_config(s.ca.as_deref(), s.client_cert.as_ref())?;
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(config),
-        )));
+    if is_tls {
+        let config = match tls {
+            Some(c) => c,
+            None => Arc::new(tls_config(s.ca.as_deref(), s.client_cert.as_ref())?),
+        };
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
     Ok(o)
 }
@@ -366,8 +405,9 @@ impl Uplink {
         metrics: Arc<Metrics>,
         committed: watch::Receiver<u64>,
     ) -> Result<(Uplink, UplinkTasks, mpsc::Receiver<Vec<u8>>), UplinkError> {
-        let options = mqtt_options(settings)?;
-        let (client, mut eventloop) = AsyncClient::new(options, settings.max_inflight * 2 + 64);
+        let hubs = hub_options(settings)?;
+        let (client, mut eventloop) =
+            AsyncClient::new(hubs[0].clone(), settings.max_inflight * 2 + 64);
         // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add up to ~100 ms to each small
         // publish/ack exchange (measured: a window of 1 drained 500 readings/s on loopback).
         let mut net = rumqttc::NetworkOptions::new();
@@ -384,8 +424,10 @@ impl Uplink {
         } else {
             "agent.id and agent.cert"
         };
+        let hubs = settings.hubs.iter().cloned().zip(hubs).collect();
         let connection = tokio::spawn(run_connection(
             eventloop,
+            hubs,
             credentials,
             topics.clone(),
             link_tx,
@@ -513,9 +555,63 @@ impl Uplink {
     }
 }
 
-/// `credentials` names the config keys to check when the hub refuses the login.
+/// Which hub of the list the next connection attempt goes to, and how long to wait before it.
+///
+/// Failover order: the first hub, then after every failed attempt or lost connection the next
+/// one, round robin (`[A, B, C]`: A, B, C, A, ...). A success does not send the agent back to
+/// the first hub: it stays where it is connected until that connection fails.
+///
+/// Backoff: one delay before *every* attempt, as with a single hub, so a list of dead hubs is
+/// never a tight loop and a district's agents that lost one hub together reach the next one
+/// spread over the jitter rather than in one burst. But the step grows only once per full
+/// pass over the list: with `[A, B]` and A dead after a good session, B is tried after the
+/// base delay (0.5 s, halved by the jitter at most) rather than after a step A's failure
+/// doubled. A ConnAck resets it. With one hub this is exactly the old per-attempt backoff.
+#[derive(Debug)]
+struct HubRotation {
+    current: usize,
+    len: usize,
+    /// Failed attempts since the last full pass (or the last success).
+    failures_in_pass: usize,
+    backoff: Backoff,
+}
+
+impl HubRotation {
+    fn new(len: usize) -> HubRotation {
+        HubRotation {
+            current: 0,
+            len: len.max(1),
+            failures_in_pass: 0,
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+        }
+    }
+
+    fn connected(&mut self) {
+        self.backoff.reset();
+        self.failures_in_pass = 0;
+    }
+
+    /// After a failed attempt or a lost connection: the hub to try next and the delay before.
+    fn failed(&mut self) -> (usize, Duration) {
+        self.current = (self.current + 1) % self.len;
+        self.failures_in_pass += 1;
+        let delay = if self.failures_in_pass >= self.len {
+            self.failures_in_pass = 0;
+            self.backoff.next_delay()
+        } else {
+            self.backoff.delay()
+        };
+        (self.current, delay)
+    }
+}
+
+/// The connection task: polls the event loop, turns to the next hub of `hubs` (URL and its
+/// options) after each failure (`HubRotation`). `credentials` names the config keys to check
+/// when a hub refuses the login.
+#[allow(clippy::too_many_arguments)]
 async fn run_connection(
     mut eventloop: EventLoop,
+    hubs: Vec<(String, MqttOptions)>,
     credentials: &'static str,
     topics: Topics,
     link: mpsc::UnboundedSender<LinkEvent>,
@@ -523,16 +619,20 @@ async fn run_connection(
     connected: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let mut rotation = HubRotation::new(hubs.len());
+    let url = |i: usize| hubs.get(i).map(|(u, _)| u.as_str()).unwrap_or_default();
+    metrics.set_hub(url(0));
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
+                rotation.connected();
                 metrics.mqtt_connects.fetch_add(1, Relaxed);
                 metrics.mqtt_connected.store(true, Relaxed);
-                tracing::info!(hub = ?eventloop.mqtt_options.broker_address(), "connected to the hub");
+                tracing::info!(hub = url(rotation.current), "connected to the hub");
                 // Straight into the event loop's own queue, ahead of anything else: the request
                 // channel may be full of publishes, and this task is the one that drains it.
+                // A clean session (every connection, whichever hub) has no subscriptions: they
+                // are made again here each time.
                 eventloop.pending.push_front(Request::Publish({
                     let mut p = rumqttc::Publish::new(
                         topics.status.clone(),
@@ -549,6 +649,8 @@ async fn run_connection(
                         SubscribeFilter::new(topics.cmd.clone(), QoS::AtLeastOnce),
                     ])));
                 connected.send_replace(true);
+                // The forwarder restarts its window from the oldest unacknowledged entry: after
+                // a switch, everything the previous hub did not acknowledge goes to this one.
                 let _ = link.send(LinkEvent::Up);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -595,12 +697,28 @@ async fn run_connection(
                 if was_up {
                     let _ = link.send(LinkEvent::Down);
                 }
-                let delay = backoff.next_delay();
+                let failed = rotation.current;
+                let (next, delay) = rotation.failed();
+                let hub = url(failed);
+                let then = match hubs.get(next) {
+                    Some((to, options)) if next != failed => {
+                        // rumqttc keeps one broker address in its options, read at each
+                        // connect; the event loop (its request channel, shared with the
+                        // forwarder, health and commands) stays. What it still holds for the
+                        // old hub is dropped when the new hub's ConnAck starts a clean session.
+                        eventloop.mqtt_options = options.clone();
+                        metrics.hub_switches.fetch_add(1, Relaxed);
+                        metrics.set_hub(to);
+                        format!("switching to hub {to} in {delay:?}")
+                    }
+                    _ => format!("retry in {delay:?}"),
+                };
                 match &e {
                     rumqttc::ConnectionError::ConnectionRefused(code) => tracing::error!(
-                        "the hub refused the connection ({code:?}); check {credentials}; retry in {delay:?}"
+                        hub,
+                        "the hub refused the connection ({code:?}); check {credentials}; {then}"
                     ),
-                    _ => tracing::warn!("hub connection: {e}; retry in {delay:?}"),
+                    _ => tracing::warn!(hub, "hub connection: {e}; {then}"),
                 }
                 tokio::time::sleep(delay).await;
             }
@@ -1014,14 +1132,14 @@ mod tests {
         let s = UplinkSettings {
             agent: "AG-0001".into(),
             secret: Some("s3cret".into()),
-            hub: "mqtt://127.0.0.1:1883".into(),
+            hubs: vec!["mqtt://127.0.0.1:1883".into()],
             keepalive: Duration::from_secs(30),
             ca: None,
             client_cert: None,
             max_inflight: 32,
             ack_timeout: Duration::from_secs(30),
         };
-        let o = mqtt_options(&s).unwrap();
+        let o = mqtt_options(&s, &s.hubs[0]).unwrap();
         assert_eq!(o.client_id(), "AG-0001");
         let login = o.credentials().unwrap();
         assert_eq!(
@@ -1036,18 +1154,85 @@ mod tests {
     }
 
     #[test]
-    fn without_a_secret_the_agent_sends_its_id_and_no_password() {
+    fn every_hub_of_the_list_gets_its_options_in_order() {
         let s = UplinkSettings {
             agent: "AG-0001".into(),
-            secret: None,
-            hub: "mqtt://127.0.0.1:1883".into(),
+            secret: Some("s3cret".into()),
+            hubs: vec!["mqtt://10.0.0.1:1883".into(), "mqtt://[::1]:1884".into()],
             keepalive: Duration::from_secs(30),
             ca: None,
             client_cert: None,
             max_inflight: 32,
             ack_timeout: Duration::from_secs(30),
         };
-        let o = mqtt_options(&s).unwrap();
+        let o = hub_options(&s).unwrap();
+        let addrs: Vec<_> = o.iter().map(|o| o.broker_address()).collect();
+        assert_eq!(
+            addrs,
+            [("10.0.0.1".to_string(), 1883), ("::1".to_string(), 1884)]
+        );
+        assert!(o.iter().all(|o| o.client_id() == "AG-0001"));
+        let bad = UplinkSettings {
+            hubs: vec!["mqtt://10.0.0.1:1883".into(), "mqtt://nohost".into()],
+            ..s.clone()
+        };
+        assert!(matches!(hub_options(&bad), Err(UplinkError::BadUrl(u)) if u == "mqtt://nohost"));
+        let none = UplinkSettings { hubs: vec![], ..s };
+        assert!(matches!(hub_options(&none), Err(UplinkError::NoHub)));
+    }
+
+    #[test]
+    fn hubs_rotate_round_robin_and_back_off_once_per_pass() {
+        let mut r = HubRotation::new(3);
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let step = r.backoff.step();
+            let (next, delay) = r.failed();
+            assert!(delay >= step / 2 && delay <= step, "{delay:?} for {step:?}");
+            seen.push((next, step.as_millis()));
+        }
+        assert_eq!(
+            seen,
+            [
+                (1, 500),
+                (2, 500),
+                (0, 500),
+                (1, 1000),
+                (2, 1000),
+                (0, 1000)
+            ]
+        );
+        // Connected to hub 0: the backoff starts over, and a loss moves on to hub 1.
+        r.connected();
+        assert_eq!(r.backoff.step(), Duration::from_millis(500));
+        assert_eq!(r.failed().0, 1);
+        assert_eq!(r.backoff.step(), Duration::from_millis(500));
+
+        // One hub: the step grows at every failure, as before lists.
+        let mut one = HubRotation::new(1);
+        let steps: Vec<u128> = (0..3)
+            .map(|_| {
+                let s = one.backoff.step().as_millis();
+                assert_eq!(one.failed().0, 0);
+                s
+            })
+            .collect();
+        assert_eq!(steps, [500, 1000, 2000]);
+    }
+
+    #[test]
+    fn without_a_secret_the_agent_sends_its_id_and_no_password() {
+        let s = UplinkSettings {
+            agent: "AG-0001".into(),
+            secret: None,
+            hubs: vec!["mqtt://127.0.0.1:1883".into()],
+            keepalive: Duration::from_secs(30),
+            ca: None,
+            client_cert: None,
+            max_inflight: 32,
+            ack_timeout: Duration::from_secs(30),
+        };
+        let o = mqtt_options(&s, &s.hubs[0]).unwrap();
         let login = o.credentials().unwrap();
         assert_eq!(login.username, "AG-0001");
         // rumqttc sets the password flag only for a non-empty password.

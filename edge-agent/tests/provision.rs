@@ -83,7 +83,7 @@ fn provision_checks_credentials_and_writes_a_working_config() {
         0o600
     );
     let cfg = edge_agent::config::AgentConfig::load(&out).unwrap();
-    assert_eq!(cfg.file.agent.hub, format!("mqtt://{hub}"));
+    assert_eq!(cfg.file.agent.hub.as_slice(), [format!("mqtt://{hub}")]);
     assert_eq!(cfg.file.agent.secret.as_deref(), Some("right-secret"));
     let (ok, text) = provision(&[
         "--hub",

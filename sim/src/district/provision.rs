@@ -928,7 +928,7 @@ mod tests {
         )
         .unwrap();
         let a = &agent.file.agent;
-        assert_eq!(a.hub, "mqtts://127.0.0.1:8883");
+        assert_eq!(a.hub.as_slice(), ["mqtts://127.0.0.1:8883"]);
         assert_eq!(a.secret.as_deref(), Some(secrets.get("AG-LC01")));
         for p in [&a.ca, &a.cert, &a.key] {
             let p = p.as_ref().expect("TLS file set");
