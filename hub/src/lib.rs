@@ -19,6 +19,7 @@
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod feeds;
 pub mod health;
@@ -120,6 +121,15 @@ pub struct Hub<S> {
     options: PipelineOptions,
     controls: Controls,
     dashboard: Arc<api::dashboard::Site>,
+    cluster: Option<Clustered>,
+}
+
+/// A hub's cluster parts before it starts: the connections, and the queue between the ingress
+/// and the front that puts every event into the replicated log.
+struct Clustered {
+    link: Arc<cluster::Link>,
+    front_tx: mpsc::Sender<IngressEvent>,
+    front_rx: mpsc::Receiver<IngressEvent>,
 }
 
 impl<S: SeriesStore> Hub<S> {
@@ -143,7 +153,24 @@ impl<S: SeriesStore> Hub<S> {
             options: PipelineOptions::default(),
             controls,
             dashboard,
+            cluster: None,
         })
+    }
+
+    /// Runs this hub as one of a cluster (see [`cluster`]): the ingress's events go into the
+    /// replicated log, and the pipeline works the partitions this hub holds.
+    pub fn with_cluster(mut self, link: Arc<cluster::Link>) -> Hub<S> {
+        let (front_tx, front_rx) = mpsc::channel(INGRESS_QUEUE);
+        self.metrics_registry
+            .register_collector(Box::new(cluster::view::ClusterCollector(
+                link.state.clone(),
+            )));
+        self.cluster = Some(Clustered {
+            link,
+            front_tx,
+            front_rx,
+        });
+        self
     }
 
     /// Overrides the pipeline's sizes.
@@ -176,7 +203,10 @@ impl<S: SeriesStore> Hub<S> {
     /// A sender for ingress events (give it to the ingress). The pipeline also drains and stops
     /// by itself once every sender handed out is dropped.
     pub fn ingress_sender(&self) -> mpsc::Sender<IngressEvent> {
-        self.events_tx.clone()
+        match &self.cluster {
+            Some(c) => c.front_tx.clone(),
+            None => self.events_tx.clone(),
+        }
     }
 
     /// The configuration.
@@ -198,6 +228,7 @@ impl<S: SeriesStore> Hub<S> {
             options,
             controls,
             dashboard,
+            cluster,
         } = self;
         // Bind first: a taken port must fail the start before anything runs.
         let listener = tokio::net::TcpListener::bind(&config.hub.http_listen)
@@ -228,13 +259,25 @@ impl<S: SeriesStore> Hub<S> {
             use axum::serve::Listener;
             l.local_addr().unwrap_or(http_addr)
         });
-        let outlet = Outlet::new(publisher);
+        let (outlet, cluster) = match cluster {
+            None => (Outlet::new(publisher), None),
+            Some(c) => {
+                let (remote, publishing) = cluster::fanout::NatsRemote::new(c.link.clone());
+                tokio::spawn(publishing);
+                (Outlet::clustered(publisher, Arc::new(remote)), Some(c))
+            }
+        };
         let dead_letters = DeadLetters::new(outlet.clone(), metrics.clone());
+        // Stations enter where MQTT clients do: the log in cluster mode, the pipeline otherwise.
+        let station_events = match &cluster {
+            Some(c) => c.front_tx.clone(),
+            None => events_tx.clone(),
+        };
         // The hub's own ingress (stations on TCP): bound before anything runs, like HTTP. It
         // holds the last sender of the pipeline's queue beside the broker's and stops first.
         let mut ingress = Shutdown::new("ingress");
         let (hj212_addrs, hj212_metrics) =
-            hj212::start(&config, events_tx, dead_letters.clone(), &mut ingress).await?;
+            hj212::start(&config, station_events, dead_letters.clone(), &mut ingress).await?;
         metrics_registry.register_collector(Box::new(hj212::Hj212Collector(hj212_metrics)));
         let latest = |id: &str| match store.latest(id) {
             Ok(points) => points,
@@ -350,6 +393,34 @@ impl<S: SeriesStore> Hub<S> {
             },
         };
         let pipeline = Pipeline::start(stages, events_rx, options);
+        // Cluster mode: the front (ingress -> log) ends with the ingress; the leases and their
+        // workers (log -> pipeline) and the relay (cluster -> this hub's subscribers) stop
+        // before the pipeline drains.
+        let mut clustering = Shutdown::new("cluster");
+        let cluster_link = match cluster {
+            None => None,
+            Some(Clustered {
+                link,
+                front_tx,
+                front_rx,
+            }) => {
+                drop(front_tx);
+                let (l, r, local) = (link.clone(), registry.clone(), events_tx.clone());
+                ingress.spawn("cluster front", move |stop| {
+                    cluster::front::run(l, r, front_rx, local, stop)
+                });
+                let (l, ev, http) = (link.clone(), events_tx.clone(), http_addr.to_string());
+                clustering.spawn("partition leases", move |stop| {
+                    cluster::lease::run(l, http, ev, stop)
+                });
+                let (l, o) = (link.clone(), outlet.clone());
+                clustering.spawn("cluster relay", move |stop| {
+                    cluster::fanout::relay(l, o, stop)
+                });
+                Some(link)
+            }
+        };
+        drop(events_tx);
 
         // Stopped right after the pipeline: the alert writer flushes what its last readings
         // changed.
@@ -377,6 +448,7 @@ impl<S: SeriesStore> Hub<S> {
             config_source: config.source.clone(),
             disk,
             dashboard,
+            cluster: cluster_link,
         }));
         if let Some(https) = https {
             let router = router.clone();
@@ -418,6 +490,7 @@ impl<S: SeriesStore> Hub<S> {
             timers,
             http,
             maintenance,
+            clustering,
         })
     }
 }
@@ -516,6 +589,8 @@ pub struct RunningHub {
     http: Shutdown,
     /// Twin checkpoints, video retention.
     maintenance: Shutdown,
+    /// Cluster mode's leases, partition workers and relay (empty for a hub on its own).
+    clustering: Shutdown,
 }
 
 impl RunningHub {
@@ -562,6 +637,8 @@ impl RunningHub {
         self.sparkplug
             .announce(false, protocols::time::now_ms().max(0) as u64);
         self.ingress.stop().await;
+        // Partitions are drained and handed over before the pipeline stops.
+        self.clustering.stop().await;
         self.pipeline.join().await;
         self.timers.stop().await;
         self.http.stop().await;

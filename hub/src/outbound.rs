@@ -1,6 +1,11 @@
 //! Everything the hub sends: through the ingress [`Publisher`] to MQTT clients, and, for the
 //! documents apps stream over HTTP (feeds, twins, alerts), onto the live bus that
 //! `GET /api/v1/stream` subscribers read.
+//!
+//! In cluster mode an outlet sends everything to a [`Remote`] instead (every hub of the
+//! cluster, this one included), and each hub's relay hands what arrives to
+//! [`Outlet::deliver`]: its own broker and live bus. So a subscriber on any hub gets each
+//! message once, whichever hub produced it.
 
 use std::sync::Arc;
 
@@ -36,6 +41,18 @@ impl LiveKind {
         }
     }
 
+    /// The kind of an SSE event name.
+    pub fn from_name(name: &str) -> Option<LiveKind> {
+        [
+            LiveKind::Feed,
+            LiveKind::Twin,
+            LiveKind::Alert,
+            LiveKind::Event,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+
     fn of(topic: &str) -> Option<LiveKind> {
         let rest = topic.strip_prefix("v1/")?;
         if rest.starts_with("feeds/") {
@@ -61,23 +78,71 @@ pub struct LiveUpdate {
     pub payload: Bytes,
 }
 
+/// Where a clustered hub's outbound messages go: to every hub of the cluster.
+pub trait Remote: Send + Sync + 'static {
+    /// Sends a message (or, with `live_only`, a live-stream-only document) to every hub.
+    /// Never blocks.
+    fn send(&self, msg: Outbound, live_only: Option<LiveKind>);
+}
+
 /// The hub's outbound side.
 #[derive(Clone)]
 pub struct Outlet {
     publisher: Arc<dyn Publisher>,
     live: broadcast::Sender<LiveUpdate>,
+    remote: Option<Arc<dyn Remote>>,
 }
 
 impl Outlet {
     /// Sends through `publisher` and a new live bus.
     pub fn new(publisher: Arc<dyn Publisher>) -> Outlet {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
-        Outlet { publisher, live }
+        Outlet {
+            publisher,
+            live,
+            remote: None,
+        }
+    }
+
+    /// Sends through `remote` to every hub of a cluster; what comes back through this hub's
+    /// relay is delivered to `publisher` and the live bus by [`Outlet::deliver`].
+    pub fn clustered(publisher: Arc<dyn Publisher>, remote: Arc<dyn Remote>) -> Outlet {
+        Outlet {
+            remote: Some(remote),
+            ..Outlet::new(publisher)
+        }
+    }
+
+    /// Hands a message from the cluster to this hub's subscribers: MQTT unless `live_only`,
+    /// and the live bus.
+    pub fn deliver(&self, msg: Outbound, live_only: Option<LiveKind>) {
+        if let Some(kind) = live_only.or_else(|| LiveKind::of(&msg.topic))
+            && self.live.receiver_count() > 0
+        {
+            let _ = self.live.send(LiveUpdate {
+                kind,
+                topic: msg.topic.as_str().into(),
+                payload: msg.payload.clone(),
+            });
+        }
+        if live_only.is_none() {
+            self.publisher.publish(msg);
+        }
     }
 
     /// Publishes a message to MQTT subscribers and, if it is a feed, twin or alert, to the live
     /// bus.
     pub fn publish(&self, topic: &str, payload: Bytes, retain: bool) {
+        if let Some(remote) = &self.remote {
+            let msg = Outbound {
+                topic: topic.to_string(),
+                payload,
+                retain,
+                at_most_once: false,
+            };
+            remote.send(msg, None);
+            return;
+        }
         if self.live.receiver_count() > 0
             && let Some(kind) = LiveKind::of(topic)
         {
@@ -99,17 +164,31 @@ impl Outlet {
     /// not be redelivered (Sparkplug B NCMD and DCMD, tck-id-payloads-ncmd-qos and
     /// tck-id-payloads-dcmd-qos).
     pub fn publish_at_most_once(&self, topic: &str, payload: Bytes) {
-        self.publisher.publish(Outbound {
+        let msg = Outbound {
             topic: topic.to_string(),
             payload,
             retain: false,
             at_most_once: true,
-        });
+        };
+        match &self.remote {
+            Some(remote) => remote.send(msg, None),
+            None => self.publisher.publish(msg),
+        }
     }
 
     /// Sends a document to live stream subscribers only (grants are checked against
     /// `topic`), not over MQTT.
     pub fn publish_live(&self, kind: LiveKind, topic: &str, payload: Bytes) {
+        if let Some(remote) = &self.remote {
+            let msg = Outbound {
+                topic: topic.to_string(),
+                payload,
+                retain: false,
+                at_most_once: true,
+            };
+            remote.send(msg, Some(kind));
+            return;
+        }
         if self.live.receiver_count() > 0 {
             let _ = self.live.send(LiveUpdate {
                 kind,

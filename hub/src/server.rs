@@ -29,6 +29,9 @@ pub enum ServerError {
     /// The TLS certificate, key or client CA could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// Cluster mode could not reach NATS or PostgreSQL.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A listen address that does not parse.
     #[error("`{0}` is not an address like 0.0.0.0:1883 or [::]:1883")]
     BadAddress(String),
@@ -113,7 +116,14 @@ impl Server {
         let opts = store_options(&config.hub);
         // Opening replays the write-ahead log: blocking work.
         let store = Arc::new(tokio::task::spawn_blocking(move || TsStore::open(dir, opts)).await??);
+        let cluster = match config.cluster.clone() {
+            Some(c) => Some(crate::cluster::Link::connect(c).await?),
+            None => None,
+        };
         let mut hub = Hub::new(config, store.clone())?.with_options(options);
+        if let Some(link) = cluster {
+            hub = hub.with_cluster(link);
+        }
         let broker_cfg = broker_config(&hub.config().hub)?;
         let broker = Broker::start(broker_cfg, hub.authenticator(), hub.ingress_sender()).await?;
         let metrics = hub.metrics();

@@ -126,6 +126,23 @@ pub fn decode(bytes: &[u8]) -> Result<AgentBatch, BatchError> {
     }
 }
 
+/// The origin of an encoded batch, `(agent, stream, seq)`, read from its first fields without
+/// decoding the readings (cluster mode names each batch in the replicated log by it).
+pub fn peek_origin(bytes: &[u8]) -> Result<(&str, u64, u64), BatchError> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        agent: &'a str,
+        stream: u64,
+        seq: u64,
+    }
+    let (&version, body) = bytes.split_first().ok_or(BatchError::Empty)?;
+    if version != BATCH_FORMAT_VERSION {
+        return Err(BatchError::UnknownVersion(version));
+    }
+    let (h, _) = postcard::take_from_bytes::<Head<'_>>(body).map_err(BatchError::Malformed)?;
+    Ok((h.agent, h.stream, h.seq))
+}
+
 /// The hub's acknowledgement on `v1/agents/{id}/ack` (JSON): what is now durably stored.
 ///
 /// Sequence numbers are shared by everything an agent sends through its durable queue
@@ -207,6 +224,18 @@ mod tests {
         assert_eq!(bytes[0], BATCH_FORMAT_VERSION);
         assert_eq!(decode(&bytes).unwrap(), b);
         assert!(bytes.len() < 60, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn the_origin_is_read_without_the_readings() {
+        let bytes = encode(&sample_batch());
+        assert_eq!(peek_origin(&bytes).unwrap(), ("AG-0001", 0xdead_beef, 42));
+        assert!(matches!(peek_origin(&[]), Err(BatchError::Empty)));
+        assert!(matches!(
+            peek_origin(&[9, 1]),
+            Err(BatchError::UnknownVersion(9))
+        ));
+        assert!(peek_origin(&bytes[..4]).is_err());
     }
 
     /// Version 1 as first shipped, byte for byte: a newer hub must keep reading it.

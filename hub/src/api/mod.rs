@@ -10,6 +10,7 @@
 
 mod alerts;
 mod cameras;
+mod cluster;
 pub mod dashboard;
 mod devices;
 mod ngsi_ld;
@@ -66,6 +67,8 @@ pub struct ApiState<S> {
     pub disk: Arc<crate::health::DiskWatch>,
     /// The dashboard's settings and base map.
     pub dashboard: Arc<dashboard::Site>,
+    /// Cluster mode's connections (`None` for a hub on its own).
+    pub cluster: Option<Arc<crate::cluster::Link>>,
 }
 
 /// The router with every route of the HTTP contract.
@@ -74,6 +77,7 @@ pub fn router<S: SeriesStore>(state: Arc<ApiState<S>>) -> Router {
         .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/api/v1/cluster", get(cluster::view::<S>))
         .route("/api/v1/devices", get(devices::list::<S>))
         .route("/api/v1/devices/{id}", get(devices::one::<S>))
         .route("/api/v1/devices/{id}/desired", patch(devices::desired::<S>))
@@ -136,6 +140,11 @@ impl Failure {
     /// 409.
     pub fn conflict(detail: impl Into<String>) -> Failure {
         Failure::new(StatusCode::CONFLICT, "conflict", detail)
+    }
+
+    /// 503.
+    pub fn unavailable(detail: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 
     /// 500.

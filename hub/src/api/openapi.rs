@@ -30,6 +30,7 @@ use super::ngsi_ld::ProblemDetails;
         super::readyz,
         super::metrics,
         document,
+        super::cluster::view,
         super::devices::list,
         super::devices::one,
         super::devices::desired,

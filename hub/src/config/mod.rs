@@ -16,7 +16,9 @@ use protocols::id::{validate_id, validate_kind};
 use protocols::topic::AlertLevel;
 use serde::{Deserialize, Serialize};
 
+pub mod cluster;
 pub mod sparkplug;
+pub use cluster::ClusterSettings;
 pub use sparkplug::{AgentProtocol, SparkplugMetricConfig, SparkplugSettings};
 
 /// The whole hub.toml.
@@ -50,6 +52,10 @@ pub struct HubConfig {
     /// The dashboard's base map.
     #[serde(default)]
     pub dashboard: DashboardSettings,
+    /// Cluster mode: several hubs on NATS JetStream and PostgreSQL (one hub with everything
+    /// embedded without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSettings>,
     /// The file this configuration was loaded from (rules are reloaded from it).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -671,6 +677,9 @@ impl HubConfig {
     /// Checks everything that can be checked without running.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.dashboard.validate()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         let s = &self.hub;
         if s.mqtt_listen.is_empty() {
             return Err(ConfigError::new(

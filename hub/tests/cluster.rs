@@ -1,0 +1,140 @@
+//! Cluster mode with real engines: a three-node NATS JetStream cluster and PostgreSQL started
+//! by the test (`engines`), hubs on them, real MQTT clients and HTTP.
+
+mod hub_e2e_support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use engines::nats::NatsCluster;
+use engines::postgres::Postgres;
+use hub::config::{ClusterSettings, HubConfig};
+use hub_e2e_support::*;
+use protocols::Quantity;
+use protocols::batch::{Ack, encode};
+use rumqttc::QoS;
+
+const OPS: (&str, &str) = ("ops", "ops-secret-123");
+
+async fn engines() -> (NatsCluster, Postgres) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    tokio::task::spawn_blocking(|| {
+        let nats = NatsCluster::start(3).expect("nats-server cluster (scripts/setup-peers.sh)");
+        let pg = Postgres::start().expect("postgres (scripts/setup-peers.sh)");
+        (nats, pg)
+    })
+    .await
+    .unwrap()
+}
+
+fn cluster_config(dir: &Path, node: &str, nats: &NatsCluster, pg: &Postgres) -> HubConfig {
+    let mut cfg = config(dir);
+    cfg.cluster = Some(ClusterSettings {
+        node: node.into(),
+        nats: nats.urls(),
+        postgres: pg.url(),
+        partitions: 8,
+        lease: protocols::config::HumanDuration(Duration::from_secs(3)),
+        replicas: 3,
+    });
+    cfg
+}
+
+/// Waits until `check` holds for `GET /api/v1/cluster` of `base` (the leases settle in rounds
+/// of a third of a lease; nothing announces them).
+async fn cluster_until(base: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get_json(base, "/api/v1/cluster", Some(OPS)).await;
+        if status == 200 && check(&body) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn owned_by(body: &serde_json::Value, node: &str) -> usize {
+    body["partition_owners"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|p| p["owner"] == node).count())
+}
+
+fn ack_of(p: &rumqttc::Publish) -> Ack {
+    serde_json::from_slice(&p.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_on_one_hub_is_heard_by_an_app_on_another() {
+    let (nats, pg) = engines().await;
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let h1 = E2eHub::start(cluster_config(d1.path(), "hub-1", &nats, &pg)).await;
+    let h2 = E2eHub::start(cluster_config(d2.path(), "hub-2", &nats, &pg)).await;
+    cluster_until(&h2.base_url(), "both hubs hold half the partitions", |b| {
+        owned_by(b, "hub-1") == 4 && owned_by(b, "hub-2") == 4
+    })
+    .await;
+
+    let mut app = connect(h2.mqtt, "ops", OPS.1).await.unwrap();
+    app.subscribe("v1/feeds/streetlight/SL-0001", QoS::AtLeastOnce)
+        .await;
+    let mut agent = connect(h1.mqtt, "AG-0001", "ag-secret-0001").await.unwrap();
+    agent
+        .subscribe("v1/agents/AG-0001/ack", QoS::AtLeastOnce)
+        .await;
+
+    let t0 = now_ms() - 60_000;
+    let n = 20u64;
+    for seq in 1..=n {
+        let b = batch(
+            "AG-0001",
+            7,
+            seq,
+            "SL-0001",
+            vec![(
+                t0 + seq as i64 * 1000,
+                vec![reading(Quantity::LampPower, seq as f64)],
+            )],
+        );
+        agent
+            .publish("v1/agents/AG-0001/batch", QoS::AtLeastOnce, encode(&b))
+            .await;
+    }
+    let mut acked = BTreeSet::new();
+    while acked.len() < n as usize {
+        let ack = ack_of(&agent.next_on("v1/agents/AG-0001/ack").await);
+        assert_eq!(ack.stream, 7);
+        for seq in 1..=n {
+            if ack.covers(seq) {
+                acked.insert(seq);
+            }
+        }
+    }
+    // The app on the other hub hears every reading once, in order.
+    let mut heard = Vec::new();
+    while heard.len() < n as usize {
+        let p = app.next_on("v1/feeds/streetlight/SL-0001").await;
+        let doc: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+        heard.push(
+            doc["values"]["lamp_power"]["value"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+    }
+    let expected: Vec<f64> = (1..=n).map(|s| s as f64).collect();
+    assert_eq!(heard, expected, "each feed once, in order");
+
+    h2.stop().await;
+    cluster_until(
+        &h1.base_url(),
+        "hub-1 takes every partition when hub-2 leaves",
+        |b| owned_by(b, "hub-1") == 8,
+    )
+    .await;
+    h1.stop().await;
+}
