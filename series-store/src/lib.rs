@@ -65,6 +65,8 @@ pub mod codec;
 mod dedup;
 mod engine;
 mod head;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod query;
 mod wal;
 
