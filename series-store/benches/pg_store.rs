@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p series-store --features postgres --bench pg_store`; `PG_BENCH_DAYS` (default
 //! 7) days of the realistic series, `PG_BENCH_WINDOWS` chunk windows in minutes (default 60), ticks exact and ±5 ms,
-//! `PG_BENCH_BATCHES` appended batches per run (default 2000). Starts its own PostgreSQL 15
+//! `PG_BENCH_BATCHES` appended batches per run (default 2000), `PG_BENCH_PARTS` what to run
+//! (default `bytes,append`). Starts its own PostgreSQL 15
 //! (engines).
 
 use std::sync::Arc;
@@ -242,6 +243,83 @@ async fn append_rate<S: SeriesStore>(store: Arc<S>, batches: Vec<Vec<WriteBatch>
     points as f64 / t.elapsed().as_secs_f64()
 }
 
+/// The head's write path alone, raw tokio-postgres on a table shaped like `head`: transactions
+/// of `rows` rows as one `INSERT .. SELECT FROM unnest(arrays)` or as `COPY .. FROM STDIN
+/// BINARY`, from `conns` connections at once; rows per second.
+async fn insert_path(url: &str, copy: bool, conns: usize, txs: usize, rows: usize) -> f64 {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let setup = {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c
+    };
+    setup
+        .batch_execute(
+            "DROP TABLE IF EXISTS bench_rows;
+             CREATE TABLE bench_rows (series_id integer NOT NULL, ts_ms bigint NOT NULL,
+                 value double precision NOT NULL, quality smallint NOT NULL, wseq bigint NOT NULL);
+             CREATE INDEX ON bench_rows (series_id, ts_ms);",
+        )
+        .await
+        .expect("table");
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..conns {
+        let url = url.to_owned();
+        tasks.spawn(async move {
+            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            for n in 0..txs / conns {
+                let wseq = (k * txs + n) as i64;
+                let series: Vec<i32> = (0..rows as i32).collect();
+                let ts: Vec<i64> = (0..rows as i64).map(|i| T0 + wseq * 1000 + i).collect();
+                let value: Vec<f64> = (0..rows).map(|i| 2.0 + i as f64 / 1000.0).collect();
+                let quality: Vec<i16> = vec![0; rows];
+                let tx = c.transaction().await.expect("begin");
+                if copy {
+                    let sink = tx
+                        .copy_in(
+                            "COPY bench_rows (series_id, ts_ms, value, quality, wseq) FROM STDIN BINARY",
+                        )
+                        .await
+                        .expect("copy");
+                    let w = BinaryCopyInWriter::new(
+                        sink,
+                        &[Type::INT4, Type::INT8, Type::FLOAT8, Type::INT2, Type::INT8],
+                    );
+                    let mut w = std::pin::pin!(w);
+                    for i in 0..rows {
+                        w.as_mut()
+                            .write(&[&series[i], &ts[i], &value[i], &quality[i], &wseq])
+                            .await
+                            .expect("row");
+                    }
+                    w.finish().await.expect("finish");
+                } else {
+                    tx.execute(
+                        "INSERT INTO bench_rows SELECT u.s, u.t, u.v, u.q, $5
+                         FROM unnest($1::integer[], $2::bigint[], $3::double precision[],
+                                     $4::smallint[]) AS u(s, t, v, q)",
+                        &[&series, &ts, &value, &quality, &wseq],
+                    )
+                    .await
+                    .expect("insert");
+                }
+                tx.commit().await.expect("commit");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("task");
+    }
+    (txs / conns * conns * rows) as f64 / t.elapsed().as_secs_f64()
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -258,7 +336,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    for jitter in [0, 5] {
+    let parts = std::env::var("PG_BENCH_PARTS").unwrap_or_else(|_| "bytes,append".into());
+    let jitters: &[i64] = if parts.contains("bytes") {
+        &[0, 5]
+    } else {
+        &[]
+    };
+    for &jitter in jitters {
         let data = realistic(days * DAY, jitter);
         let points: usize = data.iter().map(|d| d.2.len()).sum();
         println!(
@@ -275,6 +359,23 @@ fn main() {
         });
     }
 
+    rt.block_on(async {
+        let pg = tokio::task::spawn_blocking(Postgres::start)
+            .await
+            .expect("start task")
+            .expect("postgres");
+        for conns in [1, 8] {
+            for rows in [300, 3000] {
+                let txs = (total_batches * 300 / rows).max(conns);
+                let unnest = insert_path(&pg.url(), false, conns, txs, rows).await;
+                let copy = insert_path(&pg.url(), true, conns, txs, rows).await;
+                println!(
+                    "head write path, {conns} connections, transactions of {rows} rows: \
+                     INSERT unnest {unnest:.0} rows/s, COPY BINARY {copy:.0} rows/s"
+                );
+            }
+        }
+    });
     for (agents, readings) in [(1, 300), (8, 300), (8, 100)] {
         let per_agent = total_batches / agents;
         let dir = tempfile::tempdir().expect("tempdir");

@@ -29,7 +29,11 @@
 //! transaction-scoped advisory lock (another hub compacting the same window skips it), it
 //! deletes the window's head rows, merges them over the window's chunk if there is one (head
 //! rows are newer writes, so they win), and writes the chunk. A point written late into an
-//! already compacted window waits in the head until the next compaction merges it.
+//! already compacted window waits in the head until the next compaction merges it. One edge
+//! is left: of two appends writing the same (series, timestamp) concurrently, the one with the
+//! later write number wins while both are in the head, but if a compaction commits between
+//! their commits, the one committed after it wins. Both orders are valid for concurrent
+//! writes; the answer may change once at that compaction.
 //!
 //! # Reads
 //!
