@@ -221,13 +221,14 @@ async fn appends_fail_while_postgres_is_down_and_work_after_it_restarts() {
     }
 }
 
-/// Two hubs (two stores on one database) receive the same agent batch at once: one stores it,
-/// the other answers without writing, and its points are in the database once.
+/// Two hubs (two stores on one database, connecting at once to a fresh one, so the schema is
+/// made under the advisory lock) receive the same agent batch at once: one stores it, the other
+/// answers without writing, and its points are in the database once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_store_a_concurrent_origin_once() {
     let pg = start_pg().await;
-    let a = connect(&pg, opts()).await;
-    let b = connect(&pg, opts()).await;
+    let (a, b) = tokio::join!(connect(&pg, opts()), connect(&pg, opts()));
+    assert_ne!(a.instance(), b.instance());
     let t = hour_ago(3);
     let s = sid("twin-hubs", Quantity::Ph);
     for seq in 1..=20u64 {
