@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use engines::postgres::Postgres;
 use protocols::Quantity;
 use series_store::postgres::{PgOptions, PgStore};
-use series_store::{Origin, Point, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch};
+use series_store::{
+    Agg, Origin, Point, Query, SeriesId, SeriesStore, StoreOptions, TsStore, WriteBatch,
+};
 
 #[path = "common/realistic.rs"]
 mod realistic;
@@ -62,6 +64,47 @@ fn pg_options(window_min: i64) -> PgOptions {
     }
 }
 
+/// Median latency (ms) of three queries on the second day of the water level: a raw day, a day
+/// of one-minute averages, a day of hourly maxima.
+fn query_latency<S: SeriesStore>(store: &S) -> [f64; 3] {
+    let day = T0 + DAY * 1000;
+    let series = SeriesId {
+        device: Arc::from("station-1"),
+        quantity: Quantity::WaterLevel,
+    };
+    let qs = [
+        (None, Agg::Avg),
+        (Some(60_000), Agg::Avg),
+        (Some(3_600_000), Agg::Max),
+    ];
+    qs.map(|(step_ms, agg)| {
+        let q = Query {
+            series: series.clone(),
+            from_ms: day,
+            to_ms: day + DAY * 1000,
+            step_ms,
+            agg,
+        };
+        let mut times: Vec<f64> = (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                let r = store.query(&q).expect("query");
+                assert!(!r.is_empty());
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    })
+}
+
+fn ms3(v: [f64; 3]) -> String {
+    format!(
+        "raw day {:.2} ms, 1-min avg {:.2} ms, 1-h max {:.2} ms",
+        v[0], v[1], v[2]
+    )
+}
+
 async fn pg_bytes_per_point(data: &Data, window_min: i64) {
     let pg = tokio::task::spawn_blocking(Postgres::start)
         .await
@@ -77,12 +120,19 @@ async fn pg_bytes_per_point(data: &Data, window_min: i64) {
     }
     let appended = t.elapsed();
     let head = store.storage().await.expect("storage");
+    let from_head = query_latency(&store);
     let t = Instant::now();
     let rep = store.compact(Duration::ZERO).await.expect("compact");
     let compacted = t.elapsed();
     let s = store.storage().await.expect("storage");
     assert_eq!(s.chunk_points as usize, points);
     let with_data = pg_sizes(&pg.url()).await;
+    let from_chunks = query_latency(&store);
+    println!(
+        "pg window {window_min:4} min queries: from the head {}; from chunks {}",
+        ms3(from_head),
+        ms3(from_chunks)
+    );
     println!(
         "pg window {window_min:4} min: {:6.3} bytes/point (chunk partitions holding data + series), \
          {:6.3} with all {} partitions (empty premade ones and the default too); \
@@ -166,6 +216,7 @@ fn ts_bytes_per_point(data: &Data) -> f64 {
             store.append(b).await.expect("append");
         }
         store.checkpoint().await.expect("checkpoint");
+        println!("TsStore queries: {}", ms3(query_latency(&store)));
         store.close().await.expect("close");
     });
     let points: usize = data.iter().map(|d| d.2.len()).sum();
