@@ -410,6 +410,9 @@ fn main() {
         });
     }
 
+    if !parts.contains("append") {
+        return;
+    }
     rt.block_on(async {
         let pg = tokio::task::spawn_blocking(Postgres::start)
             .await
