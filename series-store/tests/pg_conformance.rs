@@ -504,3 +504,60 @@ async fn two_stores_compact_in_the_background_at_once() {
     assert_same(&answers(&b), &before);
     assert_same(&answers(&a), &before);
 }
+
+/// A chunk whose bytes were damaged in the database is `Corrupt` for the queries touching it
+/// (and `latest`), never a panic; other windows still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_chunk_is_corrupt_not_a_panic() {
+    let pg = start_pg().await;
+    let store = connect(&pg, opts()).await;
+    let s = sid("damaged-1", Quantity::Ph);
+    let t = hour_ago(10);
+    store
+        .append(WriteBatch {
+            origin: None,
+            series: vec![(
+                s.clone(),
+                (0..7200)
+                    .map(|i| pt(t + i * 1000, 7.0 + (i % 7) as f64 / 100.0))
+                    .collect(),
+            )],
+        })
+        .await
+        .expect("append");
+    store.compact(Duration::ZERO).await.expect("compact");
+    let (client, conn) = tokio_postgres::connect(&url(&pg), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    // Flip a bit in the middle of the second hour's chunk.
+    let n = client
+        .execute(
+            "UPDATE series_store.chunks
+             SET rec = set_byte(rec, length(rec) / 2, get_byte(rec, length(rec) / 2) # 16)
+             WHERE window_start = to_timestamp($1::double precision / 1000)",
+            &[&((t + 3_600_000) as f64)],
+        )
+        .await
+        .expect("damage");
+    assert_eq!(n, 1);
+    let q = |from: i64, to: i64| Query {
+        series: s.clone(),
+        from_ms: from,
+        to_ms: to,
+        step_ms: None,
+        agg: Agg::Avg,
+    };
+    let e = store
+        .query(&q(t, t + 7_200_000))
+        .expect_err("damaged chunk");
+    assert!(matches!(e, series_store::StoreError::Corrupt(_)), "{e}");
+    assert!(matches!(
+        store.latest("damaged-1"),
+        Err(series_store::StoreError::Corrupt(_))
+    ));
+    assert_eq!(
+        store.query(&q(t, t + 3_600_000)).expect("first hour").len(),
+        3600
+    );
+}
