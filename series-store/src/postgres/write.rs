@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio_postgres::types::ToSql;
+
 use super::{Inner, PgError, RECENT_ORIGINS};
 use crate::codec::quality_code;
 use crate::dedup::{MAX_STREAMS, StreamState};
@@ -142,6 +144,17 @@ pub(super) async fn append(inner: &Inner, batch: WriteBatch) -> Result<Appended,
     let rows = rows(&batch, &ids);
     let mut client = inner.writes.get().await?;
     let tx = client.transaction().await?;
+    let insert = tx.prepare_cached(INSERT_HEAD).await?;
+    let head = async {
+        if rows.ts.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(
+            &insert,
+            &[&rows.series, &rows.ts, &rows.value, &rows.quality],
+        )
+        .await
+    };
     if let Some(o) = &batch.origin {
         let agent: &str = &o.agent;
         // Streams and seqs are u64 on the wire; stored as their i64 bit patterns.
@@ -163,6 +176,7 @@ pub(super) async fn append(inner: &Inner, batch: WriteBatch) -> Result<Appended,
             let claimed = tx
                 .execute(&claim, &[&agent, &stream, &seq, &inner.instance])
                 .await?;
+            drop(head);
             tx.commit().await?;
             return Ok(if claimed > 0 {
                 Appended::Recovered
@@ -171,12 +185,18 @@ pub(super) async fn append(inner: &Inner, batch: WriteBatch) -> Result<Appended,
             });
         }
         state.insert(o.seq);
+        let state = state.to_bytes();
         let save = tx.prepare_cached(SAVE_STREAM).await?;
-        tx.execute(&save, &[&agent, &stream, &state.to_bytes()])
-            .await?;
         let note = tx.prepare_cached(NOTE_ORIGIN).await?;
-        tx.execute(&note, &[&agent, &stream, &seq, &inner.instance])
-            .await?;
+        // Sent together (tokio-postgres pipelines concurrent statements on a connection): one
+        // round trip for the dedup row, the origin's writer and the points.
+        let save_params: [&(dyn ToSql + Sync); 3] = [&agent, &stream, &state];
+        let note_params: [&(dyn ToSql + Sync); 4] = [&agent, &stream, &seq, &inner.instance];
+        tokio::try_join!(
+            tx.execute(&save, &save_params),
+            tx.execute(&note, &note_params),
+            head,
+        )?;
         if o.seq % 256 == 0 {
             let prune = tx.prepare_cached(PRUNE_ORIGINS).await?;
             tx.execute(&prune, &[&agent, &stream, &(seq - RECENT_ORIGINS)])
@@ -186,14 +206,8 @@ pub(super) async fn append(inner: &Inner, batch: WriteBatch) -> Result<Appended,
             tx.execute(EVICT_STREAMS, &[&agent, &(MAX_STREAMS as i64)])
                 .await?;
         }
-    }
-    if !rows.ts.is_empty() {
-        let insert = tx.prepare_cached(INSERT_HEAD).await?;
-        tx.execute(
-            &insert,
-            &[&rows.series, &rows.ts, &rows.value, &rows.quality],
-        )
-        .await?;
+    } else {
+        head.await?;
     }
     tx.commit().await?;
     Ok(Appended::Stored)
