@@ -72,6 +72,23 @@ impl StreamState {
         }
     }
 
+    /// The state alone (watermark and ranges), as the PostgreSQL store keeps it per row.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8);
+        self.encode(&mut out);
+        out
+    }
+
+    /// The state saved by [`StreamState::to_bytes`]; empty bytes are the empty state.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub fn from_bytes(bytes: &[u8]) -> Result<StreamState, Truncated> {
+        if bytes.is_empty() {
+            return Ok(StreamState::default());
+        }
+        StreamState::decode(&mut ByteReader::new(bytes))
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         put_varint(out, self.watermark);
         put_varint(out, self.above.len() as u64);

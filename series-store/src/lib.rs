@@ -49,11 +49,16 @@
 //!   varint primitives, shared with the WAL.
 //! - `query.rs`: merging sources by timestamp (last write wins) and aggregating buckets.
 //! - `bin/store_crash_writer.rs`: a writer for the crash test (`tests/store_crash.rs`) to kill.
+//! - `postgres/` (feature `postgres`): `postgres::PgStore`, the store of record shared by the
+//!   hubs of cluster mode (PostgreSQL 15 + pg_partman; docs/decisions/0026-postgres-store.md):
+//!   `schema.rs` (migrations), `write.rs` (appends and dedup), `read.rs` (queries, `latest`),
+//!   `compact.rs` (head rows into chunks, retention).
 //!
 //! Tests: `tests/store_engine.rs` (restarts, dedup, out-of-order data, retention, torn WAL,
 //! corrupt chunks), `tests/store_query_model.rs` (queries against a naive model through
 //! checkpoints and restarts), `tests/store_crash.rs` (SIGKILL mid-stream),
-//! `tests/store_conformance.rs` (the [`SeriesStore`] contract, for any backend).
+//! `tests/store_conformance.rs` (the [`SeriesStore`] contract, for any backend),
+//! `tests/pg_conformance.rs` (the same contract and more against a real PostgreSQL).
 
 use std::sync::Arc;
 
@@ -65,6 +70,8 @@ pub mod codec;
 mod dedup;
 mod engine;
 mod head;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod query;
 mod wal;
 
@@ -196,8 +203,8 @@ pub enum StoreHealth {
 
 /// A time-series store as the pipeline and the API use it: the seam a backend implements.
 ///
-/// [`TsStore`] is the embedded implementation; a PostgreSQL one (several hubs, one store of
-/// record) is planned. `tests/conformance/mod.rs` checks the rules below that a test can
+/// [`TsStore`] is the embedded implementation; `postgres::PgStore` (feature `postgres`) is the
+/// PostgreSQL one (several hubs, one store of record). `tests/conformance/mod.rs` checks the rules below that a test can
 /// observe (dedup, `Recovered` after a crash, query and `latest` semantics) against any
 /// implementation.
 ///
