@@ -9,7 +9,14 @@ use crate::config::{HubConfig, HubSettings};
 use crate::pipeline::PipelineOptions;
 use crate::{Hub, RunningHub, StartError};
 use mqtt_broker::{Broker, BrokerConfig, BrokerError, BrokerHandle};
-use series_store::{StoreError, StoreOptions, TsStore};
+use series_store::postgres::{BackgroundTask, PgOptions, PgStore};
+use series_store::{SeriesStore, StoreError, StoreOptions, TsStore};
+
+/// How often a clustered hub compacts closed windows of the shared store and runs its
+/// maintenance (every hub does; they skip each other's windows).
+const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// A window is compacted once it closed this long ago (late points still land in the head).
+const COMPACT_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,17 +99,26 @@ fn connection_limit_from_open_files() -> usize {
     }
 }
 
+/// The store a hub runs on: its own on disk, or in cluster mode the one every hub shares.
+enum Store {
+    /// `data_dir/series`.
+    Local(Arc<TsStore>),
+    /// PostgreSQL, with this hub's compaction and maintenance task.
+    Shared(Arc<PgStore>, BackgroundTask),
+}
+
 /// A running hub: store, ingress, pipeline and API.
 pub struct Server {
-    store: Arc<TsStore>,
+    store: Store,
     broker: BrokerHandle,
     running: RunningHub,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Server {
-    /// Opens the store under `data_dir/series`, starts the ingress on `mqtt_listen` and the
-    /// pipeline and API on `http_listen`.
+    /// Opens the store (under `data_dir/series`, or with `[cluster]` the shared one in
+    /// PostgreSQL), starts the ingress on `mqtt_listen` and the pipeline and API on
+    /// `http_listen`.
     pub async fn start(config: HubConfig) -> Result<Server, ServerError> {
         Server::start_with(config, PipelineOptions::default()).await
     }
@@ -112,42 +128,36 @@ impl Server {
         config: HubConfig,
         options: PipelineOptions,
     ) -> Result<Server, ServerError> {
-        let dir = config.hub.data_dir.join("series");
-        let opts = store_options(&config.hub);
-        // Opening replays the write-ahead log: blocking work.
-        let store = Arc::new(tokio::task::spawn_blocking(move || TsStore::open(dir, opts)).await??);
-        let cluster = match config.cluster.clone() {
-            Some(c) => Some(crate::cluster::Link::connect(c).await?),
-            None => None,
+        let Some(settings) = config.cluster.clone() else {
+            let dir = config.hub.data_dir.join("series");
+            let opts = store_options(&config.hub);
+            // Opening replays the write-ahead log: blocking work.
+            let store =
+                Arc::new(tokio::task::spawn_blocking(move || TsStore::open(dir, opts)).await??);
+            return match start_hub(config, store.clone(), options, None).await {
+                Ok((broker, running, metrics)) => Ok(Server {
+                    store: Store::Local(store),
+                    broker,
+                    running,
+                    metrics,
+                }),
+                Err(e) => {
+                    let _ = store.close().await;
+                    Err(e)
+                }
+            };
         };
-        let mut hub = Hub::new(config, store.clone())?.with_options(options);
-        if let Some(link) = cluster {
-            hub = hub.with_cluster(link);
-        }
-        let broker_cfg = broker_config(&hub.config().hub)?;
-        let broker = Broker::start(broker_cfg, hub.authenticator(), hub.ingress_sender()).await?;
-        let metrics = hub.metrics();
-        hub.metrics_registry()
-            .sub_registry_with_prefix("mqtt")
-            .register_collector(Box::new(mqtt_broker::MetricsCollector::new(
-                broker.metrics().clone(),
-            )));
-        let running = match hub.start(Arc::new(broker.clone())).await {
-            Ok(r) => r,
-            Err(e) => {
-                broker.shutdown().await;
-                let _ = store.close().await;
-                return Err(e.into());
-            }
+        let opts = PgOptions {
+            retention: (!config.hub.retention.0.is_zero()).then_some(config.hub.retention.0),
+            ..PgOptions::default()
         };
-        tracing::info!(
-            mqtt = ?broker.local_addrs(),
-            mqtt_tls = ?broker.tls_addrs(),
-            http = %running.http_addr(),
-            "hub serving"
-        );
+        let store = Arc::new(PgStore::connect(&settings.postgres, opts).await?);
+        let link = crate::cluster::Link::connect(settings).await?;
+        let (broker, running, metrics) =
+            start_hub(config, store.clone(), options, Some(link)).await?;
+        let background = store.start_background(COMPACT_EVERY, COMPACT_AFTER);
         Ok(Server {
-            store,
+            store: Store::Shared(store, background),
             broker,
             running,
             metrics,
@@ -184,15 +194,68 @@ impl Server {
         &self.metrics
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<TsStore> {
-        &self.store
+    /// The hub's own store (`None` in cluster mode, where the store is shared).
+    pub fn local_store(&self) -> Option<&Arc<TsStore>> {
+        match &self.store {
+            Store::Local(s) => Some(s),
+            Store::Shared(..) => None,
+        }
     }
 
-    /// Stops accepting, drains the pipeline, checkpoints twins and closes the store.
+    /// The shared store (cluster mode).
+    pub fn shared_store(&self) -> Option<&Arc<PgStore>> {
+        match &self.store {
+            Store::Shared(s, _) => Some(s),
+            Store::Local(_) => None,
+        }
+    }
+
+    /// Stops accepting, drains the pipeline (in cluster mode: hands its partitions over),
+    /// checkpoints twins and closes the store.
     pub async fn shutdown(self) -> Result<(), StoreError> {
         self.broker.shutdown().await;
         self.running.shutdown().await;
-        self.store.close().await
+        match self.store {
+            Store::Local(s) => s.close().await,
+            Store::Shared(_, background) => {
+                drop(background);
+                Ok(())
+            }
+        }
     }
+}
+
+/// Builds the hub on `store`, starts the ingress and then the hub.
+async fn start_hub<S: SeriesStore>(
+    config: HubConfig,
+    store: Arc<S>,
+    options: PipelineOptions,
+    cluster: Option<Arc<crate::cluster::Link>>,
+) -> Result<(BrokerHandle, RunningHub, Arc<crate::metrics::Metrics>), ServerError> {
+    let mut hub = Hub::new(config, store)?.with_options(options);
+    if let Some(link) = cluster {
+        hub = hub.with_cluster(link);
+    }
+    let broker_cfg = broker_config(&hub.config().hub)?;
+    let broker = Broker::start(broker_cfg, hub.authenticator(), hub.ingress_sender()).await?;
+    let metrics = hub.metrics();
+    hub.metrics_registry()
+        .sub_registry_with_prefix("mqtt")
+        .register_collector(Box::new(mqtt_broker::MetricsCollector::new(
+            broker.metrics().clone(),
+        )));
+    let running = match hub.start(Arc::new(broker.clone())).await {
+        Ok(r) => r,
+        Err(e) => {
+            broker.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!(
+        mqtt = ?broker.local_addrs(),
+        mqtt_tls = ?broker.tls_addrs(),
+        http = %running.http_addr(),
+        "hub serving"
+    );
+    Ok((broker, running, metrics))
 }

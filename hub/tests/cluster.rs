@@ -128,6 +128,17 @@ async fn an_agent_on_one_hub_is_heard_by_an_app_on_another() {
     }
     let expected: Vec<f64> = (1..=n).map(|s| s as f64).collect();
     assert_eq!(heard, expected, "each feed once, in order");
+    // Any hub answers the series API from the shared store.
+    for h in [&h1, &h2] {
+        let points = series(&h.base_url(), "SL-0001", "lamp_power", t0, t0 + 60_000).await;
+        let values: Vec<f64> = points.iter().map(|p| p.1).collect();
+        assert_eq!(
+            values,
+            expected,
+            "stored once each, read from {}",
+            h.base_url()
+        );
+    }
 
     h2.stop().await;
     cluster_until(

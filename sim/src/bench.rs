@@ -367,9 +367,17 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     });
     let stored = match (&mode, &server) {
         (Mode::Embedded, Some(s)) => {
-            let stats = s.store().stats()?;
+            let stats = s
+                .local_store()
+                .ok_or_else(|| anyhow::anyhow!("a local store"))?
+                .stats()?;
             if a.verify {
-                verified = Some(count_points(s.store().as_ref(), &plan)?);
+                verified = Some(count_points(
+                    s.local_store()
+                        .ok_or_else(|| anyhow::anyhow!("a local store"))?
+                        .as_ref(),
+                    &plan,
+                )?);
             }
             stats.points_appended
         }

@@ -642,7 +642,11 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     wait_online(app, &device_ids, Duration::from_secs(30)).await?;
-    let births = server.store().stats()?.points_appended;
+    let births = server
+        .local_store()
+        .ok_or_else(|| anyhow::anyhow!("a local store"))?
+        .stats()?
+        .points_appended;
     eprintln!(
         "bench: {} nodes born, {} devices online, {births} birth readings stored",
         a.nodes,
@@ -716,7 +720,9 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|m| Quantity::from_name(m.0))
         .collect();
-    let store = server.store();
+    let store = server
+        .local_store()
+        .ok_or_else(|| anyhow::anyhow!("a local store"))?;
     let mut expected = 0u64;
     let mut stored = 0u64;
     let mut short = Vec::new();

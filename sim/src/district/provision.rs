@@ -608,6 +608,7 @@ pub fn hub_config(
             geojson: Some(PathBuf::from(super::geojson::FILE)),
             tile_url: None,
         },
+        cluster: None,
         source: None,
     }
 }

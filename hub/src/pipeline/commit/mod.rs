@@ -3,7 +3,10 @@
 //! Appends run concurrently (up to [`MAX_IN_FLIGHT`]) so the store's group commit can gather
 //! many of them into one fsync. Deduplication by origin happens inside the store, atomically
 //! with the write; camera work is made durable in the video archive first
-//! ([`persist_then_append`]). As appends complete, the same task hands them to [`Publish`]
+//! ([`persist_then_append`]). Appends are published in the order they arrived, whatever order
+//! the store finishes them in (a shared store answers concurrent transactions in any order;
+//! a device's feeds, twin and rule evaluation keep its order). As appends complete, in that
+//! order, the same task hands them to [`Publish`]
 //! (PUBACK, agent acks, twin state, rules, feeds): completions that arrive together are handled
 //! in one drain, then the acks go out. Changed twins are published by a task of their own
 //! ([`twin_rounds`]).
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,7 +61,7 @@ pub struct Committer<S> {
 
 /// Runs the stage until its input closes and every append has finished and been published.
 pub async fn run<S: SeriesStore>(c: Arc<Committer<S>>, mut input: mpsc::Receiver<Prepared>) {
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight = FuturesOrdered::new();
     let mut publish = Publish::default();
     let (twins_stop, stop_rx) = oneshot::channel();
     let twins = tokio::spawn(twin_rounds(c.twins.clone(), stop_rx));
@@ -80,7 +83,7 @@ pub async fn run<S: SeriesStore>(c: Arc<Committer<S>>, mut input: mpsc::Receiver
                 Some(mut p) => {
                     let c = c.clone();
                     let batch = std::mem::take(&mut p.batch);
-                    in_flight.push(async move {
+                    in_flight.push_back(async move {
                         let started = Instant::now();
                         let result = if c.disk.is_low() {
                             // Not acknowledged: the sender keeps it and sends it again later.
