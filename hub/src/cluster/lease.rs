@@ -291,4 +291,4 @@ async fn release(link: &Link, partition: u32, epoch: i64) -> Result<(), ClusterE
 }
 
 /// How long [`Worker::stop`] waits for the pipeline to store what it was given.
-pub const DRAIN: Duration = Duration::from_secs(15);
+pub const DRAIN: Duration = Duration::from_secs(2);

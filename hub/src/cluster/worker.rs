@@ -26,8 +26,9 @@ use mqtt_broker::ingress::{Disposition, IngressEvent};
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Messages pulled per request.
 const PULL_BATCH: usize = 256;
-/// A message the store had no room for is offered again after this.
-const NO_ROOM_RETRY: Duration = Duration::from_secs(1);
+/// A message the store did not take (no room, or a failed append: PostgreSQL away) is offered
+/// again after this.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// A running partition worker.
 pub struct Worker {
@@ -175,7 +176,7 @@ async fn work(
                             if events.send(env.clone().into_event(Some(tx))).await.is_err() {
                                 break 'consumers;
                             }
-                            tokio::spawn(complete(env, rx, events, seq, done_tx));
+                            tokio::spawn(complete(env, rx, events, seq, done_tx, stop.clone()));
                         }
                         Ok(env) => {
                             if events.send(env.into_event(None)).await.is_err() {
@@ -208,14 +209,17 @@ async fn work(
     }
 }
 
-/// Waits for the pipeline's answer for one message; offers it again while the store has no
-/// room; reports its sequence once it is stored or refused for good.
+/// Waits for the pipeline's answer for one message and reports its sequence once it is stored
+/// or refused for good. A message the store did not take (no room; a failed append, which the
+/// pipeline answers by dropping `done`) is offered again until it is, for as long as this hub
+/// works the partition: the sender waits for its ack, and the position must not pass it.
 async fn complete(
     env: Ingest,
     mut rx: oneshot::Receiver<Disposition>,
     events: mpsc::Sender<IngressEvent>,
     seq: u64,
     done: mpsc::UnboundedSender<u64>,
+    stop: watch::Receiver<bool>,
 ) {
     loop {
         match rx.await {
@@ -223,16 +227,18 @@ async fn complete(
                 let _ = done.send(seq);
                 return;
             }
-            Ok(Disposition::NoRoom(_)) => {
-                tokio::time::sleep(NO_ROOM_RETRY).await;
+            Ok(Disposition::NoRoom(_)) | Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                // Stopped: not stored here; the next owner replays it from the position.
+                if *stop.borrow() {
+                    return;
+                }
                 let (tx, next) = oneshot::channel();
                 if events.send(env.clone().into_event(Some(tx))).await.is_err() {
                     return;
                 }
                 rx = next;
             }
-            // The pipeline stopped without an answer: not stored here; the next owner replays it.
-            Err(_) => return,
         }
     }
 }

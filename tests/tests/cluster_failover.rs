@@ -1,0 +1,298 @@
+//! Cluster mode under failures, with every part a real process or program: three `test-hub`
+//! processes in cluster mode, a three-node NATS JetStream cluster and PostgreSQL (started by
+//! the `engines` crate), the real edge agent with the list of hubs, polling a simulated
+//! streetlight (the real firmware behind Modbus TCP).
+//!
+//! Each test ends by draining the agent's queue and asking the shared store which of the
+//! agent's batches it holds: every (stream, seq) the agent made is stored, and no reading is
+//! stored twice (no two head rows of a series share a timestamp).
+
+mod agent_support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent_support::*;
+use engines::nats::NatsCluster;
+use engines::postgres::Postgres;
+use series_store::postgres::{PgOptions, PgStore};
+use tests::HubProc;
+
+const PARTITIONS: u32 = 8;
+const OPS: &str = "ops:ops-secret-123";
+
+fn test_hub() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_test-hub"))
+}
+
+async fn engines() -> (NatsCluster, Postgres) {
+    tokio::task::spawn_blocking(|| {
+        let nats = NatsCluster::start(3).expect("nats-server cluster (scripts/setup-peers.sh)");
+        let pg = Postgres::start().expect("postgres (scripts/setup-peers.sh)");
+        (nats, pg)
+    })
+    .await
+    .unwrap()
+}
+
+/// One hub of the cluster: its config file, MQTT port and process.
+struct ClusterHub {
+    node: String,
+    config: PathBuf,
+    mqtt: SocketAddr,
+    proc: Option<HubProc>,
+}
+
+impl ClusterHub {
+    fn http(&self) -> SocketAddr {
+        self.proc.as_ref().expect("running").http
+    }
+
+    async fn start(&mut self) {
+        self.proc = Some(HubProc::start(&test_hub(), &self.config, None, WAIT).await);
+    }
+}
+
+/// Writes the configs of `n` hubs under `dir` and starts them.
+async fn start_hubs(dir: &Path, n: usize, nats: &NatsCluster, pg: &Postgres) -> Vec<ClusterHub> {
+    let urls = nats
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut hubs = Vec::new();
+    for i in 1..=n {
+        let data = dir.join(format!("hub-{i}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let mqtt: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
+        let toml = format!(
+            r#"
+[hub]
+mqtt_listen = ["{mqtt}"]
+http_listen = "127.0.0.1:0"
+data_dir = "{data}"
+
+[cluster]
+node = "hub-{i}"
+nats = [{urls}]
+postgres = "{pg}"
+partitions = {PARTITIONS}
+lease = "3s"
+
+[[devices]]
+id = "SL-0001"
+kind = "streetlight"
+agent = "{AGENT}"
+profile = "{profile}"
+
+[[agents]]
+id = "{AGENT}"
+secret = "ag-secret-0001"
+
+[[apps]]
+id = "ops"
+secret = "ops-secret-123"
+grants = ["feeds/#", "twin/#"]
+"#,
+            data = data.display(),
+            pg = pg.url(),
+            profile = profile_path().display(),
+        );
+        let config = data.join("hub.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut h = ClusterHub {
+            node: format!("hub-{i}"),
+            config,
+            mqtt,
+            proc: None,
+        };
+        h.start().await;
+        hubs.push(h);
+    }
+    hubs
+}
+
+/// `GET /api/v1/cluster` of a hub (`None` while it does not answer).
+async fn cluster_view(http: SocketAddr) -> Option<serde_json::Value> {
+    let r = reqwest::Client::new()
+        .get(format!("http://{http}/api/v1/cluster"))
+        .header("authorization", format!("Bearer {OPS}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    serde_json::from_str(&r.text().await.ok()?).ok()
+}
+
+/// The live owner of `partition` as `http` sees it.
+async fn owner_of(http: SocketAddr, partition: u32) -> Option<String> {
+    let v = cluster_view(http).await?;
+    v["partition_owners"][partition as usize]["owner"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Waits until every partition is owned and each of `nodes` holds some.
+async fn settled(http: SocketAddr, nodes: &[&str]) {
+    until("the partitions shared by the live hubs", || async {
+        let Some(v) = cluster_view(http).await else {
+            return false;
+        };
+        let owners: Vec<Option<&str>> = v["partition_owners"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p["owner"].as_str()).collect())
+            .unwrap_or_default();
+        owners.len() == PARTITIONS as usize
+            && owners.iter().all(|o| o.is_some_and(|o| nodes.contains(&o)))
+            && nodes.iter().all(|n| owners.contains(&Some(n)))
+    })
+    .await;
+}
+
+/// A counter of a hub's `/metrics` (0 while it does not answer).
+async fn hub_metric(http: SocketAddr, name: &str) -> f64 {
+    let Ok(r) = reqwest::get(format!("http://{http}/metrics")).await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Readings stored twice: head rows of one series sharing a timestamp.
+fn doubled_rows(pg: &Postgres) -> u64 {
+    let out = Command::new("psql")
+        .args([
+            &pg.url(),
+            "-XAtc",
+            "SELECT count(*) FROM (SELECT series_id, ts_ms FROM series_store.head \
+             GROUP BY 1, 2 HAVING count(*) > 1) d",
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Every batch the agent made is in the shared store, and no reading twice.
+async fn assert_exactly_once(pg: &Postgres, end: &AgentEnd) {
+    assert!(
+        end.queued.is_empty(),
+        "the agent drained its queue: {:?}",
+        end.queued
+    );
+    let store = PgStore::connect(&pg.url(), PgOptions::default())
+        .await
+        .unwrap();
+    let stored = stored_seqs(&store, end.stream, end.next).await;
+    let missing: Vec<u64> = (1..end.next).filter(|s| !stored.contains(s)).collect();
+    assert!(missing.is_empty(), "batches never stored: {missing:?}");
+    assert_eq!(doubled_rows(pg), 0, "a reading stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_hub_with_the_agent_and_its_partition_loses_and_repeats_nothing() {
+    let (_nats, pg) = engines().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut hubs = start_hubs(dir.path(), 3, &_nats, &pg).await;
+    settled(hubs[0].http(), &["hub-1", "hub-2", "hub-3"]).await;
+
+    // The agent's first hub is the one working its partition: kill -9 takes both.
+    let partition = hub::cluster::partition_of(AGENT, PARTITIONS);
+    let owner = owner_of(hubs[0].http(), partition).await.unwrap();
+    let o = hubs.iter().position(|h| h.node == owner).unwrap();
+    let list: Vec<String> = (0..hubs.len())
+        .map(|k| format!("mqtt://{}", hubs[(o + k) % hubs.len()].mqtt))
+        .collect();
+    let device = start_streetlight().await;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
+    let agent = start_agent(agent_config(
+        dir.path(),
+        &list,
+        device.addr.unwrap(),
+        metrics,
+    ));
+    let owner_http = hubs[o].http();
+    until("the owner works the agent's batches", || async {
+        hub_metric(owner_http, "hub_cluster_consumed_total").await >= 30.0
+    })
+    .await;
+
+    hubs[o].proc.take().unwrap().proc.kill();
+    let killed = Instant::now();
+    let other = hubs[(o + 1) % hubs.len()].http();
+    until("another hub working the partition", || async {
+        owner_of(other, partition).await.is_some_and(|n| n != owner)
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(10),
+        "taken over after {takeover:?}"
+    );
+    until("the agent on another hub", || async {
+        agent_metric(metrics, "edge_agent_hub_switches_total").await >= Some(1.0)
+    })
+    .await;
+    let consumed_before = hub_metric(other, "hub_cluster_consumed_total").await;
+    until("batches stored after the takeover", || async {
+        let mut total = 0.0;
+        for (k, h) in hubs.iter().enumerate() {
+            if k != o {
+                total += hub_metric(h.http(), "hub_cluster_consumed_total").await;
+            }
+        }
+        total >= consumed_before + 30.0
+    })
+    .await;
+
+    let end = drain_and_stop(device, agent, metrics, dir.path()).await;
+    assert_exactly_once(&pg, &end).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_away_for_ten_seconds_pauses_stored_acks_and_loses_nothing() {
+    let (nats, mut pg) = engines().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hubs = start_hubs(dir.path(), 2, &nats, &pg).await;
+    settled(hubs[0].http(), &["hub-1", "hub-2"]).await;
+    let list: Vec<String> = hubs.iter().map(|h| format!("mqtt://{}", h.mqtt)).collect();
+    let device = start_streetlight().await;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
+    let agent = start_agent(agent_config(
+        dir.path(),
+        &list,
+        device.addr.unwrap(),
+        metrics,
+    ));
+    let h1 = hubs[0].http();
+    until("batches flowing", || async {
+        hub_metric(h1, "hub_cluster_published_total").await >= 20.0
+    })
+    .await;
+
+    tokio::task::block_in_place(|| pg.stop_immediate()).unwrap();
+    let published = hub_metric(h1, "hub_cluster_published_total").await;
+    // The log keeps taking the agent's batches (PUBACKs go on) while nothing can be stored.
+    until("PUBACKs going on without PostgreSQL", || async {
+        hub_metric(h1, "hub_cluster_published_total").await >= published + 20.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await; // the outage itself, not a wait for an event
+    assert!(
+        agent_metric(metrics, "edge_agent_queue_depth").await > Some(0.0),
+        "stored-acks pause while PostgreSQL is away"
+    );
+    tokio::task::block_in_place(|| pg.start_again()).unwrap();
+
+    let end = drain_and_stop(device, agent, metrics, dir.path()).await;
+    assert_exactly_once(&pg, &end).await;
+}
