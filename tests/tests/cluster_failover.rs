@@ -182,19 +182,21 @@ fn doubled_rows(pg: &Postgres) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// Every batch the agent made is in the shared store, and no reading twice.
+/// Every batch the agent let go of (deleted from its queue on the hub's ack) is in the shared
+/// store, and no reading is stored twice.
 async fn assert_exactly_once(pg: &Postgres, end: &AgentEnd) {
-    assert!(
-        end.queued.is_empty(),
-        "the agent drained its queue: {:?}",
-        end.queued
-    );
     let store = PgStore::connect(&pg.url(), PgOptions::default())
         .await
         .unwrap();
     let stored = stored_seqs(&store, end.stream, end.next).await;
-    let missing: Vec<u64> = (1..end.next).filter(|s| !stored.contains(s)).collect();
-    assert!(missing.is_empty(), "batches never stored: {missing:?}");
+    let missing: Vec<u64> = (1..end.next)
+        .filter(|s| !stored.contains(s) && !end.queued.contains(s))
+        .collect();
+    assert!(end.next > 40, "the agent made {} batches", end.next - 1);
+    assert!(
+        missing.is_empty(),
+        "acknowledged, never stored: {missing:?}"
+    );
     assert_eq!(doubled_rows(pg), 0, "a reading stored twice");
 }
 
@@ -292,6 +294,117 @@ async fn postgres_away_for_ten_seconds_pauses_stored_acks_and_loses_nothing() {
         "stored-acks pause while PostgreSQL is away"
     );
     tokio::task::block_in_place(|| pg.start_again()).unwrap();
+
+    let end = drain_and_stop(device, agent, metrics, dir.path()).await;
+    assert_exactly_once(&pg, &end).await;
+}
+
+/// The NATS node leading the ingest stream, by its index in `nats`.
+fn stream_leader(nats: &NatsCluster) -> Option<usize> {
+    (0..nats.urls().len()).find_map(|i| {
+        let text = nats.jsz(i, "streams=true")?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let streams = v["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
+        let leader = streams
+            .into_iter()
+            .find(|s| s["name"] == hub::cluster::STREAM)?["cluster"]["leader"]
+            .as_str()?
+            .to_string();
+        nats.index_of(&leader)
+    })
+}
+
+/// Kills NATS node `i`, measures how long the log takes no batch from `http`, and starts the
+/// node again.
+async fn kill_nats_node(nats: &mut NatsCluster, i: usize, http: SocketAddr) -> Duration {
+    let before = hub_metric(http, "hub_cluster_published_total").await;
+    nats.kill(i);
+    let killed = Instant::now();
+    until("the log taking batches again", || async {
+        hub_metric(http, "hub_cluster_published_total").await >= before + 10.0
+    })
+    .await;
+    let stalled = killed.elapsed();
+    tokio::task::block_in_place(|| nats.restart(i)).unwrap();
+    stalled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_stream_leader_or_a_follower_stalls_acks_briefly_and_loses_nothing() {
+    let (mut nats, pg) = engines().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hubs = start_hubs(dir.path(), 2, &nats, &pg).await;
+    settled(hubs[0].http(), &["hub-1", "hub-2"]).await;
+    let list: Vec<String> = hubs.iter().map(|h| format!("mqtt://{}", h.mqtt)).collect();
+    let device = start_streetlight().await;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
+    let agent = start_agent(agent_config(
+        dir.path(),
+        &list,
+        device.addr.unwrap(),
+        metrics,
+    ));
+    let h1 = hubs[0].http();
+    until("batches flowing", || async {
+        hub_metric(h1, "hub_cluster_published_total").await >= 20.0
+    })
+    .await;
+
+    let leader = stream_leader(&nats).expect("the ingest stream has a leader");
+    let stalled = kill_nats_node(&mut nats, leader, h1).await;
+    assert!(
+        stalled < Duration::from_secs(10),
+        "acks stalled {stalled:?} (leader)"
+    );
+    let follower = (0..3).find(|&i| Some(i) != stream_leader(&nats)).unwrap();
+    let stalled = kill_nats_node(&mut nats, follower, h1).await;
+    assert!(
+        stalled < Duration::from_secs(10),
+        "acks stalled {stalled:?} (follower)"
+    );
+
+    let end = drain_and_stop(device, agent, metrics, dir.path()).await;
+    assert_exactly_once(&pg, &end).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_hub_under_load_loses_nothing() {
+    let (nats, pg) = engines().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut hubs = start_hubs(dir.path(), 3, &nats, &pg).await;
+    settled(hubs[0].http(), &["hub-1", "hub-2", "hub-3"]).await;
+    let list: Vec<String> = hubs.iter().map(|h| format!("mqtt://{}", h.mqtt)).collect();
+    let device = start_streetlight().await;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
+    let agent = start_agent(agent_config(
+        dir.path(),
+        &list,
+        device.addr.unwrap(),
+        metrics,
+    ));
+    let sent = || agent_metric(metrics, "edge_agent_entries_sent_total");
+    until("batches flowing", || async { sent().await >= Some(20.0) }).await;
+
+    for k in 0..hubs.len() {
+        let mut p = hubs[k].proc.take().unwrap();
+        let status = p.proc.terminate(WAIT).await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} stops cleanly",
+            hubs[k].node
+        );
+        hubs[k].start().await;
+        let names: Vec<&str> = hubs.iter().map(|h| h.node.as_str()).collect();
+        settled(hubs[k].http(), &names).await;
+        let now = sent().await.unwrap_or(0.0);
+        until("the agent sending again", || async {
+            sent().await >= Some(now + 10.0)
+        })
+        .await;
+    }
 
     let end = drain_and_stop(device, agent, metrics, dir.path()).await;
     assert_exactly_once(&pg, &end).await;
