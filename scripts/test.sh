@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-peers.sh
 cargo nextest run --workspace --no-fail-fast "$@"
-# The PostgreSQL series store is behind a feature the workspace build leaves off (decision 0026).
-cargo nextest run -p series-store --features postgres --test pg_conformance --no-fail-fast "$@"
+# The PostgreSQL series store's feature (decision 0026) is on in the workspace build: the hub's
+# cluster mode enables it, so its conformance tests run above.
 # nextest does not run doc tests.
 cargo test --workspace --doc --quiet

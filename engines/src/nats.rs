@@ -10,6 +10,8 @@ use crate::{EngineError, log_tail, ports, wait_until};
 
 /// How long a node (or the cluster's meta leader election) may take.
 const START_LIMIT: Duration = Duration::from_secs(30);
+/// Starts tried before giving up (each on new ports).
+const ATTEMPTS: usize = 3;
 
 /// One node's ports and files.
 struct Node {
@@ -31,24 +33,35 @@ impl NatsCluster {
     /// leader, so streams can be created at once.
     pub fn start(n: usize) -> Result<NatsCluster, EngineError> {
         let program = which("nats-server")?;
-        let dir = tempfile::Builder::new().prefix("district-nats").tempdir()?;
-        let mut nodes = Vec::with_capacity(n);
-        for i in 1..=n.max(1) {
-            nodes.push(Node {
-                name: format!("n{i}"),
-                client: ports::free_port()?,
-                route: ports::free_port()?,
-                monitor: ports::free_port()?,
-                child: None,
-            });
+        let mut last = None;
+        // A port found free may be taken by another process before the node binds it (tests
+        // run in parallel): a node that exits at once is started again on new ports.
+        for _ in 0..ATTEMPTS {
+            let dir = tempfile::Builder::new().prefix("district-nats").tempdir()?;
+            let mut nodes = Vec::with_capacity(n);
+            for i in 1..=n.max(1) {
+                nodes.push(Node {
+                    name: format!("n{i}"),
+                    client: ports::free_port()?,
+                    route: ports::free_port()?,
+                    monitor: ports::free_port()?,
+                    child: None,
+                });
+            }
+            let mut cluster = NatsCluster { dir, nodes };
+            for i in 0..cluster.nodes.len() {
+                cluster.write_config(i)?;
+                cluster.spawn(i, &program)?;
+            }
+            match cluster.wait_ready() {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last = Some(e),
+            }
         }
-        let mut cluster = NatsCluster { dir, nodes };
-        for i in 0..cluster.nodes.len() {
-            cluster.write_config(i)?;
-            cluster.spawn(i, &program)?;
-        }
-        cluster.wait_ready()?;
-        Ok(cluster)
+        Err(last.unwrap_or_else(|| EngineError::Failed {
+            what: "starting nats-server".into(),
+            detail: "no attempt made".into(),
+        }))
     }
 
     /// The client URLs, `nats://127.0.0.1:PORT`, node by node.
@@ -161,14 +174,28 @@ impl NatsCluster {
         Ok(())
     }
 
-    /// Every node healthy and a JetStream meta leader known.
-    fn wait_ready(&self) -> Result<(), EngineError> {
-        for (i, n) in self.nodes.iter().enumerate() {
+    /// Every node healthy and a JetStream meta leader known; fails at once when a node exits
+    /// (a port taken in the meantime).
+    fn wait_ready(&mut self) -> Result<(), EngineError> {
+        let count = self.nodes.len();
+        for i in 0..count {
+            let monitor = self.nodes[i].monitor;
+            let mut exited = false;
             let ok = wait_until(START_LIMIT, || {
-                http_get(n.monitor, "/jsz").is_some_and(|b| has_meta_leader(&b, self.nodes.len()))
+                if let Some(c) = self.nodes[i].child.as_mut()
+                    && matches!(c.try_wait(), Ok(Some(_)))
+                {
+                    exited = true;
+                    return true;
+                }
+                http_get(monitor, "/jsz").is_some_and(|b| has_meta_leader(&b, count))
             });
-            if !ok {
-                return Err(self.not_ready(i));
+            if !ok || exited {
+                let e = self.not_ready(i);
+                for k in 0..count {
+                    self.kill(k);
+                }
+                return Err(e);
             }
         }
         Ok(())

@@ -16,6 +16,8 @@ pub const USER: &str = "hub";
 pub const DATABASE: &str = "district";
 /// How long a start may take.
 const START_LIMIT: Duration = Duration::from_secs(60);
+/// First starts tried before giving up (each on another port).
+const ATTEMPTS: usize = 3;
 
 /// A running (or stopped) PostgreSQL server; stopped immediately and removed when dropped.
 pub struct Postgres {
@@ -62,7 +64,17 @@ impl Postgres {
             dir,
             child: None,
         };
-        pg.start_again()?;
+        // A port found free may be taken before the server binds it (tests run in parallel):
+        // a server that exits at once is started again on another port.
+        let mut started = pg.start_again();
+        for _ in 1..ATTEMPTS {
+            if started.is_ok() || pg.child.is_some() {
+                break;
+            }
+            pg.port = ports::free_port()?;
+            started = pg.start_again();
+        }
+        started?;
         run(
             Command::new(pg.bin.join("createdb")).args([
                 "-h",
@@ -127,7 +139,21 @@ impl Postgres {
             })?;
         self.child = Some(child);
         let (bin, port) = (self.bin.clone(), self.port);
-        if !wait_until(START_LIMIT, || is_ready(&bin, port)) {
+        let mut exited = false;
+        let ready = wait_until(START_LIMIT, || {
+            if let Some(c) = self.child.as_mut()
+                && matches!(c.try_wait(), Ok(Some(_)))
+            {
+                exited = true;
+                return true;
+            }
+            is_ready(&bin, port)
+        });
+        if exited {
+            // Gone at once (e.g. its port taken): nothing is running.
+            self.child = None;
+        }
+        if !ready || exited {
             return Err(EngineError::NotReady {
                 what: format!("postgres on port {port}"),
                 waited: START_LIMIT,

@@ -20,10 +20,10 @@ use mqtt_broker::ingress::{Disposition, IngressEvent};
 /// Messages published and not yet acknowledged by JetStream, at most (beyond it the front
 /// stops reading the broker's events, and the broker's own windows push back on clients).
 const IN_FLIGHT: usize = 8192;
-/// A publish whose ack did not come (a stream leader being elected) is sent again with the same
-/// message id, which JetStream deduplicates, this many times before the sender is told to send
-/// it again later.
-const ATTEMPTS: u32 = 5;
+/// A publish whose ack did not come within the context's timeout (a stream leader being
+/// elected, a NATS node gone) is sent again with the same message id, which JetStream
+/// deduplicates, this many times before the sender is told to send it again later (about 40 s).
+const ATTEMPTS: u32 = 15;
 
 /// Reads the broker's (and the HJ 212 listener's) events until `stop` (then what is queued) or
 /// until every sender is gone, publishing them to the log. (The broker may outlive its events:
@@ -141,7 +141,7 @@ async fn publish(
 ) -> Result<(), String> {
     let mut last = first;
     for attempt in 1..ATTEMPTS {
-        tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
+        tokio::time::sleep(Duration::from_millis(100 << attempt.min(3))).await;
         match send(link, partition, id, payload.clone()).await {
             Ok(ack) => match ack.await {
                 Ok(_) => return Ok(()),

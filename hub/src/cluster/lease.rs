@@ -9,25 +9,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::worker::{self, Worker};
+use super::worker::{self, Grant, Worker};
 use super::{ClusterError, Link};
 use crate::shutdown::Signal;
 use mqtt_broker::ingress::IngressEvent;
-
-/// A partition granted to this hub.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Grant {
-    /// The partition.
-    pub partition: u32,
-    /// Its new epoch.
-    pub epoch: i64,
-    /// Stream sequence up to which everything is stored (replay starts after it).
-    pub position: u64,
-}
 
 /// Creates the cluster's tables and partition rows if missing (every hub at start; an advisory
 /// lock makes concurrent starts wait for each other).
@@ -61,32 +50,6 @@ pub async fn create_tables(
     .await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// Writes a partition's position and lag under the writer's lease; `Ok(false)` when the lease
-/// is no longer the writer's (fenced).
-pub async fn write_position(
-    link: &Link,
-    partition: u32,
-    epoch: i64,
-    position: u64,
-    lag: u64,
-) -> Result<bool, ClusterError> {
-    let client = link.pg.get().await?;
-    let n = client
-        .execute(
-            "UPDATE cluster_partitions SET position = GREATEST(position, $1), lag = $2
-             WHERE partition = $3 AND owner = $4 AND epoch = $5",
-            &[
-                &i64::try_from(position).unwrap_or(i64::MAX),
-                &i64::try_from(lag).unwrap_or(i64::MAX),
-                &(partition as i32),
-                &link.node(),
-                &epoch,
-            ],
-        )
-        .await?;
-    Ok(n == 1)
 }
 
 /// Holds this hub's share of the partitions until `stop`, running a [`Worker`] for each; at
@@ -289,6 +252,3 @@ async fn release(link: &Link, partition: u32, epoch: i64) -> Result<(), ClusterE
         .await?;
     Ok(())
 }
-
-/// How long [`Worker::stop`] waits for the pipeline to store what it was given.
-pub const DRAIN: Duration = Duration::from_secs(2);

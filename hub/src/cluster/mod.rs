@@ -110,10 +110,11 @@ impl Link {
             .connect(settings.nats.clone())
             .await
             .map_err(|e| ClusterError::Nats(e.to_string()))?;
-        // A stream leader's election takes 5-8 s (DESIGN); an ack waits that long rather than
-        // failing the device's publish.
+        // A stream leader's election takes 5-8 s (DESIGN): an ack is waited for briefly and the
+        // publish repeated under its message id (the front), so the first one after the new
+        // leader is elected is acknowledged at once.
         let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(12))
+            .timeout(Duration::from_secs(2))
             .build(nats.clone());
         ensure_stream(&js, settings.replicas).await?;
         let pg = pool(&settings.postgres)?;

@@ -17,10 +17,23 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::envelope::Ingest;
-use super::lease::{DRAIN, Grant, write_position};
 use super::view::OwnedPartition;
-use super::{Link, STREAM, ingest_subject};
+use super::{ClusterError, Link, STREAM, ingest_subject};
 use mqtt_broker::ingress::{Disposition, IngressEvent};
+
+/// How long [`Worker::stop`] waits for the pipeline to store what it was given.
+pub const DRAIN: Duration = Duration::from_secs(2);
+
+/// A partition granted to this hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The partition.
+    pub partition: u32,
+    /// Its new epoch.
+    pub epoch: i64,
+    /// Stream sequence up to which everything is stored (replay starts after it).
+    pub position: u64,
+}
 
 /// How often the position is written.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -272,4 +285,30 @@ async fn messages(link: &Link, p: u32, start: u64) -> Result<pull::Stream, Strin
         .messages()
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Writes a partition's position and lag under the writer's lease; `Ok(false)` when the lease
+/// is no longer the writer's (fenced).
+pub async fn write_position(
+    link: &Link,
+    partition: u32,
+    epoch: i64,
+    position: u64,
+    lag: u64,
+) -> Result<bool, ClusterError> {
+    let client = link.pg.get().await?;
+    let n = client
+        .execute(
+            "UPDATE cluster_partitions SET position = GREATEST(position, $1), lag = $2
+             WHERE partition = $3 AND owner = $4 AND epoch = $5",
+            &[
+                &i64::try_from(position).unwrap_or(i64::MAX),
+                &i64::try_from(lag).unwrap_or(i64::MAX),
+                &(partition as i32),
+                &link.node(),
+                &epoch,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
 }
