@@ -306,12 +306,12 @@ impl Demo {
     /// Writes the configuration and starts everything.
     pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
         let dir = opts.data_dir.clone();
-        if let Some(n) = opts.cluster {
-            if n < 2 {
-                return Err(DemoError::Cluster(format!(
-                    "--cluster needs at least 2 hubs, got {n}"
-                )));
-            }
+        if let Some(n) = opts.cluster
+            && n < 2
+        {
+            return Err(DemoError::Cluster(format!(
+                "--cluster needs at least 2 hubs, got {n}"
+            )));
         }
         std::fs::create_dir_all(dir.join("agents")).map_err(|source| DemoError::DataDir {
             path: dir.clone(),
