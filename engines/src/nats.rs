@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -165,6 +166,9 @@ impl NatsCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // Its own process group: Ctrl-C at a terminal (`sim demo --cluster`) reaches the
+            // demo, which stops its hubs before the engines they hand partitions over through.
+            .process_group(0)
             .spawn()
             .map_err(|e| EngineError::Failed {
                 what: format!("starting nats-server {}", self.nodes[i].name),

@@ -4,6 +4,7 @@
 //! program runs as the `postgres` user that Debian's package creates (`setpriv`, which execs
 //! rather than forks, so the child is the postmaster itself).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -132,6 +133,8 @@ impl Postgres {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
+            // Its own process group, as nats-server's: Ctrl-C reaches the demo, not the engine.
+            .process_group(0)
             .spawn()
             .map_err(|e| EngineError::Failed {
                 what: "starting postgres".into(),

@@ -118,6 +118,31 @@ pub struct IngestArgs {
     /// and `p99_ms`; `p50_all_ms` and `p99_all_ms` count everything. `0s` counts all.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
+    /// Embedded: N hubs in cluster mode (N >= 2) on three nats-server nodes and a PostgreSQL
+    /// started here (scripts/setup-peers.sh), the agents spread over the hubs, the probe on
+    /// hub 1. `stored` is counted in PostgreSQL; `ack_*` is then "in PostgreSQL".
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=16))]
+    pub cluster: Option<u16>,
+}
+
+/// The engines and hubs of `--cluster`.
+struct Cluster {
+    /// Hubs 2..N (hub 1 is the bench's `server`).
+    peers: Vec<hub::server::Server>,
+    engines: Option<(engines::nats::NatsCluster, engines::postgres::Postgres)>,
+}
+
+impl Cluster {
+    /// Stops the hubs, then the engines.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        for s in self.peers.drain(..) {
+            s.shutdown().await.context("stopping a hub")?;
+        }
+        if let Some(e) = self.engines.take() {
+            tokio::task::spawn_blocking(move || drop(e)).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs a benchmark.
@@ -217,6 +242,11 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let mut tmp = None;
     let mut server = None;
     let mut sink = None;
+    let mut cluster: Option<Cluster> = None;
+    let mut spread = Vec::new();
+    if a.cluster.is_some() && !matches!(mode, Mode::Embedded) {
+        bail!("--cluster starts its own hubs: leave out --target and --relay-only");
+    }
     let target = match mode {
         Mode::Embedded => {
             let dir = match &a.data_dir {
@@ -236,12 +266,65 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             // would hold a few fast connections to 5,000 publishes/s each).
             cfg.hub.max_messages_per_s = 0;
             cfg.hub.max_bytes_per_s = protocols::config::ByteSize(0);
-            let s = hub::server::Server::start(cfg)
-                .await
-                .context("starting the embedded hub")?;
-            let addr = s.mqtt_addrs()[0].to_string();
-            server = Some(s);
-            addr
+            if let Some(n) = a.cluster {
+                let started = tokio::task::spawn_blocking(|| {
+                    anyhow::Ok((
+                        engines::nats::NatsCluster::start(3)?,
+                        engines::postgres::Postgres::start()?,
+                    ))
+                })
+                .await?
+                .context("starting nats-server and PostgreSQL (scripts/setup-peers.sh)")?;
+                let mut c = Cluster {
+                    peers: Vec::new(),
+                    engines: Some(started),
+                };
+                for i in 1..=n {
+                    let mut cfg = cfg.clone();
+                    cfg.hub.data_dir = cfg.hub.data_dir.join(format!("hub-{i}"));
+                    std::fs::create_dir_all(&cfg.hub.data_dir)?;
+                    if let Some((nats, pg)) = &c.engines {
+                        cfg.cluster = Some(hub::config::ClusterSettings {
+                            node: format!("hub-{i}"),
+                            nats: nats.urls(),
+                            postgres: pg.url(),
+                            partitions: 64,
+                            lease: protocols::config::HumanDuration(Duration::from_secs(6)),
+                            replicas: 3,
+                        });
+                    }
+                    let s = match hub::server::Server::start(cfg).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            if let Some(first) = server.take() {
+                                c.peers.push(first);
+                            }
+                            c.stop().await?;
+                            return Err(e).context(format!("starting hub-{i}"));
+                        }
+                    };
+                    let addr = s
+                        .mqtt_addrs()
+                        .first()
+                        .ok_or_else(|| anyhow::anyhow!("hub-{i} has no MQTT listener"))?
+                        .to_string();
+                    spread.push(addr);
+                    if server.is_none() {
+                        server = Some(s);
+                    } else {
+                        c.peers.push(s);
+                    }
+                }
+                cluster = Some(c);
+                spread[0].clone()
+            } else {
+                let s = hub::server::Server::start(cfg)
+                    .await
+                    .context("starting the embedded hub")?;
+                let addr = s.mqtt_addrs()[0].to_string();
+                server = Some(s);
+                addr
+            }
         }
         Mode::Null => {
             let s = NullSink::start("127.0.0.1:0").await?;
@@ -260,6 +343,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     opts.settings.window = a.window.max(1);
     opts.settings.ack_timeout = a.ack_timeout;
     opts.settings.stream = fresh_stream();
+    opts.settings.spread = spread;
     if matches!(mode, Mode::Relay) {
         opts.settings.ack = AckMode::PubAck;
     }
@@ -366,6 +450,20 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         )
     });
     let stored = match (&mode, &server) {
+        (Mode::Embedded, Some(s)) if s.shared_store().is_some() => {
+            let pg = s
+                .shared_store()
+                .ok_or_else(|| anyhow::anyhow!("the shared store"))?
+                .clone();
+            let st = pg.storage().await?;
+            if a.verify {
+                let plan = plan.clone();
+                verified = Some(
+                    tokio::task::spawn_blocking(move || count_points(pg.as_ref(), &plan)).await??,
+                );
+            }
+            (st.chunk_points + st.head_rows).max(0) as u64
+        }
         (Mode::Embedded, Some(s)) => {
             let stats = s
                 .local_store()
@@ -415,9 +513,19 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         _ => load.ack_latency(),
     };
     let (ack_p50, ack_p99) = (ack.quantile_ms(0.5), ack.quantile_ms(0.99));
+    let puback = load.puback_steady();
+    let puback_ms = (puback.count() > 0).then(|| {
+        (
+            round3(puback.quantile_ms(0.5)),
+            round3(puback.quantile_ms(0.99)),
+        )
+    });
     load.stop().await;
     if let Some(s) = server.take() {
         s.shutdown().await.context("stopping the embedded hub")?;
+    }
+    if let Some(c) = cluster.take() {
+        c.stop().await?;
     }
     drop(sink);
     drop(tmp);
@@ -449,6 +557,16 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     });
     if let Some(v) = verified {
         details["verified_points"] = v.into();
+    }
+    if let Some((p50, p99)) = puback_ms {
+        details["puback_p50_ms"] = p50.into();
+        details["puback_p99_ms"] = p99.into();
+    }
+    if let Some(n) = a.cluster {
+        details["hubs"] = n.into();
+        // The hub acknowledges a batch once it is in PostgreSQL.
+        details["stored_ack_p50_ms"] = round3(ack_p50).into();
+        details["stored_ack_p99_ms"] = round3(ack_p99).into();
     }
     if let Some((p50, p99, append_p99)) = hub_pipeline {
         details["hub_pipeline_p50_le_ms"] = p50.into();

@@ -71,6 +71,13 @@ pub struct Args {
     /// Demo time of day to start at, HH:MM in district time (UTC+8); default now.
     #[arg(long)]
     pub start: Option<TimeOfDay>,
+    /// Run the district on N hubs (N >= 2) in cluster mode, with three nats-server nodes and
+    /// one PostgreSQL started by the demo (scripts/setup-peers.sh installs them). Hub 1 takes
+    /// the listeners above; the others free loopback ports. The agents fail over between all
+    /// hubs, starting out spread over them; the rain gauges, the HJ 212 stations, the
+    /// Sparkplug node and the lighting control connect to hub 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=16))]
+    pub cluster: Option<u16>,
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM.
@@ -104,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     opts.data_dir = args.data_dir;
     opts.speed = args.speed;
     opts.start = args.start;
+    opts.cluster = args.cluster.map(usize::from);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let demo = Demo::start(opts).await?;
     print_banner(&demo, started.elapsed());
@@ -124,14 +132,42 @@ fn print_banner(demo: &Demo, took: std::time::Duration) {
     let mqtt = demo.mqtt_addr();
     let dir = demo.dir().display();
     let clock = demo.clock();
+    let hubs = demo.hubs();
     println!(
-        "sim demo: a simulated district is running ({} devices, {} cameras, {} agents, embedded hub; started in {:.1} s)",
+        "sim demo: a simulated district is running ({} devices, {} cameras, {} agents, {}; started in {:.1} s)",
         l.field.len() + l.direct.len() + l.hj212.len() + l.pump_devices().count(),
         l.cameras.len(),
         l.agents.len(),
+        if hubs.len() > 1 {
+            format!(
+                "{} hubs in cluster mode on 3 NATS nodes and PostgreSQL",
+                hubs.len()
+            )
+        } else {
+            "embedded hub".to_string()
+        },
         took.as_secs_f64()
     );
     println!();
+    if hubs.len() > 1 {
+        for h in hubs {
+            let tls = h
+                .mqtt_tls
+                .map(|a| format!(", MQTT/TLS mqtts://{a}"))
+                .unwrap_or_default();
+            let https = h
+                .https
+                .map(|a| format!(", https://{a}"))
+                .unwrap_or_default();
+            println!(
+                "  {:<10} MQTT mqtt://{}{tls}, HTTP http://{}{https}  ({dir}/{})",
+                h.node, h.mqtt, h.http, h.config
+            );
+        }
+        println!(
+            "  cluster    curl -H 'Authorization: Bearer {app}:{secret}' http://{http}/api/v1/cluster  (any hub answers for the district; agents start spread over the hubs and fail over; gauges, stations, the Sparkplug node and the lighting control use hub-1)"
+        );
+    }
     // The CA as a path the user can paste from where they ran `sim demo`.
     let ca = demo.ca_file().map(|p| p.display().to_string());
     println!("  dashboard  {}", demo.dashboard_url());

@@ -15,35 +15,57 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::debug;
 
-/// A cuttable relay to the hub.
+/// A cuttable relay to the hub (or to each hub of a cluster: one port per hub, all cut
+/// together, as they share the one modem).
 #[derive(Debug)]
 pub struct Backhaul {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     up: watch::Sender<bool>,
     link_file: PathBuf,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Backhaul {
     /// Starts relaying `127.0.0.1:0` to `hub`; `link_file` is the agent's modem status file.
     pub async fn start(hub: SocketAddr, link_file: PathBuf) -> std::io::Result<Backhaul> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        Backhaul::start_to(&[hub], link_file).await
+    }
+
+    /// Starts relaying a port on `127.0.0.1` to each of `hubs` (the `i`-th of
+    /// [`Backhaul::addrs`] leads to `hubs[i]`).
+    pub async fn start_to(hubs: &[SocketAddr], link_file: PathBuf) -> std::io::Result<Backhaul> {
+        if hubs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a backhaul needs a hub",
+            ));
+        }
         let (up, up_rx) = watch::channel(true);
-        let task = tokio::spawn(relay(listener, hub, up_rx));
+        let mut addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for &hub in hubs {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            addrs.push(listener.local_addr()?);
+            tasks.push(tokio::spawn(relay(listener, hub, up_rx.clone())));
+        }
         let b = Backhaul {
-            addr,
+            addrs,
             up,
             link_file,
-            task,
+            tasks,
         };
         b.write_signal(0.0).await;
         Ok(b)
     }
 
-    /// Where the agent connects.
+    /// Where the agent connects (to the first hub).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// Where the agent connects to each hub, in the order given to [`Backhaul::start_to`].
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Whether the link is up.
@@ -80,7 +102,9 @@ impl Backhaul {
 
 impl Drop for Backhaul {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 

@@ -61,6 +61,10 @@ pub struct DemoOptions {
     pub narrate: bool,
     /// Play the scripted incidents (failures, outages, the discharge); storms always come.
     pub incidents: bool,
+    /// Run the district on this many hubs in cluster mode (at least 2), with three NATS
+    /// nodes and one PostgreSQL started here (`engines`); none: one embedded hub. Hub 1
+    /// listens where the options above say; the others on free loopback ports.
+    pub cluster: Option<usize>,
 }
 
 impl DemoOptions {
@@ -78,6 +82,7 @@ impl DemoOptions {
             start: None,
             narrate: true,
             incidents: true,
+            cluster: None,
         }
     }
 
@@ -133,6 +138,9 @@ pub enum DemoError {
     /// The simulated devices or links.
     #[error("starting the field: {0:#}")]
     Field(anyhow::Error),
+    /// Cluster mode: the options or the engines.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// A taken port as the flag that moves it: the hub's errors name the address only, so the
@@ -243,11 +251,41 @@ struct Hubs {
     hj212: Option<SocketAddr>,
 }
 
+/// One hub of the district and where its clients reach it.
+#[derive(Clone, Debug)]
+pub struct HubInfo {
+    /// Its cluster node name (`hub-1` ...; `hub` without a cluster).
+    pub node: String,
+    /// Plain MQTT.
+    pub mqtt: SocketAddr,
+    /// MQTT over TLS, if on.
+    pub mqtt_tls: Option<SocketAddr>,
+    /// HTTP API and dashboard.
+    pub http: SocketAddr,
+    /// HTTPS, if on.
+    pub https: Option<SocketAddr>,
+    /// Its configuration file, relative to the data directory.
+    pub config: String,
+}
+
+/// The engines of `sim demo --cluster`: stopped when dropped.
+struct Engines {
+    nats: engines::nats::NatsCluster,
+    pg: engines::postgres::Postgres,
+}
+
+/// Partitions of the demo's cluster: shared out evenly by 2, 3, 4 or 6 hubs.
+pub const CLUSTER_PARTITIONS: u32 = 24;
+
 type AgentTask = JoinHandle<Result<edge_agent::agent::Exit, edge_agent::agent::AgentError>>;
 
 /// The running district.
 pub struct Demo {
     server: Option<Server>,
+    /// Hubs 2..N of a cluster.
+    peers: Vec<Server>,
+    hubs: Vec<HubInfo>,
+    engines: Option<Engines>,
     field: Arc<Field>,
     layout: Layout,
     secrets: Secrets,
@@ -268,6 +306,13 @@ impl Demo {
     /// Writes the configuration and starts everything.
     pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
         let dir = opts.data_dir.clone();
+        if let Some(n) = opts.cluster
+            && n < 2
+        {
+            return Err(DemoError::Cluster(format!(
+                "--cluster needs at least 2 hubs, got {n}"
+            )));
+        }
         std::fs::create_dir_all(dir.join("agents")).map_err(|source| DemoError::DataDir {
             path: dir.clone(),
             source,
@@ -290,14 +335,144 @@ impl Demo {
         } else {
             None
         };
-        let hub_config = provision::write_hub_config(
+        let base = provision::hub_config(&layout, &secrets, &listen, opts.speed);
+        let engines = match opts.cluster {
+            Some(_) => Some(start_engines().await?),
+            None => None,
+        };
+        let mut servers: Vec<Server> = Vec::new();
+        let mut hubs = Vec::new();
+        for i in 1..=opts.cluster.unwrap_or(1) {
+            let started = match Demo::start_hub(&opts, &dir, &base, i, engines.as_ref()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    stop_servers(servers).await;
+                    return Err(e);
+                }
+            };
+            hubs.push(started.1);
+            servers.push(started.0);
+        }
+        let mut servers = servers.into_iter();
+        let (Some(server), Some(first)) = (servers.next(), hubs.first().cloned()) else {
+            return Err(DemoError::Hub(ServerError::Broker(BrokerError::NoListener)));
+        };
+        let peers: Vec<Server> = servers.collect();
+        let hj212_addr = server
+            .hub()
+            .hj212_addrs()
+            .iter()
+            .copied()
+            .min_by_key(|a| a.is_ipv6())
+            .map(reachable);
+        let agent_hubs: Vec<SocketAddr> =
+            hubs.iter().map(|h| h.mqtt_tls.unwrap_or(h.mqtt)).collect();
+        let hub_addrs = Hubs {
+            mqtt: first.mqtt,
+            mqtt_tls: first.mqtt_tls,
+            hj212: hj212_addr,
+        };
+        match Demo::start_field(
+            &opts,
             &dir,
-            &provision::hub_config(&layout, &secrets, &listen, opts.speed),
-        )?;
+            layout.clone(),
+            &secrets,
+            hub_addrs,
+            &agent_hubs,
+        )
+        .await
+        {
+            Ok((field, agents, mut tasks, stop, clock)) => {
+                info!(
+                    devices = layout.field.len()
+                        + layout.direct.len()
+                        + layout.hj212.len()
+                        + layout.pump_devices().count(),
+                    cameras = layout.cameras.len(),
+                    agents = layout.agents.len(),
+                    hubs = hubs.len(),
+                    "district running"
+                );
+                if engines.is_some() {
+                    tasks.push(tokio::spawn(narrate_leases(
+                        first.http,
+                        format!("Bearer {COMMAND_CENTER}:{}", secrets.get(COMMAND_CENTER)),
+                        Narrator::new(clock, opts.narrate),
+                        stop.subscribe(),
+                    )));
+                }
+                Ok(Demo {
+                    server: Some(server),
+                    peers,
+                    hubs,
+                    engines,
+                    field,
+                    layout,
+                    secrets,
+                    clock,
+                    dir,
+                    mqtt_addr: first.mqtt,
+                    mqtt_tls_addr: first.mqtt_tls,
+                    http_addr: first.http,
+                    https_addr: first.https,
+                    hj212_addr,
+                    pki,
+                    stop,
+                    agents,
+                    tasks,
+                })
+            }
+            Err(e) => {
+                stop_servers(std::iter::once(server).chain(peers).collect()).await;
+                drop_engines(engines).await;
+                Err(e)
+            }
+        }
+    }
 
-        let server = Server::start(hub_config)
-            .await
-            .map_err(|e| port_taken(e, &opts))?;
+    /// Writes hub `i`'s configuration (`hub.toml` for the first, `hub-{i}.toml` for the
+    /// other hubs of a cluster) and starts it.
+    async fn start_hub(
+        opts: &DemoOptions,
+        dir: &Path,
+        base: &hub::config::HubConfig,
+        i: usize,
+        engines: Option<&Engines>,
+    ) -> Result<(Server, HubInfo), DemoError> {
+        let mut cfg = base.clone();
+        let mut file = "hub.toml".to_string();
+        let mut node = "hub".to_string();
+        if let Some(e) = engines {
+            node = format!("hub-{i}");
+            let data = PathBuf::from("cluster").join(&node);
+            std::fs::create_dir_all(dir.join(&data)).map_err(|source| DemoError::DataDir {
+                path: dir.join(&data),
+                source,
+            })?;
+            cfg.hub.data_dir = data;
+            cfg.cluster = Some(hub::config::ClusterSettings {
+                node: node.clone(),
+                nats: e.nats.urls(),
+                postgres: e.pg.url(),
+                partitions: CLUSTER_PARTITIONS,
+                lease: protocols::config::HumanDuration(Duration::from_secs(6)),
+                replicas: 3,
+            });
+            if i > 1 {
+                // The other hubs on free loopback ports; the LAN's stations stay on hub 1.
+                let loopback = || "127.0.0.1:0".to_string();
+                cfg.hub.mqtt_listen = vec![loopback()];
+                if !cfg.hub.mqtt_tls_listen.is_empty() {
+                    cfg.hub.mqtt_tls_listen = vec![loopback()];
+                }
+                cfg.hub.http_listen = loopback();
+                cfg.hub.https_listen = cfg.hub.https_listen.as_ref().map(|_| loopback());
+                cfg.hj212.listen = Vec::new();
+                file = format!("hub-{i}.toml");
+            }
+        }
+        let cfg = provision::write_hub_config_as(dir, &file, &cfg)?;
+        let server = Server::start(cfg).await.map_err(|e| port_taken(e, opts))?;
         // IPv4 first: the hub's certificate names 127.0.0.1 and ::1 alike, and most clients
         // reach 127.0.0.1.
         let first = |addrs: &[SocketAddr]| {
@@ -307,59 +482,19 @@ impl Demo {
                 .min_by_key(|a| a.is_ipv6())
                 .map(reachable)
         };
-        let mqtt_addr = first(server.mqtt_addrs())
-            .ok_or_else(|| DemoError::Hub(ServerError::Broker(BrokerError::NoListener)))?;
-        let mqtt_tls_addr = first(server.mqtt_tls_addrs());
-        let http_addr = reachable(server.http_addr());
-        let https_addr = server.https_addr().map(reachable);
-        let hj212_addr = server
-            .hub()
-            .hj212_addrs()
-            .iter()
-            .copied()
-            .min_by_key(|a| a.is_ipv6())
-            .map(reachable);
-        let hubs = Hubs {
-            mqtt: mqtt_addr,
-            mqtt_tls: mqtt_tls_addr,
-            hj212: hj212_addr,
+        let Some(mqtt) = first(server.mqtt_addrs()) else {
+            stop_servers(vec![server]).await;
+            return Err(DemoError::Hub(ServerError::Broker(BrokerError::NoListener)));
         };
-        match Demo::start_field(&opts, &dir, layout.clone(), &secrets, hubs).await {
-            Ok((field, agents, tasks, stop, clock)) => {
-                info!(
-                    devices = layout.field.len()
-                        + layout.direct.len()
-                        + layout.hj212.len()
-                        + layout.pump_devices().count(),
-                    cameras = layout.cameras.len(),
-                    agents = layout.agents.len(),
-                    "district running"
-                );
-                Ok(Demo {
-                    server: Some(server),
-                    field,
-                    layout,
-                    secrets,
-                    clock,
-                    dir,
-                    mqtt_addr,
-                    mqtt_tls_addr,
-                    http_addr,
-                    https_addr,
-                    hj212_addr,
-                    pki,
-                    stop,
-                    agents,
-                    tasks,
-                })
-            }
-            Err(e) => {
-                if let Err(se) = server.shutdown().await {
-                    error!("hub shutdown: {se}");
-                }
-                Err(e)
-            }
-        }
+        let info = HubInfo {
+            node,
+            mqtt,
+            mqtt_tls: first(server.mqtt_tls_addrs()),
+            http: reachable(server.http_addr()),
+            https: server.https_addr().map(reachable),
+            config: file,
+        };
+        Ok((server, info))
     }
 
     #[allow(clippy::type_complexity)]
@@ -369,6 +504,7 @@ impl Demo {
         layout: Layout,
         secrets: &Secrets,
         hubs: Hubs,
+        agent_hubs: &[SocketAddr],
     ) -> Result<
         (
             Arc<Field>,
@@ -433,12 +569,17 @@ impl Demo {
             .collect();
 
         // The agents' links lead to the TLS listener when there is one; TLS passes through the
-        // backhaul (a TCP relay) untouched.
-        let agent_hub = mqtt_tls.unwrap_or(hub);
+        // backhaul (a TCP relay) untouched. With a cluster the link leads to every hub, the
+        // list rotated agent by agent so that they start out spread over the hubs.
         let mut backhauls = HashMap::new();
-        for a in &layout.agents {
+        for (k, a) in layout.agents.iter().enumerate() {
             let (_, _, link) = provision::agent_paths(dir, &a.id);
-            let b = Backhaul::start(agent_hub, link)
+            let mut to = agent_hubs.to_vec();
+            if !to.is_empty() {
+                let n = to.len();
+                to.rotate_left(k % n);
+            }
+            let b = Backhaul::start_to(&to, link)
                 .await
                 .map_err(|e| field_err(anyhow::anyhow!("backhaul of {}: {e}", a.id)))?;
             backhauls.insert(a.id.clone(), b);
@@ -448,8 +589,10 @@ impl Demo {
         let mut agents = Vec::new();
         for a in &layout.agents {
             // The agent dials its backhaul on 127.0.0.1, a name in the hub's certificate.
+            let link: &Backhaul = &backhauls[&a.id];
             let uplink = Uplink {
-                hub: backhauls[&a.id].addr(),
+                hub: link.addr(),
+                failover: link.addrs()[1..].to_vec(),
                 tls: mqtt_tls.is_some(),
             };
             let cfg = provision::write_agent_config(
@@ -627,9 +770,14 @@ impl Demo {
         &self.dir
     }
 
-    /// The embedded hub.
+    /// The embedded hub (hub 1 of a cluster).
     pub fn server(&self) -> Option<&Server> {
         self.server.as_ref()
+    }
+
+    /// The hubs: one, or those of `--cluster N` in order (hub 1 first).
+    pub fn hubs(&self) -> &[HubInfo] {
+        &self.hubs
     }
 
     /// Stops everything: the agents first (they flush their queues and say goodbye through
@@ -653,11 +801,9 @@ impl Demo {
                 warn!("a district task did not stop within 5 s");
             }
         }
-        if let Some(server) = self.server.take()
-            && let Err(e) = server.shutdown().await
-        {
-            error!("hub shutdown: {e}");
-        }
+        let servers = self.server.take().into_iter().chain(self.peers.drain(..));
+        stop_servers(servers.collect()).await;
+        drop_engines(self.engines.take()).await;
         self.field.stop_devices().await;
     }
 }
@@ -668,6 +814,128 @@ impl Drop for Demo {
         self.stop.send_replace(true);
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// Starts three NATS nodes and one PostgreSQL (blocking work, off the runtime's threads).
+async fn start_engines() -> Result<Engines, DemoError> {
+    let started = tokio::task::spawn_blocking(|| {
+        let nats = engines::nats::NatsCluster::start(3)?;
+        let pg = engines::postgres::Postgres::start()?;
+        Ok::<_, engines::EngineError>(Engines { nats, pg })
+    })
+    .await;
+    match started {
+        Ok(Ok(e)) => Ok(e),
+        Ok(Err(e)) => Err(DemoError::Cluster(format!(
+            "starting nats-server and PostgreSQL: {e} (scripts/setup-peers.sh installs them)"
+        ))),
+        Err(e) => Err(DemoError::Cluster(format!("starting the engines: {e}"))),
+    }
+}
+
+/// Stops the engines (they wait for their processes: blocking work).
+async fn drop_engines(engines: Option<Engines>) {
+    if let Some(e) = engines {
+        let _ = tokio::task::spawn_blocking(move || drop(e)).await;
+    }
+}
+
+/// Shuts hubs down side by side (in a cluster each hands its partitions over).
+async fn stop_servers(servers: Vec<Server>) {
+    let mut set = tokio::task::JoinSet::new();
+    for s in servers {
+        set.spawn(s.shutdown());
+    }
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!("hub shutdown: {e}"),
+            Err(e) => error!("hub shutdown task: {e}"),
+        }
+    }
+}
+
+/// Partitions held per node, once every partition has an owner: `GET /api/v1/cluster` of
+/// the hub at `http`.
+pub async fn partitions_held(
+    http: SocketAddr,
+    auth: &str,
+) -> Option<std::collections::BTreeMap<String, usize>> {
+    let doc = http_get_json(http, "/api/v1/cluster", auth).await?;
+    let owners = doc["partition_owners"].as_array()?;
+    let mut held = std::collections::BTreeMap::new();
+    for n in doc["nodes"].as_array()? {
+        if n["alive"] == true
+            && let Some(name) = n["node"].as_str()
+        {
+            held.insert(name.to_string(), 0);
+        }
+    }
+    for p in owners {
+        let owner = p["owner"].as_str()?;
+        *held.entry(owner.to_string()).or_insert(0) += 1;
+    }
+    (doc["partitions"].as_u64() == Some(owners.len() as u64)).then_some(held)
+}
+
+/// A GET on loopback, HTTP/1.0 (no chunking), the body as JSON; none on any failure.
+async fn http_get_json(addr: SocketAddr, path: &str, auth: &str) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: {auth}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()??;
+    let at = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..at]).ok()?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return None;
+    }
+    serde_json::from_slice(&buf[at + 4..]).ok()
+}
+
+/// Says, once the leases have settled (every partition owned, the same owners three polls in
+/// a row), how many partitions each hub holds.
+async fn narrate_leases(
+    http: SocketAddr,
+    auth: String,
+    narrator: Narrator,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    let mut same = 0;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let held = partitions_held(http, &auth).await;
+        if held.is_some() && held == last {
+            same += 1;
+        } else {
+            same = 0;
+        }
+        last = held;
+        if same >= 2
+            && let Some(held) = &last
+        {
+            let text = held
+                .iter()
+                .map(|(node, n)| format!("{node} holds {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            narrator.say(&format!(
+                "cluster: the leases have settled: {text} of {CLUSTER_PARTITIONS} partitions"
+            ));
+            return;
         }
     }
 }

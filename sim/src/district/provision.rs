@@ -626,11 +626,21 @@ const HUB_NOTES: &str = "
 
 /// Writes `DIR/hub.toml` and loads it back with the hub's own loader (paths resolved).
 pub fn write_hub_config(dir: &Path, cfg: &HubConfig) -> Result<HubConfig, ProvisionError> {
+    write_hub_config_as(dir, "hub.toml", cfg)
+}
+
+/// Writes `DIR/{name}` (`sim demo --cluster`: `hub-2.toml` ... for the other hubs) and loads
+/// it back with the hub's own loader (paths resolved against `DIR`).
+pub fn write_hub_config_as(
+    dir: &Path,
+    name: &str,
+    cfg: &HubConfig,
+) -> Result<HubConfig, ProvisionError> {
     let text = toml::to_string(cfg).map_err(|e| ProvisionError::Serialize {
         what: "hub.toml".into(),
         detail: e.to_string(),
     })?;
-    let path = dir.join("hub.toml");
+    let path = dir.join(name);
     write(&path, &format!("{HUB_HEADER}\n{text}{HUB_NOTES}"))?;
     Ok(HubConfig::load(&path)?)
 }
@@ -647,7 +657,7 @@ struct AgentToml<'a> {
 struct AgentSectionToml<'a> {
     id: &'a str,
     secret: &'a str,
-    hub: String,
+    hub: edge_agent::config::HubList,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -683,10 +693,13 @@ pub fn agent_paths(dir: &Path, agent: &str) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 /// How an agent reaches the hub.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Uplink {
     /// Where it dials (its backhaul link).
     pub hub: SocketAddr,
+    /// The other hubs of a cluster, in the order it fails over to them (`sim demo
+    /// --cluster`; empty with one hub).
+    pub failover: Vec<SocketAddr>,
     /// `mqtts://` with the [`Pki`]'s CA and the agent's client certificate (made by
     /// [`ensure_pki`]); otherwise plain `mqtt://`.
     pub tls: bool,
@@ -744,11 +757,11 @@ pub fn write_agent_config(
             // Kept beside the certificate: the config still works against a hub without
             // `client_ca`.
             secret: secrets.get(agent),
-            hub: format!(
-                "{}://{}",
-                if uplink.tls { "mqtts" } else { "mqtt" },
-                uplink.hub
-            ),
+            hub: std::iter::once(uplink.hub)
+                .chain(uplink.failover.iter().copied())
+                .map(|h| format!("{}://{h}", if uplink.tls { "mqtts" } else { "mqtt" }))
+                .collect::<Vec<_>>()
+                .into(),
             ca: up(Path::new(CA_FILE)),
             cert: up(&cert),
             key: up(&key),
@@ -847,6 +860,7 @@ mod tests {
             &secrets,
             Uplink {
                 hub: "127.0.0.1:1883".parse().unwrap(),
+                failover: Vec::new(),
                 tls: false,
             },
             |_| Some("127.0.0.1:5020".parse().unwrap()),
@@ -862,6 +876,7 @@ mod tests {
             &secrets,
             Uplink {
                 hub: "127.0.0.1:1883".parse().unwrap(),
+                failover: Vec::new(),
                 tls: false,
             },
             |_| Some("127.0.0.1:5020".parse().unwrap()),
@@ -922,6 +937,7 @@ mod tests {
             &secrets,
             Uplink {
                 hub: "127.0.0.1:8883".parse().unwrap(),
+                failover: Vec::new(),
                 tls: true,
             },
             |_| Some("127.0.0.1:5020".parse().unwrap()),

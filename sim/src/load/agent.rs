@@ -46,6 +46,9 @@ pub enum Phase {
 pub struct AgentSettings {
     /// `HOST:PORT` of the broker.
     pub target: String,
+    /// The hubs of a cluster (`HOST:PORT` each): agent `i` connects to `spread[i % len]`
+    /// instead of `target` (empty: every agent to `target`).
+    pub spread: Vec<String>,
     /// What acknowledges a batch.
     pub ack: AckMode,
     /// Devices in each batch (taken round-robin from the agent's devices).
@@ -78,6 +81,9 @@ pub struct Shared {
     pub ack_steady: Histogram,
     /// Probe latency after the warm-up.
     pub probe_steady: Histogram,
+    /// With [`AckMode::Hub`]: from the last send of a batch to the broker's PUBACK, after the
+    /// warm-up.
+    pub puback_steady: Histogram,
 }
 
 impl Shared {
@@ -99,6 +105,8 @@ struct Pending {
     readings: u32,
     first_sent: Instant,
     last_sent: Instant,
+    /// The PUBACK of its last send came (hub ack mode measures it on the side).
+    pubacked: bool,
 }
 
 fn pid_of(seq: u64) -> u16 {
@@ -184,8 +192,12 @@ pub async fn run(
             AckMode::Hub => vec![(agent.ack_topic.as_str(), 1)],
             AckMode::PubAck => Vec::new(),
         };
+        let target = match agent.settings.spread.as_slice() {
+            [] => agent.settings.target.as_str(),
+            hubs => hubs[agent.idx % hubs.len()].as_str(),
+        };
         let opened = mqtt::open(
-            &agent.settings.target,
+            target,
             &agent.plan.id,
             Some(&agent.plan.id),
             Some(&agent.plan.secret),
@@ -282,6 +294,21 @@ impl Agent {
             while let Some(p) = mqtt::decode(&mut rbuf).map_err(|e| e.to_string())? {
                 match p {
                     Incoming::Publish(p) => self.on_publish(p, &mut wbuf),
+                    Incoming::PubAck(pid) if self.settings.ack == AckMode::Hub => {
+                        let now = Instant::now();
+                        if let Some(p) = self
+                            .window
+                            .iter_mut()
+                            .find(|p| !p.pubacked && pid_of(p.seq) == pid)
+                        {
+                            p.pubacked = true;
+                            if p.first_sent.into_std() >= self.shared.steady_from {
+                                self.shared
+                                    .puback_steady
+                                    .record(now.duration_since(p.last_sent));
+                            }
+                        }
+                    }
                     Incoming::PubAck(pid) if self.settings.ack == AckMode::PubAck => {
                         let now = Instant::now();
                         if let Some(i) = self.window.iter().position(|p| pid_of(p.seq) == pid)
@@ -359,6 +386,7 @@ impl Agent {
             readings,
             first_sent: now,
             last_sent: now,
+            pubacked: false,
         });
     }
 

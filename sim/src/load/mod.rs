@@ -70,6 +70,7 @@ impl LoadOptions {
         LoadOptions {
             settings: AgentSettings {
                 target: target.to_string(),
+                spread: Vec::new(),
                 ack: AckMode::Hub,
                 devices_per_batch: 20,
                 samples_per_device: 1,
@@ -143,6 +144,7 @@ impl Load {
             steady_from: started + opts.warmup,
             ack_steady: Histogram::default(),
             probe_steady: Histogram::default(),
+            puback_steady: Histogram::default(),
         });
         let probe_latency = Arc::new(Histogram::default());
         let (phase, phase_rx) = watch::channel(Phase::Run);
@@ -247,6 +249,11 @@ impl Load {
     /// Acknowledgement latency of batches first sent after the warm-up.
     pub fn ack_steady(&self) -> &Histogram {
         &self.shared.ack_steady
+    }
+
+    /// Send to PUBACK after the warm-up (hub ack mode; empty in PUBACK mode).
+    pub fn puback_steady(&self) -> &Histogram {
+        &self.shared.puback_steady
     }
 
     /// When the load started.
