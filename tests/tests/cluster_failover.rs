@@ -18,6 +18,7 @@ use agent_support::*;
 use engines::nats::NatsCluster;
 use engines::postgres::Postgres;
 use series_store::postgres::{PgOptions, PgStore};
+use sim::device::RunningDevice;
 use tests::HubProc;
 
 const PARTITIONS: u32 = 8;
@@ -200,28 +201,54 @@ async fn assert_exactly_once(pg: &Postgres, end: &AgentEnd) {
     assert_eq!(doubled_rows(pg), 0, "a reading stored twice");
 }
 
+/// Starts the engines and `n` hubs under `dir`, and waits for the leases to settle.
+async fn start_cluster(dir: &Path, n: usize) -> (NatsCluster, Postgres, Vec<ClusterHub>) {
+    let (nats, pg) = engines().await;
+    let hubs = start_hubs(dir, n, &nats, &pg).await;
+    let names: Vec<&str> = hubs.iter().map(|h| h.node.as_str()).collect();
+    settled(hubs[0].http(), &names).await;
+    (nats, pg, hubs)
+}
+
+/// The agent under test, polling its streetlight.
+struct Field {
+    device: RunningDevice,
+    agent: AgentGuard,
+    metrics: SocketAddr,
+}
+
+impl Field {
+    /// Starts the streetlight and the agent with every hub in its list, hub `first` first.
+    async fn start(dir: &Path, hubs: &[ClusterHub], first: usize) -> Field {
+        let list: Vec<String> = (0..hubs.len())
+            .map(|k| format!("mqtt://{}", hubs[(first + k) % hubs.len()].mqtt))
+            .collect();
+        let device = start_streetlight().await;
+        let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
+        let agent = start_agent(agent_config(dir, &list, device.addr.unwrap(), metrics));
+        Field {
+            device,
+            agent,
+            metrics,
+        }
+    }
+
+    /// Drains the agent and checks the shared store (see [`assert_exactly_once`]).
+    async fn finish(self, dir: &Path, pg: &Postgres) {
+        let end = drain_and_stop(self.device, self.agent, self.metrics, dir).await;
+        assert_exactly_once(pg, &end).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_hub_with_the_agent_and_its_partition_loses_and_repeats_nothing() {
-    let (_nats, pg) = engines().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut hubs = start_hubs(dir.path(), 3, &_nats, &pg).await;
-    settled(hubs[0].http(), &["hub-1", "hub-2", "hub-3"]).await;
-
+    let (_nats, pg, mut hubs) = start_cluster(dir.path(), 3).await;
     // The agent's first hub is the one working its partition: kill -9 takes both.
     let partition = hub::cluster::partition_of(AGENT, PARTITIONS);
     let owner = owner_of(hubs[0].http(), partition).await.unwrap();
     let o = hubs.iter().position(|h| h.node == owner).unwrap();
-    let list: Vec<String> = (0..hubs.len())
-        .map(|k| format!("mqtt://{}", hubs[(o + k) % hubs.len()].mqtt))
-        .collect();
-    let device = start_streetlight().await;
-    let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
-    let agent = start_agent(agent_config(
-        dir.path(),
-        &list,
-        device.addr.unwrap(),
-        metrics,
-    ));
+    let field = Field::start(dir.path(), &hubs, o).await;
     let owner_http = hubs[o].http();
     until("the owner works the agent's batches", || async {
         hub_metric(owner_http, "hub_cluster_consumed_total").await >= 30.0
@@ -241,62 +268,51 @@ async fn killing_the_hub_with_the_agent_and_its_partition_loses_and_repeats_noth
         "taken over after {takeover:?}"
     );
     until("the agent on another hub", || async {
-        agent_metric(metrics, "edge_agent_hub_switches_total").await >= Some(1.0)
+        agent_metric(field.metrics, "edge_agent_hub_switches_total").await >= Some(1.0)
     })
     .await;
-    let consumed_before = hub_metric(other, "hub_cluster_consumed_total").await;
-    until("batches stored after the takeover", || async {
+    let survivors: Vec<SocketAddr> = (0..hubs.len())
+        .filter(|&k| k != o)
+        .map(|k| hubs[k].http())
+        .collect();
+    let consumed = || async {
         let mut total = 0.0;
-        for (k, h) in hubs.iter().enumerate() {
-            if k != o {
-                total += hub_metric(h.http(), "hub_cluster_consumed_total").await;
-            }
+        for h in &survivors {
+            total += hub_metric(*h, "hub_cluster_consumed_total").await;
         }
-        total >= consumed_before + 30.0
+        total
+    };
+    let before = consumed().await;
+    until("batches stored after the takeover", || async {
+        consumed().await >= before + 30.0
     })
     .await;
-
-    let end = drain_and_stop(device, agent, metrics, dir.path()).await;
-    assert_exactly_once(&pg, &end).await;
+    field.finish(dir.path(), &pg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_away_for_ten_seconds_pauses_stored_acks_and_loses_nothing() {
-    let (nats, mut pg) = engines().await;
     let dir = tempfile::tempdir().unwrap();
-    let hubs = start_hubs(dir.path(), 2, &nats, &pg).await;
-    settled(hubs[0].http(), &["hub-1", "hub-2"]).await;
-    let list: Vec<String> = hubs.iter().map(|h| format!("mqtt://{}", h.mqtt)).collect();
-    let device = start_streetlight().await;
-    let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
-    let agent = start_agent(agent_config(
-        dir.path(),
-        &list,
-        device.addr.unwrap(),
-        metrics,
-    ));
+    let (_nats, mut pg, hubs) = start_cluster(dir.path(), 2).await;
+    let field = Field::start(dir.path(), &hubs, 0).await;
     let h1 = hubs[0].http();
-    until("batches flowing", || async {
-        hub_metric(h1, "hub_cluster_published_total").await >= 20.0
-    })
-    .await;
+    let published = || hub_metric(h1, "hub_cluster_published_total");
+    until("batches flowing", || async { published().await >= 20.0 }).await;
 
     tokio::task::block_in_place(|| pg.stop_immediate()).unwrap();
-    let published = hub_metric(h1, "hub_cluster_published_total").await;
+    let before = published().await;
     // The log keeps taking the agent's batches (PUBACKs go on) while nothing can be stored.
     until("PUBACKs going on without PostgreSQL", || async {
-        hub_metric(h1, "hub_cluster_published_total").await >= published + 20.0
+        published().await >= before + 20.0
     })
     .await;
     tokio::time::sleep(Duration::from_secs(10)).await; // the outage itself, not a wait for an event
     assert!(
-        agent_metric(metrics, "edge_agent_queue_depth").await > Some(0.0),
+        agent_metric(field.metrics, "edge_agent_queue_depth").await > Some(0.0),
         "stored-acks pause while PostgreSQL is away"
     );
     tokio::task::block_in_place(|| pg.start_again()).unwrap();
-
-    let end = drain_and_stop(device, agent, metrics, dir.path()).await;
-    assert_exactly_once(&pg, &end).await;
+    field.finish(dir.path(), &pg).await;
 }
 
 /// The NATS node leading the ingest stream, by its index in `nats`.
@@ -334,19 +350,9 @@ async fn kill_nats_node(nats: &mut NatsCluster, i: usize, http: SocketAddr) -> D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_stream_leader_or_a_follower_stalls_acks_briefly_and_loses_nothing() {
-    let (mut nats, pg) = engines().await;
     let dir = tempfile::tempdir().unwrap();
-    let hubs = start_hubs(dir.path(), 2, &nats, &pg).await;
-    settled(hubs[0].http(), &["hub-1", "hub-2"]).await;
-    let list: Vec<String> = hubs.iter().map(|h| format!("mqtt://{}", h.mqtt)).collect();
-    let device = start_streetlight().await;
-    let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
-    let agent = start_agent(agent_config(
-        dir.path(),
-        &list,
-        device.addr.unwrap(),
-        metrics,
-    ));
+    let (mut nats, pg, hubs) = start_cluster(dir.path(), 2).await;
+    let field = Field::start(dir.path(), &hubs, 0).await;
     let h1 = hubs[0].http();
     until("batches flowing", || async {
         hub_metric(h1, "hub_cluster_published_total").await >= 20.0
@@ -365,26 +371,15 @@ async fn killing_the_stream_leader_or_a_follower_stalls_acks_briefly_and_loses_n
         stalled < Duration::from_secs(10),
         "acks stalled {stalled:?} (follower)"
     );
-
-    let end = drain_and_stop(device, agent, metrics, dir.path()).await;
-    assert_exactly_once(&pg, &end).await;
+    field.finish(dir.path(), &pg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_of_every_hub_under_load_loses_nothing() {
-    let (nats, pg) = engines().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut hubs = start_hubs(dir.path(), 3, &nats, &pg).await;
-    settled(hubs[0].http(), &["hub-1", "hub-2", "hub-3"]).await;
-    let list: Vec<String> = hubs.iter().map(|h| format!("mqtt://{}", h.mqtt)).collect();
-    let device = start_streetlight().await;
-    let metrics: SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
-    let agent = start_agent(agent_config(
-        dir.path(),
-        &list,
-        device.addr.unwrap(),
-        metrics,
-    ));
+    let (_nats, pg, mut hubs) = start_cluster(dir.path(), 3).await;
+    let field = Field::start(dir.path(), &hubs, 0).await;
+    let metrics = field.metrics;
     let sent = || agent_metric(metrics, "edge_agent_entries_sent_total");
     until("batches flowing", || async { sent().await >= Some(20.0) }).await;
 
@@ -405,7 +400,5 @@ async fn a_rolling_restart_of_every_hub_under_load_loses_nothing() {
         })
         .await;
     }
-
-    let end = drain_and_stop(device, agent, metrics, dir.path()).await;
-    assert_exactly_once(&pg, &end).await;
+    field.finish(dir.path(), &pg).await;
 }
