@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use crate::topic::{Topic, filter_matches, filter_within, validate_filter};
 
 /// An authenticated client of the hub.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Principal {
     /// A field device that connects itself (JSON telemetry).
     Device(String),

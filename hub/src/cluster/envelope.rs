@@ -13,56 +13,13 @@ use protocols::access::Principal;
 /// Version byte in front of every envelope; a hub refuses (and counts) what it cannot read.
 const VERSION: u8 = 1;
 
-/// Who sent a message, as the log carries it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Sender {
-    /// A direct device.
-    Device(String),
-    /// An edge agent.
-    Agent(String),
-    /// A Sparkplug B edge node.
-    SparkplugNode(String),
-    /// An app with its grants.
-    App {
-        /// The app id.
-        id: String,
-        /// Its grant filters.
-        grants: Vec<String>,
-    },
-}
-
-impl From<&Principal> for Sender {
-    fn from(p: &Principal) -> Sender {
-        match p {
-            Principal::Device(id) => Sender::Device(id.clone()),
-            Principal::Agent(id) => Sender::Agent(id.clone()),
-            Principal::SparkplugNode(id) => Sender::SparkplugNode(id.clone()),
-            Principal::App { id, grants } => Sender::App {
-                id: id.clone(),
-                grants: grants.clone(),
-            },
-        }
-    }
-}
-
-impl From<Sender> for Principal {
-    fn from(s: Sender) -> Principal {
-        match s {
-            Sender::Device(id) => Principal::Device(id),
-            Sender::Agent(id) => Principal::Agent(id),
-            Sender::SparkplugNode(id) => Principal::SparkplugNode(id),
-            Sender::App { id, grants } => Principal::App { id, grants },
-        }
-    }
-}
-
 /// An ingress event on its way from the hub that took it to the hub that owns its partition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Ingest {
     /// A message (already authenticated and authorized by the receiving hub).
     Message {
         /// Who sent it.
-        sender: Sender,
+        sender: Principal,
         /// The MQTT client id.
         client_id: String,
         /// The topic.
@@ -75,14 +32,14 @@ pub enum Ingest {
     /// A client connected to some hub.
     Connected {
         /// Who.
-        sender: Sender,
+        sender: Principal,
         /// Its client id.
         client_id: String,
     },
     /// A client's connection to some hub ended.
     Disconnected {
         /// Who.
-        sender: Sender,
+        sender: Principal,
         /// Its client id.
         client_id: String,
         /// Whether it said DISCONNECT.
@@ -107,7 +64,7 @@ impl Ingest {
     pub fn of(event: &IngressEvent) -> Option<Ingest> {
         match event {
             IngressEvent::Message(m) => Some(Ingest::Message {
-                sender: Sender::from(&*m.principal),
+                sender: Principal::clone(&m.principal),
                 client_id: m.client_id.to_string(),
                 topic: m.topic.clone(),
                 payload: m.payload.to_vec(),
@@ -117,7 +74,7 @@ impl Ingest {
                 principal,
                 client_id,
             } => Some(Ingest::Connected {
-                sender: Sender::from(&**principal),
+                sender: Principal::clone(principal),
                 client_id: client_id.to_string(),
             }),
             IngressEvent::Disconnected {
@@ -125,7 +82,7 @@ impl Ingest {
                 client_id,
                 graceful,
             } => Some(Ingest::Disconnected {
-                sender: Sender::from(&**principal),
+                sender: Principal::clone(principal),
                 client_id: client_id.to_string(),
                 graceful: *graceful,
             }),
@@ -146,7 +103,7 @@ impl Ingest {
                 payload,
                 received_ms,
             } => IngressEvent::Message(Inbound {
-                principal: Arc::new(sender.into()),
+                principal: Arc::new(sender),
                 client_id: client_id.into(),
                 topic,
                 payload: Bytes::from(payload),
@@ -155,7 +112,7 @@ impl Ingest {
                 done,
             }),
             Ingest::Connected { sender, client_id } => IngressEvent::Connected {
-                principal: Arc::new(sender.into()),
+                principal: Arc::new(sender),
                 client_id: client_id.into(),
             },
             Ingest::Disconnected {
@@ -163,7 +120,7 @@ impl Ingest {
                 client_id,
                 graceful,
             } => IngressEvent::Disconnected {
-                principal: Arc::new(sender.into()),
+                principal: Arc::new(sender),
                 client_id: client_id.into(),
                 graceful,
             },
