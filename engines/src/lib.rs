@@ -17,6 +17,25 @@ pub mod postgres;
 
 use std::time::Duration;
 
+/// What a hub cluster runs on: a NATS JetStream cluster and one PostgreSQL, stopped when
+/// dropped.
+pub struct Engines {
+    /// The NATS nodes.
+    pub nats: nats::NatsCluster,
+    /// The store of record.
+    pub pg: postgres::Postgres,
+}
+
+impl Engines {
+    /// Starts `nats_nodes` NATS nodes and one PostgreSQL; blocks until both take clients.
+    pub fn start(nats_nodes: usize) -> Result<Engines, EngineError> {
+        Ok(Engines {
+            nats: nats::NatsCluster::start(nats_nodes)?,
+            pg: postgres::Postgres::start()?,
+        })
+    }
+}
+
 /// Why an engine could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -23,9 +23,9 @@ async fn engines() -> (NatsCluster, Postgres) {
         .with_test_writer()
         .try_init();
     tokio::task::spawn_blocking(|| {
-        let nats = NatsCluster::start(3).expect("nats-server cluster (scripts/setup-peers.sh)");
-        let pg = Postgres::start().expect("postgres (scripts/setup-peers.sh)");
-        (nats, pg)
+        let e =
+            engines::Engines::start(3).expect("nats-server and postgres (scripts/setup-peers.sh)");
+        (e.nats, e.pg)
     })
     .await
     .unwrap()

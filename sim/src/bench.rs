@@ -129,7 +129,7 @@ pub struct IngestArgs {
 struct Cluster {
     /// Hubs 2..N (hub 1 is the bench's `server`).
     peers: Vec<hub::server::Server>,
-    engines: Option<(engines::nats::NatsCluster, engines::postgres::Postgres)>,
+    engines: Option<engines::Engines>,
 }
 
 impl Cluster {
@@ -267,14 +267,9 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             cfg.hub.max_messages_per_s = 0;
             cfg.hub.max_bytes_per_s = protocols::config::ByteSize(0);
             if let Some(n) = a.cluster {
-                let started = tokio::task::spawn_blocking(|| {
-                    anyhow::Ok((
-                        engines::nats::NatsCluster::start(3)?,
-                        engines::postgres::Postgres::start()?,
-                    ))
-                })
-                .await?
-                .context("starting nats-server and PostgreSQL (scripts/setup-peers.sh)")?;
+                let started = tokio::task::spawn_blocking(|| engines::Engines::start(3))
+                    .await?
+                    .context("starting nats-server and PostgreSQL (scripts/setup-peers.sh)")?;
                 let mut c = Cluster {
                     peers: Vec::new(),
                     engines: Some(started),
@@ -283,7 +278,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                     let mut cfg = cfg.clone();
                     cfg.hub.data_dir = cfg.hub.data_dir.join(format!("hub-{i}"));
                     std::fs::create_dir_all(&cfg.hub.data_dir)?;
-                    if let Some((nats, pg)) = &c.engines {
+                    if let Some(engines::Engines { nats, pg }) = &c.engines {
                         cfg.cluster = Some(hub::config::ClusterSettings {
                             node: format!("hub-{i}"),
                             nats: nats.urls(),

@@ -30,9 +30,9 @@ fn test_hub() -> PathBuf {
 
 async fn engines() -> (NatsCluster, Postgres) {
     tokio::task::spawn_blocking(|| {
-        let nats = NatsCluster::start(3).expect("nats-server cluster (scripts/setup-peers.sh)");
-        let pg = Postgres::start().expect("postgres (scripts/setup-peers.sh)");
-        (nats, pg)
+        let e =
+            engines::Engines::start(3).expect("nats-server and postgres (scripts/setup-peers.sh)");
+        (e.nats, e.pg)
     })
     .await
     .unwrap()

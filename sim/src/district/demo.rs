@@ -37,6 +37,7 @@ use crate::device::{DeviceSpec, spawn_tcp};
 use crate::hj212_station;
 use crate::sparkplug_node;
 use crate::world::{SiteConditions, World};
+use engines::Engines;
 
 /// How the demo runs.
 #[derive(Clone, Debug)]
@@ -266,12 +267,6 @@ pub struct HubInfo {
     pub https: Option<SocketAddr>,
     /// Its configuration file, relative to the data directory.
     pub config: String,
-}
-
-/// The engines of `sim demo --cluster`: stopped when dropped.
-struct Engines {
-    nats: engines::nats::NatsCluster,
-    pg: engines::postgres::Postgres,
 }
 
 /// Partitions of the demo's cluster: shared out evenly by 2, 3, 4 or 6 hubs.
@@ -820,12 +815,7 @@ impl Drop for Demo {
 
 /// Starts three NATS nodes and one PostgreSQL (blocking work, off the runtime's threads).
 async fn start_engines() -> Result<Engines, DemoError> {
-    let started = tokio::task::spawn_blocking(|| {
-        let nats = engines::nats::NatsCluster::start(3)?;
-        let pg = engines::postgres::Postgres::start()?;
-        Ok::<_, engines::EngineError>(Engines { nats, pg })
-    })
-    .await;
+    let started = tokio::task::spawn_blocking(|| Engines::start(3)).await;
     match started {
         Ok(Ok(e)) => Ok(e),
         Ok(Err(e)) => Err(DemoError::Cluster(format!(
