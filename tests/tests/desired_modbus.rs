@@ -7,7 +7,6 @@
 //! agent's polls report `dimming_level` 40 and the metered lamp power of a 40 % lamp -> the
 //! twin's delta is empty and its command `done`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hub::config::HubConfig;
@@ -17,55 +16,11 @@ use protocols::profile::DeviceProfile;
 use sim::device::{DeviceSpec, spawn_tcp};
 use sim::world::World;
 
+mod agent_support;
+use agent_support::{profile_path, start_agent};
+
 const WAIT: Duration = Duration::from_secs(20);
 const AUTH: &str = "Bearer command-center:cc-secret-123";
-
-fn profile_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/streetlight-lc200.toml")
-}
-
-/// The edge agent on a runtime of its own; stopped (every task dropped) with the guard.
-struct AgentGuard {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start_agent(cfg: edge_agent::config::AgentConfig) -> AgentGuard {
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("agent runtime");
-        rt.block_on(async move {
-            tokio::select! {
-                r = edge_agent::agent::run(cfg) => {
-                    if let Err(e) = r {
-                        panic!("agent stopped: {e}");
-                    }
-                }
-                _ = stop_rx => {}
-            }
-        });
-        rt.shutdown_timeout(Duration::from_secs(3));
-    });
-    AgentGuard {
-        stop: Some(stop),
-        thread: Some(thread),
-    }
-}
 
 async fn twin(http: std::net::SocketAddr, device: &str) -> Twin {
     let resp = reqwest::Client::new()
