@@ -112,9 +112,14 @@ fn handle<S>(c: &Committer<S>, stored: Stored, acks: &mut AckCoalescer) {
             return;
         }
     };
-    if let Some(tx) = prepared.done.take() {
-        let _ = tx.send(Disposition::Accepted);
-    }
+    // Answered once the twins and rules have seen it too: in a cluster the partition's worker
+    // waits for this before the partition can be handed over with its rule state.
+    let done = prepared.done.take();
+    let accepted = move || {
+        if let Some(tx) = done {
+            let _ = tx.send(Disposition::Accepted);
+        }
+    };
     if let Some((agent, stream, seq)) = prepared.ack {
         acks.add(agent, stream, seq);
     }
@@ -126,6 +131,7 @@ fn handle<S>(c: &Committer<S>, stored: Stored, acks: &mut AckCoalescer) {
     match appended {
         Appended::Duplicate => {
             c.metrics.duplicates.fetch_add(1, Relaxed);
+            accepted();
             return;
         }
         // Durable before a crash, maybe never published: publish now (at-least-once).
@@ -156,6 +162,7 @@ fn handle<S>(c: &Committer<S>, stored: Stored, acks: &mut AckCoalescer) {
         );
         c.metrics.feeds_published.fetch_add(1, Relaxed);
     }
+    accepted();
     c.metrics
         .pipeline_latency
         .observe(prepared.arrived.elapsed());
