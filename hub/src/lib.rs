@@ -309,19 +309,30 @@ impl<S: SeriesStore> Hub<S> {
             .with_sparkplug(sparkplug.clone()),
         );
         let started = protocols::time::now_ms();
-        let alerts = Arc::new(AlertBook::open(
-            &config,
-            registry.clone(),
-            outlet.clone(),
-            started,
-        )?);
+        // In a cluster, alerts live in PostgreSQL and a hub works only the devices of the
+        // partitions it holds: their alerts and rule state come with each partition.
+        let alerts = Arc::new(match &cluster {
+            None => AlertBook::open(&config, registry.clone(), outlet.clone(), started)?,
+            Some(c) => {
+                AlertBook::open_shared(
+                    &config,
+                    registry.clone(),
+                    outlet.clone(),
+                    c.link.pg.clone(),
+                    started,
+                )
+                .await?
+            }
+        });
         let rules = Arc::new(Rules::new(
             &config,
             registry.clone(),
             alerts.clone(),
             started,
         ));
-        {
+        if cluster.is_some() {
+            rules.disown_all();
+        } else {
             // Hold timers and rate windows resume from the stored readings.
             let (rules, store) = (rules.clone(), store.clone());
             if let Err(e) =
@@ -409,9 +420,25 @@ impl<S: SeriesStore> Hub<S> {
                 ingress.spawn("cluster front", move |stop| {
                     cluster::front::run(l, r, front_rx, local, stop)
                 });
+                let custody = Arc::new(cluster::custody::Custody {
+                    registry: registry.clone(),
+                    alerts: alerts.clone(),
+                    rules: rules.clone(),
+                    twins: twins.clone(),
+                    store: store.clone(),
+                    partitions: link.settings.partitions,
+                });
                 let (l, ev, http) = (link.clone(), events_tx.clone(), http_addr.to_string());
                 clustering.spawn("partition leases", move |stop| {
-                    cluster::lease::run(l, http, ev, stop)
+                    cluster::lease::run(l, http, ev, custody, stop)
+                });
+                alerts.route_acks(Arc::new(cluster::acks::AckRouter {
+                    link: link.clone(),
+                    registry: registry.clone(),
+                }));
+                let (l, a) = (link.clone(), alerts.clone());
+                clustering.spawn("alert acks between hubs", move |stop| {
+                    cluster::acks::serve(l, a, stop)
                 });
                 let (l, o) = (link.clone(), outlet.clone());
                 clustering.spawn("cluster relay", move |stop| {

@@ -149,3 +149,158 @@ async fn an_agent_on_one_hub_is_heard_by_an_app_on_another() {
     .await;
     h1.stop().await;
 }
+
+/// Publishes one lamp-power reading of SL-0001 as AG-0001 (stream 9, `seq`) and waits for the
+/// agent's ack of it.
+async fn lamp_power(agent: &mut Client, seq: u64, t0: i64, watts: f64) {
+    let b = batch(
+        "AG-0001",
+        9,
+        seq,
+        "SL-0001",
+        vec![(
+            t0 + seq as i64 * 1000,
+            vec![reading(Quantity::LampPower, watts)],
+        )],
+    );
+    agent
+        .publish("v1/agents/AG-0001/batch", QoS::AtLeastOnce, encode(&b))
+        .await;
+    loop {
+        let ack = ack_of(&agent.next_on("v1/agents/AG-0001/ack").await);
+        if ack.stream == 9 && ack.covers(seq) {
+            return;
+        }
+    }
+}
+
+/// The next alert message an app hears.
+async fn next_alert(app: &mut Client) -> serde_json::Value {
+    let p = app.next_on("v1/alerts/#").await;
+    serde_json::from_slice(&p.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_episode_keeps_its_id_when_its_partition_moves_between_hubs() {
+    let (nats, pg) = engines().await;
+    let rule: HubConfig = HubConfig::from_toml(&format!(
+        "{CONFIG}\n[[rules]]\nid = \"lamp-overload\"\nquantity = \"lamp_power\"\nabove = 100.0\nlevel = \"orange\"\n"
+    ))
+    .unwrap();
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let with_rule = |dir: &Path, node: &str| {
+        let mut c = cluster_config(dir, node, &nats, &pg);
+        c.rules = rule.rules.clone();
+        c
+    };
+    let h1 = E2eHub::start(with_rule(d1.path(), "hub-1")).await;
+    let h2 = E2eHub::start(with_rule(d2.path(), "hub-2")).await;
+    cluster_until(&h2.base_url(), "both hubs hold half the partitions", |b| {
+        owned_by(b, "hub-1") == 4 && owned_by(b, "hub-2") == 4
+    })
+    .await;
+    // The hub that works AG-0001's partition leaves mid-episode; the other one stays.
+    let p = hub::cluster::partition_of("AG-0001", 8);
+    let (_, body) = get_json(&h1.base_url(), "/api/v1/cluster", Some(OPS)).await;
+    let first_owner = body["partition_owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["partition"] == p)
+        .and_then(|o| o["owner"].as_str())
+        .unwrap()
+        .to_string();
+    let (leaving, staying) = if first_owner == "hub-1" {
+        (h1, h2)
+    } else {
+        (h2, h1)
+    };
+    let mut app = connect(staying.mqtt, "ops", OPS.1).await.unwrap();
+    app.subscribe("v1/alerts/#", QoS::AtLeastOnce).await;
+    let mut agent = connect(staying.mqtt, "AG-0001", "ag-secret-0001")
+        .await
+        .unwrap();
+    agent
+        .subscribe("v1/agents/AG-0001/ack", QoS::AtLeastOnce)
+        .await;
+
+    let t0 = now_ms() - 60_000;
+    lamp_power(&mut agent, 1, t0, 150.0).await;
+    let raised = next_alert(&mut app).await;
+    assert_eq!(raised["state"], "active", "{raised}");
+    assert_eq!(raised["revision"], 1, "{raised}");
+    let id = raised["id"].as_str().unwrap().to_string();
+
+    // Acknowledged through the hub that does not work the device: the owner applies it.
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/api/v1/alerts/{id}/ack", staying.base_url()))
+        .header("authorization", format!("Bearer {}:{}", OPS.0, OPS.1))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let acked: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(status, 200, "{acked}");
+    assert_eq!(acked["state"], "acknowledged", "{acked}");
+    assert_eq!(acked["acked_by"], "ops", "{acked}");
+    let heard = next_alert(&mut app).await;
+    assert_eq!(
+        (heard["id"].as_str(), heard["state"].as_str()),
+        (Some(id.as_str()), Some("acknowledged"))
+    );
+
+    leaving.stop().await;
+    cluster_until(
+        &staying.base_url(),
+        "the staying hub takes every partition",
+        |b| owned_by(b, "hub-1") + owned_by(b, "hub-2") == 8 && b["nodes"].as_array().is_some(),
+    )
+    .await;
+    cluster_until(&staying.base_url(), "the partition moved", |b| {
+        b["partition_owners"].as_array().unwrap().iter().any(|o| {
+            o["partition"] == p
+                && o["owner"].as_str() != Some(first_owner.as_str())
+                && o["owner"].is_string()
+        })
+    })
+    .await;
+
+    // The twin came with the partition: the staying hub shows the value the leaving hub stored.
+    let (status, device) =
+        get_json(&staying.base_url(), "/api/v1/devices/SL-0001", Some(OPS)).await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(
+        device["twin"]["reported"]["lamp_power"]["value"], 150.0,
+        "{device}"
+    );
+
+    // The episode goes on at the new owner: the same alert, updated, then cleared.
+    lamp_power(&mut agent, 2, t0, 180.0).await;
+    lamp_power(&mut agent, 3, t0, 40.0).await;
+    let mut last = serde_json::Value::Null;
+    while last["state"] != "cleared" {
+        last = next_alert(&mut app).await;
+        assert_eq!(last["id"], id.as_str(), "one alert, one id: {last}");
+        assert_ne!(last["revision"], 1, "raised once: {last}");
+    }
+    assert_eq!(last["value"], 40.0, "{last}");
+    assert!(
+        last["acked_at"].is_string(),
+        "the acknowledgement kept: {last}"
+    );
+
+    let (status, list) = get_json(
+        &staying.base_url(),
+        "/api/v1/alerts?device=SL-0001",
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "one alert for the episode: {list:?}");
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["state"], "cleared");
+    staying.stop().await;
+}

@@ -96,7 +96,14 @@ secret = "ag-secret-0001"
 [[apps]]
 id = "ops"
 secret = "ops-secret-123"
-grants = ["feeds/#", "twin/#"]
+grants = ["feeds/#", "twin/#", "alerts/#"]
+
+# Fires on every reading: one alert episode for as long as the test runs.
+[[rules]]
+id = "lamp-on"
+quantity = "lamp_power"
+above = -1.0
+level = "blue"
 "#,
             data = data.display(),
             pg = pg.url(),
@@ -164,15 +171,10 @@ async fn hub_metric(http: SocketAddr, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Readings stored twice: head rows of one series sharing a timestamp.
-fn doubled_rows(pg: &Postgres) -> u64 {
+/// What `psql` prints for one query (unaligned, tuples only).
+fn psql(pg: &Postgres, sql: &str) -> String {
     let out = Command::new("psql")
-        .args([
-            &pg.url(),
-            "-XAtc",
-            "SELECT count(*) FROM (SELECT series_id, ts_ms FROM series_store.head \
-             GROUP BY 1, 2 HAVING count(*) > 1) d",
-        ])
+        .args([&pg.url(), "-XAtc", sql])
         .output()
         .expect("psql runs");
     assert!(
@@ -180,7 +182,34 @@ fn doubled_rows(pg: &Postgres) -> u64 {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Readings stored twice: head rows of one series sharing a timestamp.
+fn doubled_rows(pg: &Postgres) -> u64 {
+    psql(
+        pg,
+        "SELECT count(*) FROM (SELECT series_id, ts_ms FROM series_store.head \
+         GROUP BY 1, 2 HAVING count(*) > 1) d",
+    )
+    .parse()
+    .unwrap()
+}
+
+/// The streetlight's alerts in the shared rows: (id, state, device time of the newest reading
+/// it covers), oldest first.
+fn lamp_alerts(pg: &Postgres) -> Vec<(String, String, i64)> {
+    psql(
+        pg,
+        "SELECT id || '|' || state || '|' || (record::json->>'reading_ts_ms') \
+         FROM cluster_alerts WHERE device = 'SL-0001' ORDER BY seq",
+    )
+    .lines()
+    .map(|l| {
+        let f: Vec<&str> = l.split('|').collect();
+        (f[0].to_string(), f[1].to_string(), f[2].parse().unwrap())
+    })
+    .collect()
 }
 
 /// Every batch the agent let go of (deleted from its queue on the hub's ack) is in the shared
@@ -254,9 +283,15 @@ async fn killing_the_hub_with_the_agent_and_its_partition_loses_and_repeats_noth
         hub_metric(owner_http, "hub_cluster_consumed_total").await >= 30.0
     })
     .await;
+    until("the streetlight's alert raised", || async {
+        !lamp_alerts(&pg).is_empty()
+    })
+    .await;
+    let alert = lamp_alerts(&pg)[0].0.clone();
 
     hubs[o].proc.take().unwrap().proc.kill();
     let killed = Instant::now();
+    let killed_ms = protocols::time::now_ms();
     let other = hubs[(o + 1) % hubs.len()].http();
     until("another hub working the partition", || async {
         owner_of(other, partition).await.is_some_and(|n| n != owner)
@@ -287,6 +322,17 @@ async fn killing_the_hub_with_the_agent_and_its_partition_loses_and_repeats_noth
         consumed().await >= before + 30.0
     })
     .await;
+    // The alert episode went on at the new owner: the same alert, updated with readings made
+    // after the kill, and no second one raised.
+    until("the alert updated by the new owner", || async {
+        lamp_alerts(&pg)
+            .iter()
+            .any(|(id, _, ts)| *id == alert && *ts > killed_ms + 1000)
+    })
+    .await;
+    let alerts = lamp_alerts(&pg);
+    assert_eq!(alerts.len(), 1, "one alert, raised once: {alerts:?}");
+    assert_eq!((&alerts[0].0, alerts[0].1.as_str()), (&alert, "active"));
     field.finish(dir.path(), &pg).await;
 }
 

@@ -23,6 +23,7 @@
 
 pub mod cap;
 pub mod hub_level;
+pub mod shared;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -46,6 +47,7 @@ use crate::registry::{DeviceIdx, Registry};
 use crate::rules::{AlertSink, Condition, Firing, Rule};
 use cap::CapSettings;
 use hub_level::{HubAlerts, HubCondition, Observation};
+use shared::SharedAlerts;
 use store::{AlertStore, AlertStoreError};
 
 /// Longest a value-only change waits before it is written and published.
@@ -155,6 +157,15 @@ pub struct AlertFilter {
     pub limit: usize,
 }
 
+impl AlertFilter {
+    /// Whether an alert passes the state, device and level filters.
+    fn admits(&self, d: &AlertDoc) -> bool {
+        self.state.is_none_or(|s| s.matches(d.alert.state))
+            && self.device.as_deref().is_none_or(|x| x == d.alert.device)
+            && self.level.is_none_or(|l| l == d.alert.level)
+    }
+}
+
 /// A state filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateFilter {
@@ -213,9 +224,96 @@ struct BookState {
     open_by_device: HashMap<DeviceIdx, Vec<u64>>,
     dirty: BTreeSet<u64>,
     next_seq: u64,
+    /// End (exclusive) of the sequence numbers this hub may use: the file's are all its own;
+    /// in a cluster, a block taken from PostgreSQL.
+    block_end: u64,
+    /// The next block, taken when half of this one is used (cluster mode).
+    spare: Option<u64>,
     /// The flush generation changes made now will be written in.
     generation: u64,
     closed: usize,
+}
+
+impl BookState {
+    /// The next sequence number (moving to the spare block when this one is used up).
+    fn take_seq(&mut self) -> u64 {
+        if self.next_seq >= self.block_end {
+            match self.spare.take() {
+                Some(start) => {
+                    self.next_seq = start;
+                    self.block_end = start.saturating_add(shared::BLOCK);
+                }
+                None => tracing::error!(
+                    "alert sequence block used up before the next one came; ids may repeat"
+                ),
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Indexes an alert (replacing one with the same sequence number).
+    fn insert(&mut self, rec: StoredAlert, device: DeviceIdx) {
+        let seq = rec.seq;
+        self.forget(seq);
+        self.by_id.insert(rec.doc.alert.id.clone(), seq);
+        if rec.is_open() {
+            self.open
+                .insert((rec.doc.alert.rule.as_str().into(), device), seq);
+            self.open_by_device.entry(device).or_default().push(seq);
+        } else {
+            self.closed += 1;
+        }
+        self.alerts.insert(
+            seq,
+            Entry {
+                rec,
+                device,
+                changed: false,
+            },
+        );
+    }
+
+    /// Drops an alert from memory (not from its durable record).
+    fn forget(&mut self, seq: u64) {
+        let Some(e) = self.alerts.remove(&seq) else {
+            return;
+        };
+        self.by_id.remove(&e.rec.doc.alert.id);
+        self.dirty.remove(&seq);
+        if e.rec.is_open() {
+            self.open
+                .remove(&(e.rec.doc.alert.rule.as_str().into(), e.device));
+            if let Some(v) = self.open_by_device.get_mut(&e.device) {
+                v.retain(|s| *s != seq);
+                if v.is_empty() {
+                    self.open_by_device.remove(&e.device);
+                }
+            }
+        } else {
+            self.closed = self.closed.saturating_sub(1);
+        }
+    }
+}
+
+/// Where the book's alerts are durable.
+enum Durable {
+    /// `data_dir/alerts.redb` (one hub).
+    File(AlertStore),
+    /// PostgreSQL, shared by the hubs of a cluster.
+    Shared(SharedAlerts),
+}
+
+/// Takes an acknowledgement to the hub that works the alert's device (cluster mode).
+pub trait AckRoute: Send + Sync {
+    /// Acknowledges `alert` on the hub that owns it, on behalf of `by`.
+    fn ack<'a>(
+        &'a self,
+        alert: &'a StoredAlert,
+        by: &'a str,
+        now_ms: i64,
+    ) -> futures_util::future::BoxFuture<'a, Result<AlertDoc, AckError>>;
 }
 
 /// The alert book.
@@ -223,7 +321,11 @@ pub struct AlertBook {
     registry: Arc<Registry>,
     /// Shared with [`AlertCollector`] for `hub_alerts_open`.
     state: Arc<Mutex<BookState>>,
-    store: Arc<AlertStore>,
+    store: Arc<Durable>,
+    /// One flush at a time (their generations complete in order).
+    flushing: tokio::sync::Mutex<()>,
+    /// Cluster mode: where acknowledgements of other hubs' alerts go.
+    route: std::sync::OnceLock<Arc<dyn AckRoute>>,
     outlet: Outlet,
     wake: Notify,
     flushed: watch::Sender<u64>,
@@ -258,6 +360,7 @@ impl AlertBook {
         let cutoff = now_ms.saturating_sub(retention_ms);
         let mut st = BookState {
             generation: 1,
+            block_end: u64::MAX,
             ..BookState::default()
         };
         let mut expired = Vec::new();
@@ -306,23 +409,7 @@ impl AlertBook {
         if let Err(e) = store.delete(&expired) {
             tracing::warn!("expired alerts not deleted: {e}");
         }
-        let (flushed, _) = watch::channel(0);
-        let book = AlertBook {
-            registry,
-            state: Arc::new(Mutex::new(st)),
-            store: Arc::new(store),
-            outlet,
-            wake: Notify::new(),
-            flushed,
-            cap: CapSettings {
-                sender: config.hub.cap_sender.clone(),
-                sender_name: config.hub.cap_sender_name.clone(),
-                offset: config.hub.utc_offset,
-            },
-            metrics: Arc::default(),
-            hub: Mutex::default(),
-            write_errors: ErrorBurst::new("alerts not stored, retrying", WRITE_ERRORS_EVERY),
-        };
+        let book = AlertBook::with(config, registry, outlet, st, Durable::File(store));
         // Alerts of rules that are gone or changed while the hub was down end now.
         let open: Vec<(String, String)> = {
             let st = book.state.lock();
@@ -340,6 +427,179 @@ impl AlertBook {
             }
         }
         Ok(book)
+    }
+
+    fn with(
+        config: &HubConfig,
+        registry: Arc<Registry>,
+        outlet: Outlet,
+        st: BookState,
+        store: Durable,
+    ) -> AlertBook {
+        let (flushed, _) = watch::channel(0);
+        AlertBook {
+            registry,
+            state: Arc::new(Mutex::new(st)),
+            store: Arc::new(store),
+            flushing: tokio::sync::Mutex::new(()),
+            route: std::sync::OnceLock::new(),
+            outlet,
+            wake: Notify::new(),
+            flushed,
+            cap: CapSettings {
+                sender: config.hub.cap_sender.clone(),
+                sender_name: config.hub.cap_sender_name.clone(),
+                offset: config.hub.utc_offset,
+            },
+            metrics: Arc::default(),
+            hub: Mutex::default(),
+            write_errors: ErrorBurst::new("alerts not stored, retrying", WRITE_ERRORS_EVERY),
+        }
+    }
+
+    /// The book of a hub in a cluster: alerts in PostgreSQL (`pg`), none in memory until the
+    /// hub takes a partition ([`AlertBook::adopt`]). Cleared alerts older than `retention` are
+    /// deleted.
+    pub async fn open_shared(
+        config: &HubConfig,
+        registry: Arc<Registry>,
+        outlet: Outlet,
+        pg: deadpool_postgres::Pool,
+        now_ms: i64,
+    ) -> Result<AlertBook, AlertStoreError> {
+        let shared = SharedAlerts::open(pg).await?;
+        let retention_ms = config.hub.retention.0.as_millis().min(i64::MAX as u128) as i64;
+        if let Err(e) = shared.expire(now_ms.saturating_sub(retention_ms)).await {
+            tracing::warn!("expired alerts not deleted: {e}");
+        }
+        let start = shared.block().await?;
+        let st = BookState {
+            generation: 1,
+            next_seq: start,
+            block_end: start.saturating_add(shared::BLOCK),
+            ..BookState::default()
+        };
+        Ok(AlertBook::with(
+            config,
+            registry,
+            outlet,
+            st,
+            Durable::Shared(shared),
+        ))
+    }
+
+    /// Sets where acknowledgements of alerts this hub does not work go (cluster mode).
+    pub fn route_acks(&self, route: Arc<dyn AckRoute>) {
+        let _ = self.route.set(route);
+    }
+
+    /// Whether alerts are shared with other hubs (cluster mode).
+    pub fn is_shared(&self) -> bool {
+        matches!(*self.store, Durable::Shared(_))
+    }
+
+    /// Takes over the alerts of `devices` (cluster mode, when this hub takes their partition):
+    /// their open alerts are loaded from PostgreSQL so an episode goes on under its id. Open
+    /// alerts whose rule is gone or changed (`rules`, as loaded now) are cleared.
+    pub async fn adopt(
+        &self,
+        devices: &[DeviceIdx],
+        rules: &[RuleConfig],
+        now_ms: i64,
+    ) -> Result<usize, AlertStoreError> {
+        let Durable::Shared(shared) = &*self.store else {
+            return Ok(0);
+        };
+        let ids: Vec<String> = devices
+            .iter()
+            .map(|d| self.registry.device(*d).id.to_string())
+            .collect();
+        let loaded = shared.open_of(&ids).await?;
+        let n = loaded.len();
+        let mut st = self.state.lock();
+        for rec in loaded {
+            let Some(device) = self.registry.device_by_id(&rec.doc.alert.device) else {
+                continue;
+            };
+            let seq = rec.seq;
+            let stale = match rules.iter().find(|r| r.id == rec.doc.alert.rule) {
+                None => Some("cleared: the rule was removed"),
+                Some(r) if fingerprint(r) != rec.rule_fingerprint => {
+                    Some("cleared: the rule changed")
+                }
+                Some(_) => None,
+            };
+            st.insert(rec, device.idx);
+            if let Some(note) = stale {
+                self.close(&mut st, seq, None, now_ms, note);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Hands over the alerts of `devices` (cluster mode, when this hub gives their partition
+    /// up): what changed is written first, then their alerts leave memory; the next owner
+    /// loads them. Returns false when the write failed (the next owner then goes on from what
+    /// was written before).
+    pub async fn release(&self, devices: &[DeviceIdx]) -> bool {
+        if !self.is_shared() {
+            return true;
+        }
+        let written = self.flush().await;
+        let mut st = self.state.lock();
+        let seqs: Vec<u64> = st
+            .alerts
+            .iter()
+            .filter(|(_, e)| devices.contains(&e.device))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in seqs {
+            st.forget(seq);
+        }
+        written
+    }
+
+    /// The alert with this id, as any hub of a cluster sees it: this hub's own state first,
+    /// then the shared rows (one hub: [`AlertBook::get`]).
+    pub async fn fetch(&self, id: &str) -> Result<Option<AlertDoc>, AlertStoreError> {
+        if let Some(doc) = self.get(id) {
+            return Ok(Some(doc));
+        }
+        match &*self.store {
+            Durable::Shared(shared) => Ok(shared.get(id).await?.map(|a| a.doc)),
+            Durable::File(_) => Ok(None),
+        }
+    }
+
+    /// The CAP message of an alert, as any hub of a cluster sees it (one hub:
+    /// [`AlertBook::cap`]).
+    pub async fn fetch_cap(&self, id: &str) -> Result<Option<String>, AlertStoreError> {
+        if let Some(xml) = self.cap(id) {
+            return Ok(Some(xml));
+        }
+        let Durable::Shared(shared) = &*self.store else {
+            return Ok(None);
+        };
+        Ok(shared.get(id).await?.and_then(|a| {
+            let d = self.registry.device_by_id(&a.doc.alert.device)?;
+            Some(cap::render(&a, d, &self.cap))
+        }))
+    }
+
+    /// Alerts matching `filter` for which `visible` holds, as any hub of a cluster sees them
+    /// (from the shared rows, the hub's own alerts among them; one hub: [`AlertBook::list`]).
+    pub async fn fetch_list(
+        &self,
+        filter: &AlertFilter,
+        visible: impl Fn(&AlertDoc) -> bool,
+    ) -> Result<Vec<AlertDoc>, AlertStoreError> {
+        let Durable::Shared(shared) = &*self.store else {
+            return Ok(self.list(filter, visible));
+        };
+        let rows = shared.list(filter, |a| visible(&a.doc)).await?;
+        let mut out: Vec<AlertDoc> = rows.into_iter().map(|a| a.doc).collect();
+        self.merge_hub_alerts(&mut out, filter, &visible);
+        Ok(out)
     }
 
     /// The alert with this id (of a device or of the hub).
@@ -416,12 +676,7 @@ impl AlertBook {
     /// raised); the hub's own alerts among them.
     pub fn list(&self, filter: &AlertFilter, visible: impl Fn(&AlertDoc) -> bool) -> Vec<AlertDoc> {
         let limit = filter.limit.max(1);
-        let keep = |d: &AlertDoc| {
-            filter.state.is_none_or(|s| s.matches(d.alert.state))
-                && filter.device.as_deref().is_none_or(|x| x == d.alert.device)
-                && filter.level.is_none_or(|l| l == d.alert.level)
-                && visible(d)
-        };
+        let keep = |d: &AlertDoc| filter.admits(d) && visible(d);
         let mut out: Vec<AlertDoc> = {
             let st = self.state.lock();
             st.alerts
@@ -433,6 +688,19 @@ impl AlertBook {
                 .cloned()
                 .collect()
         };
+        self.merge_hub_alerts(&mut out, filter, &visible);
+        out
+    }
+
+    /// Puts the hub's own alerts matching `filter` among device alerts listed newest first.
+    fn merge_hub_alerts(
+        &self,
+        out: &mut Vec<AlertDoc>,
+        filter: &AlertFilter,
+        visible: &impl Fn(&AlertDoc) -> bool,
+    ) {
+        let limit = filter.limit.max(1);
+        let keep = |d: &AlertDoc| filter.admits(d) && visible(d);
         let mut hub: Vec<AlertDoc> = self.hub.lock().all().filter(|d| keep(d)).cloned().collect();
         if !hub.is_empty() {
             hub.sort_by(|a, b| b.raised_at.cmp(&a.raised_at));
@@ -447,7 +715,6 @@ impl AlertBook {
             }
             out.truncate(limit);
         }
-        out
     }
 
     /// Open alerts now, the hub's own among them.
@@ -458,6 +725,38 @@ impl AlertBook {
     /// Acknowledges an alert on behalf of `by`; resolves once the change is durable (and
     /// published). Acknowledging an acknowledged alert changes nothing.
     pub async fn ack(&self, id: &str, by: &str, now_ms: i64) -> Result<AlertDoc, AckError> {
+        self.acknowledge(id, by, now_ms, true).await
+    }
+
+    /// Acknowledges an alert this hub works, never asking another hub (cluster mode: the
+    /// answer to another hub's [`AckRoute`]).
+    pub async fn ack_here(&self, id: &str, by: &str, now_ms: i64) -> Result<AlertDoc, AckError> {
+        self.acknowledge(id, by, now_ms, false).await
+    }
+
+    async fn acknowledge(
+        &self,
+        id: &str,
+        by: &str,
+        now_ms: i64,
+        routed: bool,
+    ) -> Result<AlertDoc, AckError> {
+        let here = self.state.lock().by_id.contains_key(id);
+        if let (false, true, Durable::Shared(shared), Some(route)) =
+            (here, routed, &*self.store, self.route.get())
+        {
+            // Another hub's device: that hub acknowledges it.
+            let found = shared
+                .get(id)
+                .await
+                .map_err(|e| AckError::NotStored(e.to_string()))?;
+            if let Some(rec) = found {
+                if rec.doc.alert.state == AlertState::Cleared {
+                    return Err(AckError::Cleared(id.to_string()));
+                }
+                return route.ack(&rec, by, now_ms).await;
+            }
+        }
         let generation = {
             let mut st = self.state.lock();
             let Some(&seq) = st.by_id.get(id) else {
@@ -577,6 +876,8 @@ impl AlertBook {
     /// Writes and publishes what changed. Returns false when the write failed (the changes
     /// stay pending and are tried again).
     pub async fn flush(&self) -> bool {
+        let _one = self.flushing.lock().await;
+        self.take_spare_block().await;
         let now = protocols::time::now_ms();
         let (batch, generation) = {
             let mut st = self.state.lock();
@@ -605,13 +906,22 @@ impl AlertBook {
             st.generation += 1;
             (batch, generation)
         };
-        let store = self.store.clone();
-        let to_write = batch.clone();
-        let written = tokio::task::spawn_blocking(move || store.save(&to_write)).await;
-        let error = match written {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(format!("writer task failed: {e}")),
+        let error = match &*self.store {
+            Durable::File(_) => {
+                let store = self.store.clone();
+                let to_write = batch.clone();
+                let written = tokio::task::spawn_blocking(move || match &*store {
+                    Durable::File(f) => f.save(&to_write),
+                    Durable::Shared(_) => Ok(()),
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(format!("writer task failed: {e}")),
+                }
+            }
+            Durable::Shared(shared) => shared.save(&batch).await.err().map(|e| e.to_string()),
         };
         if let Some(e) = error {
             self.metrics.persist_errors.fetch_add(1, Relaxed);
@@ -629,6 +939,23 @@ impl AlertBook {
         let _ = self.flushed.send(generation);
         self.prune();
         true
+    }
+
+    /// Cluster mode: takes the next block of sequence numbers once half of this one is used.
+    async fn take_spare_block(&self) {
+        let Durable::Shared(shared) = &*self.store else {
+            return;
+        };
+        let wanted = {
+            let st = self.state.lock();
+            st.spare.is_none() && st.block_end.saturating_sub(st.next_seq) < shared::BLOCK / 2
+        };
+        if wanted {
+            match shared.block().await {
+                Ok(start) => self.state.lock().spare = Some(start),
+                Err(e) => tracing::warn!("no spare block of alert numbers yet: {e}"),
+            }
+        }
     }
 
     /// Drops the oldest cleared alerts from memory beyond [`CLOSED_IN_MEMORY`].
@@ -797,8 +1124,7 @@ impl AlertSink for AlertBook {
             }
             return;
         }
-        let seq = st.next_seq;
-        st.next_seq += 1;
+        let seq = st.take_seq();
         let id = format!("{}.{}.{seq}", d.id, rule.id);
         let quantity = rule.quantity.map(|q| q.name().to_string());
         let rec = StoredAlert {

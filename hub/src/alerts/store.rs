@@ -26,6 +26,9 @@ pub enum AlertStoreError {
     /// redb refused.
     #[error("alert store: {0}")]
     Db(#[from] redb::Error),
+    /// PostgreSQL refused or could not be reached (cluster mode).
+    #[error("shared alerts: {0}")]
+    Shared(String),
     /// A record could not be encoded or decoded.
     #[error("alert store record {seq}: {detail}")]
     Corrupt {

@@ -53,9 +53,14 @@ fn not_found(id: &str) -> Failure {
     ))
 }
 
+/// The shared alerts could not be read (cluster mode, PostgreSQL away).
+fn unreadable(e: crate::alerts::store::AlertStoreError) -> Failure {
+    Failure::unavailable(format!("alerts cannot be read now: {e}"))
+}
+
 /// The alert if the caller may see it; 404 otherwise.
-fn visible<S>(state: &ApiState<S>, caller: &Caller, id: &str) -> Result<AlertDoc, Failure> {
-    match state.alerts.get(id) {
+async fn visible<S>(state: &ApiState<S>, caller: &Caller, id: &str) -> Result<AlertDoc, Failure> {
+    match state.alerts.fetch(id).await.map_err(unreadable)? {
         Some(doc) if caller.0.grants_topic(&topic_of(&doc)) => Ok(doc),
         _ => Err(not_found(id)),
     }
@@ -76,6 +81,7 @@ fn visible<S>(state: &ApiState<S>, caller: &Caller, id: &str) -> Result<AlertDoc
     responses(
         (status = 200, description = "Alerts the caller may see, newest first", body = Vec<AlertDoc>),
         (status = 400, description = "A malformed filter", body = ApiError),
+        (status = 503, description = "Cluster mode: PostgreSQL cannot be reached", body = ApiError),
     )
 )]
 pub async fn list<S: SeriesStore>(
@@ -103,11 +109,12 @@ pub async fn list<S: SeriesStore>(
         limit: q.limit.unwrap_or(DEFAULT_LIMIT),
     };
     let principal = caller.0.clone();
-    Ok(Json(
-        state
-            .alerts
-            .list(&filter, |d| principal.grants_topic(&topic_of(d))),
-    ))
+    let alerts = state
+        .alerts
+        .fetch_list(&filter, |d| principal.grants_topic(&topic_of(d)))
+        .await
+        .map_err(unreadable)?;
+    Ok(Json(alerts))
 }
 
 /// `GET /api/v1/alerts/{id}`.
@@ -127,7 +134,7 @@ pub async fn one<S: SeriesStore>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AlertDoc>, Failure> {
-    visible(&state, &caller, &id).map(Json)
+    visible(&state, &caller, &id).await.map(Json)
 }
 
 /// `POST /api/v1/alerts/{id}/ack`: answers the alert once the acknowledgement is durable.
@@ -141,6 +148,7 @@ pub async fn one<S: SeriesStore>(
         (status = 200, description = "The acknowledged alert, once durable", body = AlertDoc),
         (status = 404, description = "No such alert, or one outside the grants", body = ApiError),
         (status = 409, description = "The alert has cleared", body = ApiError),
+        (status = 503, description = "Cluster mode: the hub working the alert's device did not answer, or the device is changing hubs", body = ApiError),
     )
 )]
 pub async fn ack<S: SeriesStore>(
@@ -148,7 +156,7 @@ pub async fn ack<S: SeriesStore>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AlertDoc>, Failure> {
-    visible(&state, &caller, &id)?;
+    visible(&state, &caller, &id).await?;
     match state
         .alerts
         .ack(&id, caller.0.id(), protocols::time::now_ms())
@@ -157,6 +165,9 @@ pub async fn ack<S: SeriesStore>(
         Ok(doc) => Ok(Json(doc)),
         Err(AckError::NotFound(_)) => Err(not_found(&id)),
         Err(e @ AckError::Cleared(_)) => Err(Failure::conflict(e.to_string())),
+        Err(e @ AckError::NotStored(_)) if state.alerts.is_shared() => {
+            Err(Failure::unavailable(e.to_string()))
+        }
         Err(e @ AckError::NotStored(_)) => Err(Failure::internal(e.to_string())),
     }
 }
@@ -178,14 +189,19 @@ pub async fn cap<S: SeriesStore>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let doc = visible(&state, &caller, &id)?;
+    let doc = visible(&state, &caller, &id).await?;
     if doc.alert.device == HUB_DEVICE {
         return Err(Failure::not_found(format!(
             "alert `{}` is about the hub itself: hub-level alerts are for operators and have no CAP document",
             doc.alert.id
         )));
     }
-    let xml = state.alerts.cap(&id).ok_or_else(|| not_found(&id))?;
+    let xml = state
+        .alerts
+        .fetch_cap(&id)
+        .await
+        .map_err(unreadable)?
+        .ok_or_else(|| not_found(&id))?;
     Ok((
         [(
             header::CONTENT_TYPE,

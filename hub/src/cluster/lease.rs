@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::custody::Custodian;
 use super::worker::{self, Grant, Worker};
 use super::{ClusterError, Link};
 use crate::shutdown::Signal;
@@ -54,10 +55,13 @@ pub async fn create_tables(
 
 /// Holds this hub's share of the partitions until `stop`, running a [`Worker`] for each; at
 /// `stop` drains them and hands every partition back, so the others take over at once.
+/// `custody` takes each partition's alerts and rule state before its worker starts and gives
+/// them back after it stopped.
 pub async fn run(
     link: Arc<Link>,
     http: String,
     events: mpsc::Sender<IngressEvent>,
+    custody: Arc<dyn Custodian>,
     mut stop: Signal,
 ) {
     let lease = link.settings.lease.0;
@@ -80,10 +84,11 @@ pub async fn run(
         for p in ended {
             if let Some(w) = workers.remove(&p) {
                 w.join().await;
+                custody.give(p).await;
                 link.state.counters.lost.fetch_add(1, Relaxed);
             }
         }
-        match round(&link, &http, &mut workers, &events).await {
+        match round(&link, &http, &mut workers, &events, &*custody).await {
             Ok(()) => {
                 last_renewed = Instant::now();
                 if failing {
@@ -104,6 +109,7 @@ pub async fn run(
                     );
                     for (p, w) in std::mem::take(&mut workers) {
                         w.stop().await;
+                        custody.give(p).await;
                         link.state.remove(p);
                         link.state.counters.lost.fetch_add(1, Relaxed);
                     }
@@ -115,6 +121,7 @@ pub async fn run(
     for (p, w) in std::mem::take(&mut workers) {
         let epoch = w.epoch();
         w.stop().await;
+        custody.give(p).await;
         link.state.remove(p);
         if release(&link, p, epoch).await.is_ok() {
             link.state.counters.released.fetch_add(1, Relaxed);
@@ -136,6 +143,7 @@ async fn round(
     http: &str,
     workers: &mut BTreeMap<u32, Worker>,
     events: &mpsc::Sender<IngressEvent>,
+    custody: &dyn Custodian,
 ) -> Result<(), ClusterError> {
     let lease_ms = i64::try_from(link.settings.lease.0.as_millis()).unwrap_or(i64::MAX);
     let client = link.pg.get().await?;
@@ -179,6 +187,7 @@ async fn round(
         if let Some(w) = workers.remove(&p) {
             tracing::warn!(node = link.node(), partition = p, "partition lost");
             w.stop().await;
+            custody.give(p).await;
             link.state.remove(p);
             link.state.counters.lost.fetch_add(1, Relaxed);
         }
@@ -197,6 +206,7 @@ async fn round(
             if let Some(w) = workers.remove(&p) {
                 let epoch = w.epoch();
                 w.stop().await;
+                custody.give(p).await;
                 link.state.remove(p);
                 release(link, p, epoch).await?;
                 link.state.counters.released.fetch_add(1, Relaxed);
@@ -231,6 +241,7 @@ async fn round(
                 "partition taken"
             );
             link.state.counters.acquired.fetch_add(1, Relaxed);
+            custody.take(grant.partition).await;
             workers.insert(
                 grant.partition,
                 worker::start(link.clone(), grant, events.clone()),

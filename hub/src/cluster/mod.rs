@@ -21,8 +21,14 @@
 //!   commits with their points: every batch is stored once whichever hub replays it.
 //! - [`fanout`]: the outlet's messages go to every hub, which relays them to its own
 //!   subscribers (each broker checks grants on subscribe, the live stream on send).
+//! - [`custody`]: a partition's open alerts and rule state go with it: loaded from PostgreSQL
+//!   when it is taken, written there before it is given up.
+//! - [`acks`]: an alert acknowledged on a hub that does not work its device is acknowledged by
+//!   the hub that does (NATS request and reply).
 //! - [`view`]: `GET /api/v1/cluster` and the cluster's metrics.
 
+pub mod acks;
+pub mod custody;
 pub mod envelope;
 pub mod fanout;
 pub mod front;

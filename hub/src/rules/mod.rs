@@ -23,7 +23,7 @@ pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -424,6 +424,9 @@ pub struct Rules {
     set: Arc<RwLock<Arc<RuleSet>>>,
     /// Per device: when a reading last arrived (hub time).
     heard: Vec<AtomicI64>,
+    /// Per device: whether this hub works it (all, except in a cluster, where a hub works the
+    /// devices of the partitions it holds). Silence is watched only for these.
+    owned: Vec<AtomicBool>,
     sink: Arc<dyn AlertSink>,
     offset: UtcOffset,
     metrics: Arc<RuleMetrics>,
@@ -442,13 +445,61 @@ impl Rules {
         let heard = (0..registry.devices().len())
             .map(|_| AtomicI64::new(now_ms))
             .collect();
+        let owned = (0..registry.devices().len())
+            .map(|_| AtomicBool::new(true))
+            .collect();
         Rules {
             registry,
             set: Arc::new(RwLock::new(Arc::new(set))),
             heard,
+            owned,
             sink,
             offset: config.hub.utc_offset,
             metrics: Arc::default(),
+        }
+    }
+
+    /// Cluster mode: this hub works no device until it takes their partitions
+    /// ([`Rules::adopt`]).
+    pub fn disown_all(&self) {
+        for o in &self.owned {
+            o.store(false, Relaxed);
+        }
+    }
+
+    /// Takes over the rule state of `devices` (cluster mode, when this hub takes their
+    /// partition, after the alert book has loaded their open alerts): whatever this hub held
+    /// for them is dropped and warmed up again from the shared store, so hold timers, rate
+    /// windows and silence clocks resume where the previous owner left them, and an open
+    /// alert goes on instead of being raised again.
+    pub fn adopt<S: SeriesStore>(&self, devices: &[DeviceIdx], store: &S, now_ms: i64) {
+        self.drop_state(devices);
+        for d in devices {
+            if let Some(o) = self.owned.get(*d as usize) {
+                o.store(true, Relaxed);
+            }
+            if let Some(h) = self.heard.get(*d as usize) {
+                h.store(now_ms, Relaxed);
+            }
+        }
+        self.warm(store, now_ms, Some(devices));
+    }
+
+    /// Gives up the rule state of `devices` (cluster mode, when this hub hands their
+    /// partition over): no silence is watched for them here any more.
+    pub fn release(&self, devices: &[DeviceIdx]) {
+        for d in devices {
+            if let Some(o) = self.owned.get(*d as usize) {
+                o.store(false, Relaxed);
+            }
+        }
+        self.drop_state(devices);
+    }
+
+    fn drop_state(&self, devices: &[DeviceIdx]) {
+        let set = self.set.read();
+        for d in devices {
+            set.shards[shard_of(*d)].lock().retain(|(_, bd), _| bd != d);
         }
     }
 
@@ -646,6 +697,9 @@ impl Rules {
                 .active
                 .is_none_or(|w| w.contains_ms(now_ms, self.offset));
             for &d in devices {
+                if !self.owned[d as usize].load(Relaxed) {
+                    continue;
+                }
                 let device_heard = self.heard[d as usize].load(Relaxed);
                 let mut shard = set.shards[shard_of(d)].lock();
                 let b = self.binding(&set, &mut shard, *r, d, now_ms);
@@ -670,8 +724,17 @@ impl Rules {
     /// where they were and alerts that were open stay open (readings they already covered are
     /// only absorbed). Level conditions without `for` need only the newest reading.
     pub fn warm_up<S: SeriesStore>(&self, store: &S, now_ms: i64) {
+        self.warm(store, now_ms, None);
+    }
+
+    /// [`Rules::warm_up`] for some devices (`None`: all).
+    fn warm<S: SeriesStore>(&self, store: &S, now_ms: i64, only: Option<&[DeviceIdx]>) {
         let set = self.set.read();
+        let chosen = |d: DeviceIdx| only.is_none_or(|o| o.contains(&d));
         for d in self.registry.devices() {
+            if !chosen(d.idx) {
+                continue;
+            }
             let dr = &set.devices[d.idx as usize];
             if dr.mask == 0 {
                 continue;
@@ -720,17 +783,23 @@ impl Rules {
                 }
             }
         }
-        self.restore_silence(&set, store, now_ms);
+        self.restore_silence(&set, store, now_ms, &chosen);
     }
 
     /// Silence clocks resume from the newest stored reading instead of restarting at hub start:
     /// a device silent before a restart stays silent (its open alert is kept, not cleared and
     /// raised again under a new id), and one that never reported still counts from the start.
-    fn restore_silence<S: SeriesStore>(&self, set: &RuleSet, store: &S, now_ms: i64) {
+    fn restore_silence<S: SeriesStore>(
+        &self,
+        set: &RuleSet,
+        store: &S,
+        now_ms: i64,
+        chosen: &impl Fn(DeviceIdx) -> bool,
+    ) {
         let mut newest: HashMap<DeviceIdx, Vec<(Quantity, i64)>> = HashMap::new();
         for (r, devices) in &set.silence {
             let rule = &set.rules[*r as usize];
-            for &d in devices {
+            for &d in devices.iter().filter(|d| chosen(**d)) {
                 let latest = newest.entry(d).or_insert_with(|| {
                     match store.latest(&self.registry.device(d).id) {
                         Ok(l) => l

@@ -396,6 +396,40 @@ impl Twins {
         self
     }
 
+    /// Takes reported values from the store's newest points where they are newer than what the
+    /// twin has (cluster mode: when this hub takes the device's partition, the previous owner
+    /// may have stored readings this hub never saw). Returns whether the twin changed.
+    pub fn refresh_reported(&self, device: DeviceIdx, latest: &[(Quantity, Point)]) -> bool {
+        let Some(state) = self.states.get(device as usize) else {
+            return false;
+        };
+        let mut s = state.lock();
+        let mut changed = false;
+        for (q, p) in latest {
+            let new = Reported {
+                quantity: *q,
+                value: Value::from_f64(*q, p.value),
+                ts_ms: p.ts_ms,
+                quality: p.quality,
+            };
+            match s.reported.iter_mut().find(|r| r.quantity == *q) {
+                Some(r) if r.ts_ms >= p.ts_ms => {}
+                Some(r) => {
+                    *r = new;
+                    changed = true;
+                }
+                None => {
+                    s.reported.push(new);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            s.bump(protocols::time::now_ms());
+        }
+        changed
+    }
+
     /// Applies reported values of one timestamp group. Returns whether the twin changed (the
     /// caller publishes it, coalescing many changes into one document).
     pub fn apply_reported(

@@ -1,0 +1,158 @@
+//! Acknowledgements of alerts across hubs: an operator may acknowledge any alert on any hub,
+//! but only the hub that works the alert's device changes it (its book holds the episode). A
+//! hub that does not work it asks the owner over core NATS (`district.alerts.ack.{node}`,
+//! request and reply) and answers with what the owner said.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::{Link, partition_of};
+use crate::alerts::{ACK_WAIT, AckError, AckRoute, AlertBook, AlertDoc, StoredAlert};
+use crate::registry::Registry;
+use crate::shutdown::Signal;
+
+/// The subject a node answers acknowledgements on.
+pub fn subject(node: &str) -> String {
+    format!("district.alerts.ack.{node}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct AckRequest {
+    id: String,
+    by: String,
+    now_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum AckReply {
+    Done(Box<AlertDoc>),
+    NotFound(String),
+    Cleared(String),
+    NotStored(String),
+}
+
+impl From<Result<AlertDoc, AckError>> for AckReply {
+    fn from(r: Result<AlertDoc, AckError>) -> AckReply {
+        match r {
+            Ok(doc) => AckReply::Done(Box::new(doc)),
+            Err(AckError::NotFound(id)) => AckReply::NotFound(id),
+            Err(AckError::Cleared(id)) => AckReply::Cleared(id),
+            Err(AckError::NotStored(why)) => AckReply::NotStored(why),
+        }
+    }
+}
+
+/// Sends acknowledgements to the owner of the alert's device.
+pub struct AckRouter {
+    /// The connections.
+    pub link: Arc<Link>,
+    /// Devices and agents (partition keys).
+    pub registry: Arc<Registry>,
+}
+
+impl AckRouter {
+    async fn owner(&self, device: &str) -> Result<Option<String>, AckError> {
+        let Some(d) = self.registry.device_by_id(device) else {
+            return Err(AckError::NotFound(device.to_string()));
+        };
+        let key = d.agent.map_or(&*d.id, |a| &*self.registry.agent(a).id);
+        let p = partition_of(key, self.link.settings.partitions);
+        let client = self
+            .link
+            .pg
+            .get()
+            .await
+            .map_err(|e| AckError::NotStored(e.to_string()))?;
+        let row = client
+            .query_opt(
+                "SELECT owner FROM cluster_partitions
+                 WHERE partition = $1 AND owner IS NOT NULL AND expires > now()",
+                &[&(p as i32)],
+            )
+            .await
+            .map_err(|e| AckError::NotStored(e.to_string()))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
+impl AckRoute for AckRouter {
+    fn ack<'a>(
+        &'a self,
+        alert: &'a StoredAlert,
+        by: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<AlertDoc, AckError>> {
+        Box::pin(async move {
+            let moving = || {
+                AckError::NotStored(
+                    "the alert's device is changing hubs; try again in a few seconds".into(),
+                )
+            };
+            let Some(owner) = self.owner(&alert.doc.alert.device).await? else {
+                return Err(moving());
+            };
+            let req = AckRequest {
+                id: alert.doc.alert.id.clone(),
+                by: by.to_string(),
+                now_ms,
+            };
+            let body = serde_json::to_vec(&req).map_err(|e| AckError::NotStored(e.to_string()))?;
+            let asked = self.link.nats.request(subject(&owner), Bytes::from(body));
+            let reply = match tokio::time::timeout(ACK_WAIT + Duration::from_secs(1), asked).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return Err(AckError::NotStored(format!("hub {owner}: {e}"))),
+                Err(_) => return Err(AckError::NotStored(format!("hub {owner} did not answer"))),
+            };
+            match serde_json::from_slice::<AckReply>(&reply.payload) {
+                Ok(AckReply::Done(doc)) => Ok(*doc),
+                // The owner no longer has it: the partition moved since we looked.
+                Ok(AckReply::NotFound(_)) => Err(moving()),
+                Ok(AckReply::Cleared(id)) => Err(AckError::Cleared(id)),
+                Ok(AckReply::NotStored(why)) => Err(AckError::NotStored(why)),
+                Err(e) => Err(AckError::NotStored(format!("hub {owner}: {e}"))),
+            }
+        })
+    }
+}
+
+/// Answers other hubs' acknowledgements of alerts this hub works, until `stop`.
+pub async fn serve(link: Arc<Link>, alerts: Arc<AlertBook>, mut stop: Signal) {
+    let subject = subject(link.node());
+    let mut sub = match link.nats.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("alert acks: cannot subscribe to {subject}: {e}");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = stop.recv() => break,
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let (link, alerts) = (link.clone(), alerts.clone());
+        // Each waits for its write; one slow write must not hold the others.
+        tokio::spawn(async move {
+            let reply = match serde_json::from_slice::<AckRequest>(&msg.payload) {
+                Ok(req) => AckReply::from(alerts.ack_here(&req.id, &req.by, req.now_ms).await),
+                Err(e) => AckReply::NotStored(format!("malformed request: {e}")),
+            };
+            if let Ok(body) = serde_json::to_vec(&reply)
+                && let Err(e) = link.nats.publish(reply_to, Bytes::from(body)).await
+            {
+                tracing::warn!("alert ack reply not sent: {e}");
+            }
+        });
+    }
+}

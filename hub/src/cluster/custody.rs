@@ -1,0 +1,118 @@
+//! What a hub carries for the devices of the partitions it works, besides the log: their open
+//! alerts, their rule state, and the reported values of their twins. [`Custody::take`] runs when a partition is granted, before its
+//! worker starts; [`Custody::give`] after the worker has stopped and before the lease is given
+//! back, so the next owner finds every change of this hub written.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::partition_of;
+use crate::alerts::AlertBook;
+use crate::registry::{DeviceIdx, Registry};
+use crate::rules::Rules;
+use crate::twin::Twins;
+use series_store::SeriesStore;
+
+/// Takes and gives the per-device state of partitions (the lease keeper's hooks).
+pub trait Custodian: Send + Sync + 'static {
+    /// The partition was granted: load what the previous owner left.
+    fn take(&self, partition: u32) -> BoxFuture<'_, ()>;
+    /// The partition's worker has stopped: write what this hub changed and forget it.
+    fn give(&self, partition: u32) -> BoxFuture<'_, ()>;
+}
+
+/// The alert book and the rule engine of one hub, with the store rule state is warmed from.
+pub struct Custody<S> {
+    /// The devices and their partition keys.
+    pub registry: Arc<Registry>,
+    /// Open alerts.
+    pub alerts: Arc<AlertBook>,
+    /// Rule state.
+    pub rules: Arc<Rules>,
+    /// Twins (their reported values are refreshed from the store).
+    pub twins: Arc<Twins>,
+    /// The shared store (readings the rules resume from).
+    pub store: Arc<S>,
+    /// Partitions in the cluster.
+    pub partitions: u32,
+}
+
+/// The devices whose events fall in `partition`: a device behind an agent goes with its agent
+/// (the key of its batches), a direct device with itself.
+pub fn devices_of(registry: &Registry, partitions: u32, partition: u32) -> Vec<DeviceIdx> {
+    registry
+        .devices()
+        .iter()
+        .filter(|d| {
+            let key = d.agent.map_or(&*d.id, |a| &*registry.agent(a).id);
+            partition_of(key, partitions) == partition
+        })
+        .map(|d| d.idx)
+        .collect()
+}
+
+impl<S: SeriesStore> Custodian for Custody<S> {
+    fn take(&self, partition: u32) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let devices = devices_of(&self.registry, self.partitions, partition);
+            if devices.is_empty() {
+                return;
+            }
+            let now = protocols::time::now_ms();
+            match self
+                .alerts
+                .adopt(&devices, &self.rules.configs(), now)
+                .await
+            {
+                Ok(n) if n > 0 => {
+                    tracing::info!(partition, alerts = n, "open alerts taken over")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    partition,
+                    "open alerts not loaded (an episode in progress may be raised again): {e}"
+                ),
+            }
+            let (rules, twins, store, registry) = (
+                self.rules.clone(),
+                self.twins.clone(),
+                self.store.clone(),
+                self.registry.clone(),
+            );
+            let warmed = tokio::task::spawn_blocking(move || {
+                for d in &devices {
+                    let id = &registry.device(*d).id;
+                    match store.latest(id) {
+                        Ok(latest) => {
+                            if twins.refresh_reported(*d, &latest) {
+                                twins.publish(*d);
+                            }
+                        }
+                        Err(e) => tracing::warn!(device = %id, "twin not refreshed: {e}"),
+                    }
+                }
+                rules.adopt(&devices, &*store, now);
+            });
+            if let Err(e) = warmed.await {
+                tracing::error!(partition, "twins and rule state not taken over: {e}");
+            }
+        })
+    }
+
+    fn give(&self, partition: u32) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let devices = devices_of(&self.registry, self.partitions, partition);
+            if devices.is_empty() {
+                return;
+            }
+            self.rules.release(&devices);
+            if !self.alerts.release(&devices).await {
+                tracing::warn!(
+                    partition,
+                    "alert changes not written before the hand-over; the next owner goes on from the last written"
+                );
+            }
+        })
+    }
+}
