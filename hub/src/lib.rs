@@ -291,23 +291,25 @@ impl<S: SeriesStore> Hub<S> {
             sparkplug.metrics().clone(),
         )));
         sparkplug.announce(true, protocols::time::now_ms().max(0) as u64);
-        let twins = Arc::new(
-            Twins::open(
-                registry.clone(),
-                &config.hub.data_dir,
-                latest,
-                outlet.clone(),
-                metrics.clone(),
-            )?
-            .with_commands(
-                controls,
-                CommandSettings {
-                    retry: config.hub.command_retry.0,
-                    timeout: config.hub.command_timeout.0,
-                },
-            )
-            .with_sparkplug(sparkplug.clone()),
-        );
+        let mut twins = Twins::open(
+            registry.clone(),
+            &config.hub.data_dir,
+            latest,
+            outlet.clone(),
+            metrics.clone(),
+        )?
+        .with_commands(
+            controls,
+            CommandSettings {
+                retry: config.hub.command_retry.0,
+                timeout: config.hub.command_timeout.0,
+            },
+        )
+        .with_sparkplug(sparkplug.clone());
+        if let Some(c) = &cluster {
+            twins = twins.with_shared(twin::shared::SharedTwins::open(c.link.pg.clone()).await?);
+        }
+        let twins = Arc::new(twins);
         let started = protocols::time::now_ms();
         // In a cluster, alerts live in PostgreSQL and a hub works only the devices of the
         // partitions it holds: their alerts and rule state come with each partition.
@@ -439,6 +441,10 @@ impl<S: SeriesStore> Hub<S> {
                 let (l, a) = (link.clone(), alerts.clone());
                 clustering.spawn("alert acks between hubs", move |stop| {
                     cluster::acks::serve(l, a, stop)
+                });
+                let (l, t) = (link.clone(), twins.clone());
+                clustering.spawn("desired state between hubs", move |stop| {
+                    cluster::desired::serve(l, t, stop)
                 });
                 let (l, o) = (link.clone(), outlet.clone());
                 clustering.spawn("cluster relay", move |stop| {

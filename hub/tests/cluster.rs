@@ -181,7 +181,7 @@ async fn next_alert(app: &mut Client) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_alert_episode_keeps_its_id_when_its_partition_moves_between_hubs() {
+async fn an_alert_episode_and_a_twin_go_on_when_their_partition_moves_between_hubs() {
     let (nats, pg) = engines().await;
     let rule: HubConfig = HubConfig::from_toml(&format!(
         "{CONFIG}\n[[rules]]\nid = \"lamp-overload\"\nquantity = \"lamp_power\"\nabove = 100.0\nlevel = \"orange\"\n"
@@ -224,6 +224,50 @@ async fn an_alert_episode_keeps_its_id_when_its_partition_moves_between_hubs() {
     agent
         .subscribe("v1/agents/AG-0001/ack", QoS::AtLeastOnce)
         .await;
+    agent
+        .subscribe("v1/agents/AG-0001/cmd", QoS::AtLeastOnce)
+        .await;
+
+    // Desired state written over HTTP on the hub that does not work the device: the owner
+    // applies it, and its command reaches the agent on the other hub.
+    let resp = reqwest::Client::new()
+        .patch(format!(
+            "{}/api/v1/devices/SL-0001/desired",
+            staying.base_url()
+        ))
+        .header("authorization", format!("Bearer {}:{}", OPS.0, OPS.1))
+        .body(r#"{"dimming_level":40}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let twin: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(status, 200, "{twin}");
+    assert_eq!(twin["desired"]["dimming_level"], 40.0, "{twin}");
+    let version = twin["version"].as_u64().unwrap();
+    let cmd = agent.next_on("v1/agents/AG-0001/cmd").await;
+    let cmd: serde_json::Value = serde_json::from_slice(&cmd.payload).unwrap();
+    assert!(cmd.to_string().contains("dimming_level"), "{cmd}");
+    let (_, on_owner) = get_json(&leaving.base_url(), "/api/v1/devices/SL-0001", Some(OPS)).await;
+    assert_eq!(
+        on_owner["twin"]["desired"]["dimming_level"], 40.0,
+        "applied by the owner: {on_owner}"
+    );
+    // A write against a version before that change is refused by the owner, as on one hub.
+    let resp = reqwest::Client::new()
+        .patch(format!(
+            "{}/api/v1/devices/SL-0001/desired",
+            staying.base_url()
+        ))
+        .header("authorization", format!("Bearer {}:{}", OPS.0, OPS.1))
+        .body(format!(
+            r#"{{"dimming_level":30,"version":{}}}"#,
+            version - 1
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
 
     let t0 = now_ms() - 60_000;
     lamp_power(&mut agent, 1, t0, 150.0).await;
@@ -275,6 +319,22 @@ async fn an_alert_episode_keeps_its_id_when_its_partition_moves_between_hubs() {
         device["twin"]["reported"]["lamp_power"]["value"], 150.0,
         "{device}"
     );
+    // ... and the desired state it was given, at a version that only grew, and it sends the
+    // command again for what the device has not reported yet.
+    assert_eq!(device["twin"]["desired"]["dimming_level"], 40.0, "{device}");
+    assert!(
+        device["twin"]["version"].as_u64().unwrap() > version,
+        "{device}"
+    );
+    let again = agent.next_on("v1/agents/AG-0001/cmd").await;
+    let again: serde_json::Value = serde_json::from_slice(&again.payload).unwrap();
+    // Not a late retry of the first owner's command: a new one.
+    let mut again = again;
+    while again["id"] == cmd["id"] {
+        let p = agent.next_on("v1/agents/AG-0001/cmd").await;
+        again = serde_json::from_slice(&p.payload).unwrap();
+    }
+    assert!(again.to_string().contains("dimming_level"), "{again}");
 
     // The episode goes on at the new owner: the same alert, updated, then cleared.
     lamp_power(&mut agent, 2, t0, 180.0).await;

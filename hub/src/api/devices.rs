@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiState, Caller, Failure};
 use crate::registry::Device;
-use crate::twin::DesiredError;
 use series_store::SeriesStore;
 
 /// Filters of the device list.
@@ -193,6 +192,7 @@ pub async fn one<S: SeriesStore>(
         (status = 400, description = "Not a desired-state object, or a value the device cannot take", body = ApiError),
         (status = 404, description = "No such device", body = ApiError),
         (status = 409, description = "The twin moved past `version`", body = ApiError),
+        (status = 503, description = "Cluster mode: the hub working the device did not answer, or the device is changing hubs", body = ApiError),
     )
 )]
 pub async fn desired<S: SeriesStore>(
@@ -212,15 +212,20 @@ pub async fn desired<S: SeriesStore>(
         .map_err(|e| Failure::forbidden(format!("{topic}: {e}")))?;
     let update: DesiredUpdate = serde_json::from_slice(&body)
         .map_err(|e| Failure::bad_request(format!("body is not a desired-state object: {e}")))?;
+    if let Some(link) = &state.cluster {
+        // Only the hub working the device changes its twin.
+        let now = protocols::time::now_ms();
+        return crate::cluster::desired::set(link, &state.registry, &state.twins, d, update, now)
+            .await
+            .map(Json)
+            .map_err(|r| Failure::with_status(r.status, r.detail));
+    }
     match state
         .twins
         .set_desired(&d.id, update, protocols::time::now_ms())
         .await
     {
         Ok(twin) => Ok(Json(twin)),
-        Err(e @ DesiredError::Conflict { .. }) => Err(Failure::conflict(e.to_string())),
-        Err(e @ DesiredError::UnknownDevice(_)) => Err(Failure::not_found(e.to_string())),
-        Err(e @ DesiredError::Persist(_)) => Err(Failure::internal(e.to_string())),
-        Err(e) => Err(Failure::bad_request(e.to_string())),
+        Err(e) => Err(Failure::with_status(e.http_status(), e.to_string())),
     }
 }

@@ -151,6 +151,19 @@ impl Failure {
     pub fn internal(detail: impl Into<String>) -> Failure {
         Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
     }
+
+    /// One of the above by its status code (an answer another hub gave); other codes are 500.
+    pub fn with_status(status: u16, detail: impl Into<String>) -> Failure {
+        match status {
+            400 => Failure::bad_request(detail),
+            401 => Failure::unauthorized(detail),
+            403 => Failure::forbidden(detail),
+            404 => Failure::not_found(detail),
+            409 => Failure::conflict(detail),
+            503 => Failure::unavailable(detail),
+            _ => Failure::internal(detail),
+        }
+    }
 }
 
 impl IntoResponse for Failure {

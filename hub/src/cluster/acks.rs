@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{Link, partition_of};
+use super::Link;
 use crate::alerts::{ACK_WAIT, AckError, AckRoute, AlertBook, AlertDoc, StoredAlert};
 use crate::registry::Registry;
 use crate::shutdown::Signal;
@@ -60,23 +60,10 @@ impl AckRouter {
         let Some(d) = self.registry.device_by_id(device) else {
             return Err(AckError::NotFound(device.to_string()));
         };
-        let key = d.agent.map_or(&*d.id, |a| &*self.registry.agent(a).id);
-        let p = partition_of(key, self.link.settings.partitions);
-        let client = self
-            .link
-            .pg
-            .get()
+        self.link
+            .owner_of(&self.registry, d)
             .await
-            .map_err(|e| AckError::NotStored(e.to_string()))?;
-        let row = client
-            .query_opt(
-                "SELECT owner FROM cluster_partitions
-                 WHERE partition = $1 AND owner IS NOT NULL AND expires > now()",
-                &[&(p as i32)],
-            )
-            .await
-            .map_err(|e| AckError::NotStored(e.to_string()))?;
-        Ok(row.map(|r| r.get(0)))
+            .map_err(|e| AckError::NotStored(e.to_string()))
     }
 }
 

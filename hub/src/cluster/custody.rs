@@ -1,5 +1,6 @@
 //! What a hub carries for the devices of the partitions it works, besides the log: their open
-//! alerts, their rule state, and the reported values of their twins. [`Custody::take`] runs when a partition is granted, before its
+//! alerts, their rule state, and their twins (desired state and version from PostgreSQL,
+//! reported values refreshed from the store). [`Custody::take`] runs when a partition is granted, before its
 //! worker starts; [`Custody::give`] after the worker has stopped and before the lease is given
 //! back, so the next owner finds every change of this hub written.
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::partition_of;
+use super::{device_key, partition_of};
 use crate::alerts::AlertBook;
 use crate::registry::{DeviceIdx, Registry};
 use crate::rules::Rules;
@@ -44,10 +45,7 @@ pub fn devices_of(registry: &Registry, partitions: u32, partition: u32) -> Vec<D
     registry
         .devices()
         .iter()
-        .filter(|d| {
-            let key = d.agent.map_or(&*d.id, |a| &*registry.agent(a).id);
-            partition_of(key, partitions) == partition
-        })
+        .filter(|d| partition_of(device_key(registry, d), partitions) == partition)
         .map(|d| d.idx)
         .collect()
 }
@@ -73,6 +71,12 @@ impl<S: SeriesStore> Custodian for Custody<S> {
                     partition,
                     "open alerts not loaded (an episode in progress may be raised again): {e}"
                 ),
+            }
+            if let Err(e) = self.twins.adopt(&devices, now).await {
+                tracing::warn!(
+                    partition,
+                    "desired state not loaded (this hub goes on from its own): {e}"
+                );
             }
             let (rules, twins, store, registry) = (
                 self.rules.clone(),
@@ -107,6 +111,9 @@ impl<S: SeriesStore> Custodian for Custody<S> {
                 return;
             }
             self.rules.release(&devices);
+            if let Err(e) = self.twins.release(&devices).await {
+                tracing::warn!(partition, "twin versions not handed over: {e}");
+            }
             if !self.alerts.release(&devices).await {
                 tracing::warn!(
                     partition,

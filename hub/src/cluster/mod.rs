@@ -25,10 +25,13 @@
 //!   when it is taken, written there before it is given up.
 //! - [`acks`]: an alert acknowledged on a hub that does not work its device is acknowledged by
 //!   the hub that does (NATS request and reply).
+//! - [`desired`]: desired state written over HTTP on a hub that does not work the device is
+//!   applied by the hub that does (NATS request and reply).
 //! - [`view`]: `GET /api/v1/cluster` and the cluster's metrics.
 
 pub mod acks;
 pub mod custody;
+pub mod desired;
 pub mod envelope;
 pub mod fanout;
 pub mod front;
@@ -139,6 +142,24 @@ impl Link {
     pub fn node(&self) -> &str {
         &self.settings.node
     }
+
+    /// The hub working `device`'s partition now (`None` while it is changing hands).
+    pub async fn owner_of(
+        &self,
+        registry: &Registry,
+        device: &crate::registry::Device,
+    ) -> Result<Option<String>, ClusterError> {
+        let p = partition_of(device_key(registry, device), self.settings.partitions);
+        let client = self.pg.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT owner FROM cluster_partitions
+                 WHERE partition = $1 AND owner IS NOT NULL AND expires > now()",
+                &[&(p as i32)],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
 }
 
 /// A pool of PostgreSQL connections that reconnects by itself after a restart.
@@ -186,6 +207,11 @@ async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<(), C
     )))
 }
 
+/// The partition key of a device: the agent it is behind, else the device itself.
+pub fn device_key<'a>(registry: &'a Registry, d: &'a crate::registry::Device) -> &'a str {
+    d.agent.map_or(&*d.id, |a| &*registry.agent(a).id)
+}
+
 /// The partition key of an event: the agent a device is behind, the device itself, or for an
 /// app writing to a device (`v1/twin/{device}/...`, `v1/devices/{device}/...`) that device's
 /// key, so a device's twin is always worked by one hub.
@@ -203,7 +229,7 @@ pub fn partition_key<'a>(
                 _ => None,
             };
             match device {
-                Some(d) => d.agent.map(|a| &*registry.agent(a).id).unwrap_or(&*d.id),
+                Some(d) => device_key(registry, d),
                 None => id,
             }
         }

@@ -22,6 +22,7 @@
 
 pub mod controls;
 pub mod persist;
+pub mod shared;
 pub mod stale;
 
 use std::collections::{BTreeMap, HashMap};
@@ -276,6 +277,18 @@ impl DesiredError {
     }
 }
 
+impl DesiredError {
+    /// The HTTP status that answers it (the same on every hub of a cluster).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            DesiredError::Conflict { .. } => 409,
+            DesiredError::UnknownDevice(_) => 404,
+            DesiredError::Persist(_) => 500,
+            _ => 400,
+        }
+    }
+}
+
 impl From<&DesiredError> for DeadLetterReason {
     fn from(e: &DesiredError) -> Self {
         match e {
@@ -298,6 +311,8 @@ pub struct Twins {
     store: Arc<TwinStore>,
     /// Serializes desired-state writes (rare), so they reach the file in version order.
     desired_writes: tokio::sync::Mutex<()>,
+    /// Cluster mode: desired state and versions shared with the other hubs.
+    shared: Option<shared::SharedTwins>,
     outlet: Outlet,
     metrics: Arc<Metrics>,
     /// Live commands by id (shared with [`CommandCollector`] for `hub_commands_pending`).
@@ -375,7 +390,70 @@ impl Twins {
             settings: CommandSettings::default(),
             command_metrics: Arc::default(),
             sparkplug: None,
+            shared: None,
         })
+    }
+
+    /// Cluster mode: desired state and versions are also kept in PostgreSQL, for the next hub
+    /// to work these devices ([`Twins::adopt`]).
+    pub fn with_shared(mut self, shared: shared::SharedTwins) -> Twins {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Takes over the twins of `devices` (cluster mode, when this hub takes their partition):
+    /// desired state and versions as the previous owner left them; a command is sent for what
+    /// reported state does not match yet, and the documents are published.
+    pub async fn adopt(&self, devices: &[DeviceIdx], now_ms: i64) -> Result<(), PersistError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let ids: Vec<String> = devices
+            .iter()
+            .map(|d| self.registry.device(*d).id.to_string())
+            .collect();
+        let mut handed = shared.take(&ids).await?;
+        for (d, id) in devices.iter().zip(&ids) {
+            let Some(state) = self.states.get(*d as usize) else {
+                continue;
+            };
+            if let Some(h) = handed.remove(id) {
+                let mut s = state.lock();
+                s.version = s.version.max(h.version);
+                if let Some(rec) = h.desired {
+                    s.desired = rec
+                        .desired
+                        .iter()
+                        .filter_map(|(name, scalar)| {
+                            let q = Quantity::from_name(name)?;
+                            Some((q, scalar.to_value(q)?))
+                        })
+                        .collect();
+                    s.desired_version = rec.desired_version;
+                }
+                s.checkpointed = s.version;
+            }
+            self.issue(*d, now_ms, true);
+            self.publish(*d);
+        }
+        Ok(())
+    }
+
+    /// Gives up the twins of `devices` (cluster mode): their commands are no longer retried
+    /// here, and their versions are written for the next owner.
+    pub async fn release(&self, devices: &[DeviceIdx]) -> Result<(), PersistError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        self.pending.lock().retain(|_, d| !devices.contains(d));
+        let versions: Vec<(String, u64)> = devices
+            .iter()
+            .filter_map(|d| {
+                let v = self.states.get(*d as usize)?.lock().version;
+                Some((self.registry.device(*d).id.to_string(), v))
+            })
+            .collect();
+        shared.give(&versions).await
     }
 
     /// Sends commands to devices of Sparkplug edge nodes through `sparkplug` (DCMD).
@@ -643,7 +721,10 @@ impl Twins {
             };
             (record, version)
         };
-        // Durable before anyone sees it.
+        // Durable before anyone sees it: in a cluster, where the next owner finds it first.
+        if let Some(shared) = &self.shared {
+            shared.save_desired(&device.id, &record, version).await?;
+        }
         let store = self.store.clone();
         let id = device.id.clone();
         let rec = record.clone();

@@ -38,6 +38,9 @@ pub enum PersistError {
     /// redb refused.
     #[error("twin store: {0}")]
     Db(#[from] redb::Error),
+    /// PostgreSQL refused or could not be reached (cluster mode).
+    #[error("shared twins: {0}")]
+    Shared(String),
     /// A stored record could not be decoded.
     #[error("twin store record for `{device}` is corrupt: {detail}")]
     Corrupt {
