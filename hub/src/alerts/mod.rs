@@ -538,14 +538,14 @@ impl AlertBook {
     }
 
     /// Hands over the alerts of `devices` (cluster mode, when this hub gives their partition
-    /// up): what changed is written first, then their alerts leave memory; the next owner
-    /// loads them. Returns false when the write failed (the next owner then goes on from what
-    /// was written before).
-    pub async fn release(&self, devices: &[DeviceIdx]) -> bool {
+    /// up): what changed is written first (`write`; not when the partition was lost), then
+    /// their alerts leave memory; the next owner loads them. Returns false when the write
+    /// failed (the next owner then goes on from what was written before).
+    pub async fn release(&self, devices: &[DeviceIdx], write: bool) -> bool {
         if !self.is_shared() {
             return true;
         }
-        let written = self.flush().await;
+        let written = !write || self.flush().await;
         let mut st = self.state.lock();
         let seqs: Vec<u64> = st
             .alerts

@@ -19,8 +19,9 @@ use series_store::SeriesStore;
 pub trait Custodian: Send + Sync + 'static {
     /// The partition was granted: load what the previous owner left.
     fn take(&self, partition: u32) -> BoxFuture<'_, ()>;
-    /// The partition's worker has stopped: write what this hub changed and forget it.
-    fn give(&self, partition: u32) -> BoxFuture<'_, ()>;
+    /// The partition's worker has stopped: write what this hub changed (`write`: a hand-over;
+    /// not when the partition was lost) and forget it.
+    fn give(&self, partition: u32, write: bool) -> BoxFuture<'_, ()>;
 }
 
 /// The alert book and the rule engine of one hub, with the store rule state is warmed from.
@@ -104,17 +105,17 @@ impl<S: SeriesStore> Custodian for Custody<S> {
         })
     }
 
-    fn give(&self, partition: u32) -> BoxFuture<'_, ()> {
+    fn give(&self, partition: u32, write: bool) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let devices = devices_of(&self.registry, self.partitions, partition);
             if devices.is_empty() {
                 return;
             }
             self.rules.release(&devices);
-            if let Err(e) = self.twins.release(&devices).await {
+            if let Err(e) = self.twins.release(&devices, write).await {
                 tracing::warn!(partition, "twin versions not handed over: {e}");
             }
-            if !self.alerts.release(&devices).await {
+            if !self.alerts.release(&devices, write).await {
                 tracing::warn!(
                     partition,
                     "alert changes not written before the hand-over; the next owner goes on from the last written"

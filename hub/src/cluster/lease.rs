@@ -55,8 +55,10 @@ pub async fn create_tables(
 
 /// Holds this hub's share of the partitions until `stop`, running a [`Worker`] for each; at
 /// `stop` drains them and hands every partition back, so the others take over at once.
-/// `custody` takes each partition's alerts and rule state before its worker starts and gives
-/// them back after it stopped.
+/// `custody` takes each partition's alerts, rule state and twins (in its worker, before it
+/// consumes, so a round is not held up by many takes) and gives them back after the worker
+/// stopped: written for the next owner on a hand-over, only forgotten when the partition was
+/// lost (another hub may already hold it, or PostgreSQL is away).
 pub async fn run(
     link: Arc<Link>,
     http: String,
@@ -84,11 +86,12 @@ pub async fn run(
         for p in ended {
             if let Some(w) = workers.remove(&p) {
                 w.join().await;
-                custody.give(p).await;
+                // Another hub holds it: nothing of ours may be written over its state.
+                custody.give(p, false).await;
                 link.state.counters.lost.fetch_add(1, Relaxed);
             }
         }
-        match round(&link, &http, &mut workers, &events, &*custody).await {
+        match round(&link, &http, &mut workers, &events, &custody).await {
             Ok(()) => {
                 last_renewed = Instant::now();
                 if failing {
@@ -109,7 +112,8 @@ pub async fn run(
                     );
                     for (p, w) in std::mem::take(&mut workers) {
                         w.stop().await;
-                        custody.give(p).await;
+                        // PostgreSQL cannot be reached: forget, do not wait on writes.
+                        custody.give(p, false).await;
                         link.state.remove(p);
                         link.state.counters.lost.fetch_add(1, Relaxed);
                     }
@@ -121,7 +125,7 @@ pub async fn run(
     for (p, w) in std::mem::take(&mut workers) {
         let epoch = w.epoch();
         w.stop().await;
-        custody.give(p).await;
+        custody.give(p, true).await;
         link.state.remove(p);
         if release(&link, p, epoch).await.is_ok() {
             link.state.counters.released.fetch_add(1, Relaxed);
@@ -143,7 +147,7 @@ async fn round(
     http: &str,
     workers: &mut BTreeMap<u32, Worker>,
     events: &mpsc::Sender<IngressEvent>,
-    custody: &dyn Custodian,
+    custody: &Arc<dyn Custodian>,
 ) -> Result<(), ClusterError> {
     let lease_ms = i64::try_from(link.settings.lease.0.as_millis()).unwrap_or(i64::MAX);
     let client = link.pg.get().await?;
@@ -187,7 +191,7 @@ async fn round(
         if let Some(w) = workers.remove(&p) {
             tracing::warn!(node = link.node(), partition = p, "partition lost");
             w.stop().await;
-            custody.give(p).await;
+            custody.give(p, false).await;
             link.state.remove(p);
             link.state.counters.lost.fetch_add(1, Relaxed);
         }
@@ -206,7 +210,7 @@ async fn round(
             if let Some(w) = workers.remove(&p) {
                 let epoch = w.epoch();
                 w.stop().await;
-                custody.give(p).await;
+                custody.give(p, true).await;
                 link.state.remove(p);
                 release(link, p, epoch).await?;
                 link.state.counters.released.fetch_add(1, Relaxed);
@@ -241,10 +245,9 @@ async fn round(
                 "partition taken"
             );
             link.state.counters.acquired.fetch_add(1, Relaxed);
-            custody.take(grant.partition).await;
             workers.insert(
                 grant.partition,
-                worker::start(link.clone(), grant, events.clone()),
+                worker::start(link.clone(), grant, events.clone(), custody.clone()),
             );
         }
     }

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::custody::Custodian;
 use super::envelope::Ingest;
 use super::view::OwnedPartition;
 use super::{ClusterError, Link, STREAM, ingest_subject};
@@ -74,10 +75,18 @@ impl Worker {
     }
 }
 
-/// Starts working a granted partition.
-pub fn start(link: Arc<Link>, grant: Grant, events: mpsc::Sender<IngressEvent>) -> Worker {
+/// Starts working a granted partition: takes its devices' state (`custody`), then replays.
+pub fn start(
+    link: Arc<Link>,
+    grant: Grant,
+    events: mpsc::Sender<IngressEvent>,
+    custody: Arc<dyn Custodian>,
+) -> Worker {
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(work(link, grant, events, stop_rx));
+    let task = tokio::spawn(async move {
+        custody.take(grant.partition).await;
+        work(link, grant, events, stop_rx).await
+    });
     Worker {
         epoch: grant.epoch,
         stop,

@@ -440,12 +440,15 @@ impl Twins {
     }
 
     /// Gives up the twins of `devices` (cluster mode): their commands are no longer retried
-    /// here, and their versions are written for the next owner.
-    pub async fn release(&self, devices: &[DeviceIdx]) -> Result<(), PersistError> {
+    /// here, and (`write`) their versions are written for the next owner.
+    pub async fn release(&self, devices: &[DeviceIdx], write: bool) -> Result<(), PersistError> {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
         self.pending.lock().retain(|_, d| !devices.contains(d));
+        if !write {
+            return Ok(());
+        }
         let versions: Vec<(String, u64)> = devices
             .iter()
             .filter_map(|d| {
