@@ -140,6 +140,27 @@ async fn an_agent_on_one_hub_is_heard_by_an_app_on_another() {
         );
     }
 
+    // A batch sent again (its ack lost on the way) is acknowledged again and stored once,
+    // although the log already holds it under the same message id.
+    let again = batch(
+        "AG-0001",
+        7,
+        3,
+        "SL-0001",
+        vec![(t0 + 3000, vec![reading(Quantity::LampPower, 3.0)])],
+    );
+    agent
+        .publish("v1/agents/AG-0001/batch", QoS::AtLeastOnce, encode(&again))
+        .await;
+    loop {
+        let ack = ack_of(&agent.next_on("v1/agents/AG-0001/ack").await);
+        if ack.stream == 7 && ack.covers(3) {
+            break;
+        }
+    }
+    let points = series(&h2.base_url(), "SL-0001", "lamp_power", t0, t0 + 60_000).await;
+    assert_eq!(points.len(), n as usize, "stored once");
+
     h2.stop().await;
     cluster_until(
         &h1.base_url(),

@@ -80,6 +80,16 @@ pub async fn run(
         tokio::spawn(async move {
             let outcome = match first {
                 Ok(ack) => match ack.await {
+                    // The log already has this batch (an agent sending it again because its
+                    // ack was lost): without a new entry the partition's owner would never see
+                    // it again and the agent would wait forever. The copy goes in under its own
+                    // name; the store knows the origin and answers it as a duplicate, with an
+                    // ack.
+                    Ok(a) if a.duplicate => {
+                        let again =
+                            format!("{id}+{}:{}:{counter}", link.node(), std::process::id());
+                        publish(&link, partition, &again, payload, "a duplicate".into()).await
+                    }
                     Ok(_) => Ok(()),
                     Err(e) => publish(&link, partition, &id, payload, e.to_string()).await,
                 },
