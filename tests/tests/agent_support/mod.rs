@@ -110,6 +110,9 @@ data_dir = "agent"
 batch_max_age = "50ms"
 health_interval = "1s"
 max_inflight = {WINDOW}
+# An ack lost on its way (a hub restarting while the fan-out carried it) is made good by
+# sending the batch again; 5 s instead of 30 keeps that inside the tests' waits.
+ack_timeout = "5s"
 metrics_listen = "{metrics}"
 
 [[modbus]]
@@ -208,10 +211,28 @@ pub async fn drain_and_stop(
         agent_metric(metrics, "edge_agent_device_online").await == Some(0.0)
     })
     .await;
-    until("the agent's queue drained", || async {
-        agent_metric(metrics, "edge_agent_queue_depth").await == Some(0.0)
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while agent_metric(metrics, "edge_agent_queue_depth").await != Some(0.0) {
+        if tokio::time::Instant::now() >= deadline {
+            // Say where it stands: what is queued, sent, acknowledged, and to which hub.
+            let text = reqwest::get(format!("http://{metrics}/metrics"))
+                .await
+                .map(|r| r.text());
+            let text = match text {
+                Ok(t) => t.await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.starts_with("edge_agent_"))
+                .collect();
+            panic!(
+                "timed out waiting for the agent's queue drained:\n{}",
+                lines.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let committed = agent_metric(metrics, "edge_agent_batches_committed_total")
         .await
         .unwrap() as u64;
