@@ -333,13 +333,18 @@ async fn an_alert_episode_and_a_twin_go_on_when_their_partition_moves_between_hu
     .await;
 
     // The twin came with the partition: the staying hub shows the value the leaving hub stored.
-    let (status, device) =
-        get_json(&staying.base_url(), "/api/v1/devices/SL-0001", Some(OPS)).await;
-    assert_eq!(status, 200, "{device}");
-    assert_eq!(
-        device["twin"]["reported"]["lamp_power"]["value"], 150.0,
-        "{device}"
-    );
+    // (Refreshed beside the worker: waited for.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let device = loop {
+        let (status, device) =
+            get_json(&staying.base_url(), "/api/v1/devices/SL-0001", Some(OPS)).await;
+        assert_eq!(status, 200, "{device}");
+        if device["twin"]["reported"]["lamp_power"]["value"] == 150.0 {
+            break device;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{device}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     // ... and the desired state it was given, at a version that only grew, and it sends the
     // command again for what the device has not reported yet.
     assert_eq!(device["twin"]["desired"]["dimming_level"], 40.0, "{device}");

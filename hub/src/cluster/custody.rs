@@ -79,13 +79,21 @@ impl<S: SeriesStore> Custodian for Custody<S> {
                     "desired state not loaded (this hub goes on from its own): {e}"
                 );
             }
-            let (rules, twins, store, registry) = (
-                self.rules.clone(),
+            // Rule state before the worker consumes: readings must meet warmed rules.
+            let (rules, store) = (self.rules.clone(), self.store.clone());
+            let warm = devices.clone();
+            let warmed = tokio::task::spawn_blocking(move || rules.adopt(&warm, &*store, now));
+            if let Err(e) = warmed.await {
+                tracing::error!(partition, "rule state not taken over: {e}");
+            }
+            // Reported values meanwhile: a newer reading from the log always wins, so this
+            // need not hold up the partition (one store read per device).
+            let (twins, store, registry) = (
                 self.twins.clone(),
                 self.store.clone(),
                 self.registry.clone(),
             );
-            let warmed = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 for d in &devices {
                     let id = &registry.device(*d).id;
                     match store.latest(id) {
@@ -97,11 +105,7 @@ impl<S: SeriesStore> Custodian for Custody<S> {
                         Err(e) => tracing::warn!(device = %id, "twin not refreshed: {e}"),
                     }
                 }
-                rules.adopt(&devices, &*store, now);
             });
-            if let Err(e) = warmed.await {
-                tracing::error!(partition, "twins and rule state not taken over: {e}");
-            }
         })
     }
 
