@@ -125,6 +125,48 @@ pub struct IngestArgs {
     pub cluster: Option<u16>,
 }
 
+/// Waits until every hub at `https` holds its share of the partitions and together they hold
+/// all `partitions` (each hub's `hub_cluster_partitions_owned`), at most a minute.
+async fn leases_settled(https: &[std::net::SocketAddr], partitions: u64) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut owned = Vec::with_capacity(https.len());
+        for h in https {
+            let text = metrics_page(*h).await.unwrap_or_default();
+            let n: u64 = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("hub_cluster_partitions_owned ")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            owned.push(n);
+        }
+        // A hub holds at most its share ceil(P / hubs): beyond it, it still has to hand over.
+        let share = partitions.div_ceil(https.len().max(1) as u64);
+        if owned.iter().all(|n| *n > 0 && *n <= share) && owned.iter().sum::<u64>() == partitions {
+            eprintln!("bench: leases settled {owned:?}");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the hubs' leases did not settle within a minute: {owned:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A hub's `/metrics` page (plain HTTP/1.0, read to the end).
+async fn metrics_page(http: std::net::SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(http).await?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
 /// The engines and hubs of `--cluster`.
 struct Cluster {
     /// Hubs 2..N (hub 1 is the bench's `server`).
@@ -310,7 +352,15 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                         c.peers.push(s);
                     }
                 }
+                // Measure the cluster at work, not its first hand-overs: the hubs start one
+                // after another, and the first takes every partition until the others join.
+                let mut https: Vec<std::net::SocketAddr> =
+                    c.peers.iter().map(|p| p.http_addr()).collect();
+                if let Some(s) = &server {
+                    https.push(s.http_addr());
+                }
                 cluster = Some(c);
+                leases_settled(&https, 64).await?;
                 spread[0].clone()
             } else {
                 let s = hub::server::Server::start(cfg)
