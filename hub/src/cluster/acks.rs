@@ -6,12 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::Link;
+use super::{Link, ask};
 use crate::alerts::{ACK_WAIT, AckError, AckRoute, AlertBook, AlertDoc, StoredAlert};
 use crate::registry::Registry;
 use crate::shutdown::Signal;
@@ -88,58 +86,31 @@ impl AckRoute for AckRouter {
                 by: by.to_string(),
                 now_ms,
             };
-            let body = serde_json::to_vec(&req).map_err(|e| AckError::NotStored(e.to_string()))?;
-            let asked = self.link.nats.request(subject(&owner), Bytes::from(body));
-            let reply = match tokio::time::timeout(ACK_WAIT + Duration::from_secs(1), asked).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => return Err(AckError::NotStored(format!("hub {owner}: {e}"))),
-                Err(_) => return Err(AckError::NotStored(format!("hub {owner} did not answer"))),
-            };
-            match serde_json::from_slice::<AckReply>(&reply.payload) {
-                Ok(AckReply::Done(doc)) => Ok(*doc),
+            let reply = ask::ask(
+                &self.link,
+                subject(&owner),
+                &req,
+                ACK_WAIT + Duration::from_secs(1),
+            )
+            .await
+            .map_err(|e| AckError::NotStored(format!("hub {owner}: {e}")))?;
+            match reply {
+                AckReply::Done(doc) => Ok(*doc),
                 // The owner no longer has it: the partition moved since we looked.
-                Ok(AckReply::NotFound(_)) => Err(moving()),
-                Ok(AckReply::Cleared(id)) => Err(AckError::Cleared(id)),
-                Ok(AckReply::NotStored(why)) => Err(AckError::NotStored(why)),
-                Err(e) => Err(AckError::NotStored(format!("hub {owner}: {e}"))),
+                AckReply::NotFound(_) => Err(moving()),
+                AckReply::Cleared(id) => Err(AckError::Cleared(id)),
+                AckReply::NotStored(why) => Err(AckError::NotStored(why)),
             }
         })
     }
 }
 
 /// Answers other hubs' acknowledgements of alerts this hub works, until `stop`.
-pub async fn serve(link: Arc<Link>, alerts: Arc<AlertBook>, mut stop: Signal) {
+pub async fn serve(link: Arc<Link>, alerts: Arc<AlertBook>, stop: Signal) {
     let subject = subject(link.node());
-    let mut sub = match link.nats.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("alert acks: cannot subscribe to {subject}: {e}");
-            return;
-        }
+    let handle = move |req: AckRequest| {
+        let alerts = alerts.clone();
+        async move { AckReply::from(alerts.ack_here(&req.id, &req.by, req.now_ms).await) }
     };
-    loop {
-        let msg = tokio::select! {
-            m = sub.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
-            _ = stop.recv() => break,
-        };
-        let Some(reply_to) = msg.reply.clone() else {
-            continue;
-        };
-        let (link, alerts) = (link.clone(), alerts.clone());
-        // Each waits for its write; one slow write must not hold the others.
-        tokio::spawn(async move {
-            let reply = match serde_json::from_slice::<AckRequest>(&msg.payload) {
-                Ok(req) => AckReply::from(alerts.ack_here(&req.id, &req.by, req.now_ms).await),
-                Err(e) => AckReply::NotStored(format!("malformed request: {e}")),
-            };
-            if let Ok(body) = serde_json::to_vec(&reply)
-                && let Err(e) = link.nats.publish(reply_to, Bytes::from(body)).await
-            {
-                tracing::warn!("alert ack reply not sent: {e}");
-            }
-        });
-    }
+    ask::answer(link, subject, handle, AckReply::NotStored, stop).await;
 }

@@ -8,12 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use protocols::messages::{DesiredUpdate, Twin};
 use serde::{Deserialize, Serialize};
 
-use super::Link;
+use super::{Link, ask};
 use crate::registry::{Device, Registry};
 use crate::shutdown::Signal;
 use crate::twin::Twins;
@@ -83,62 +81,33 @@ pub async fn set(
         update,
         now_ms,
     };
-    let body = serde_json::to_vec(&req).map_err(|e| unavailable(e.to_string()))?;
-    let asked = link.nats.request(subject(&owner), Bytes::from(body));
-    let reply = match tokio::time::timeout(ASK_WAIT, asked).await {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => return Err(unavailable(format!("hub {owner}: {e}"))),
-        Err(_) => return Err(unavailable(format!("hub {owner} did not answer"))),
-    };
-    match serde_json::from_slice::<DesiredReply>(&reply.payload) {
-        Ok(DesiredReply::Done(twin)) => Ok(*twin),
-        Ok(DesiredReply::Refused { status, detail }) => Err(Refusal { status, detail }),
-        Err(e) => Err(unavailable(format!("hub {owner}: {e}"))),
+    let reply = ask::ask(link, subject(&owner), &req, ASK_WAIT)
+        .await
+        .map_err(|e| unavailable(format!("hub {owner}: {e}")))?;
+    match reply {
+        DesiredReply::Done(twin) => Ok(*twin),
+        DesiredReply::Refused { status, detail } => Err(Refusal { status, detail }),
     }
 }
 
 /// Answers other hubs' desired-state writes for devices this hub works, until `stop`.
-pub async fn serve(link: Arc<Link>, twins: Arc<Twins>, mut stop: Signal) {
+pub async fn serve(link: Arc<Link>, twins: Arc<Twins>, stop: Signal) {
     let subject = subject(link.node());
-    let mut sub = match link.nats.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("desired state: cannot subscribe to {subject}: {e}");
-            return;
+    let handle = move |req: DesiredRequest| {
+        let twins = twins.clone();
+        async move {
+            match twins.set_desired(&req.device, req.update, req.now_ms).await {
+                Ok(twin) => DesiredReply::Done(Box::new(twin)),
+                Err(e) => DesiredReply::Refused {
+                    status: e.http_status(),
+                    detail: e.to_string(),
+                },
+            }
         }
     };
-    loop {
-        let msg = tokio::select! {
-            m = sub.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
-            _ = stop.recv() => break,
-        };
-        let Some(reply_to) = msg.reply.clone() else {
-            continue;
-        };
-        let (link, twins) = (link.clone(), twins.clone());
-        // Each waits for its write; one slow write must not hold the others.
-        tokio::spawn(async move {
-            let reply = match serde_json::from_slice::<DesiredRequest>(&msg.payload) {
-                Ok(req) => match twins.set_desired(&req.device, req.update, req.now_ms).await {
-                    Ok(twin) => DesiredReply::Done(Box::new(twin)),
-                    Err(e) => DesiredReply::Refused {
-                        status: e.http_status(),
-                        detail: e.to_string(),
-                    },
-                },
-                Err(e) => DesiredReply::Refused {
-                    status: 400,
-                    detail: format!("malformed request between hubs: {e}"),
-                },
-            };
-            if let Ok(body) = serde_json::to_vec(&reply)
-                && let Err(e) = link.nats.publish(reply_to, Bytes::from(body)).await
-            {
-                tracing::warn!("desired-state reply not sent: {e}");
-            }
-        });
-    }
+    let malformed = |detail| DesiredReply::Refused {
+        status: 400,
+        detail,
+    };
+    ask::answer(link, subject, handle, malformed, stop).await;
 }

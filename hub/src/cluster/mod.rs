@@ -25,11 +25,14 @@
 //!   when it is taken, written there before it is given up.
 //! - [`acks`]: an alert acknowledged on a hub that does not work its device is acknowledged by
 //!   the hub that does (NATS request and reply).
+//! - [`ask`]: requests between hubs (NATS request and reply) for what only a device's owner
+//!   may do.
 //! - [`desired`]: desired state written over HTTP on a hub that does not work the device is
 //!   applied by the hub that does (NATS request and reply).
 //! - [`view`]: `GET /api/v1/cluster` and the cluster's metrics.
 
 pub mod acks;
+pub mod ask;
 pub mod custody;
 pub mod desired;
 pub mod envelope;
